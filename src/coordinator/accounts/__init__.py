@@ -1,0 +1,1 @@
+"""Accounts: users, magic links, sessions, API keys and roles."""

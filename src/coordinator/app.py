@@ -1,0 +1,163 @@
+"""The supervision tree of one coordinator process (DESIGN §3) and the children it is made of."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import uvicorn
+
+from coordinator.runtime import Runtime
+from coordinator.supervisor import Child, Supervisor
+
+log = structlog.get_logger(__name__)
+
+
+class DatabaseChild(Child):
+    name = "database"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        if not await self.runtime.db.ping():
+            raise RuntimeError("database unreachable")
+        ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.runtime.db.dispose()
+
+
+class NatsConnectionChild(Child):
+    """The process's NATS connection; the handlers that follow it in the tree use `runtime.nats`."""
+
+    name = "nats"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        import nats
+
+        nc = await nats.connect(
+            self.runtime.settings.nats_url or "",
+            name="coordinator",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+        )
+        self.runtime.nats = nc
+        ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.runtime.nats = None
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    async def drain(self) -> None:
+        if self.runtime.nats is not None:
+            await self.runtime.nats.flush()
+
+
+class WorkerChild(Child):
+    """The procrastinate worker embedded in this process (`serve --with-worker`, `worker`, `dev`)."""
+
+    name = "worker"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        from coordinator.workers.app import QUEUES, create_app
+
+        app = create_app(self.runtime.settings.libpq_database_url)
+        async with app.open_async():
+            ready()
+            await app.run_worker_async(
+                queues=list(QUEUES),
+                concurrency=2,
+                install_signal_handlers=False,
+                additional_context={"runtime": self.runtime},
+                delete_jobs="successful",
+            )
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the supervisor owns signals
+        pass
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+class HttpChild(Child):
+    name = "http"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.server: _Server | None = None
+        self.serving: asyncio.Task[None] | None = None
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        from coordinator.web.app import create_app
+
+        settings = self.runtime.settings
+        config = uvicorn.Config(
+            create_app(self.runtime),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=10,
+        )
+        self.server = _Server(config)
+        self.serving = serving = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if serving.done():
+                await serving
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.02)
+        ready()
+        await serving
+
+    async def drain(self) -> None:
+        if self.server is not None and self.serving is not None:
+            self.server.should_exit = True
+            await asyncio.wait({self.serving})
+
+
+def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
+    """The tree in start order: database, background jobs, HTTP, then (if configured) the NATS subtree."""
+    children: list[Child] = [DatabaseChild(runtime)]
+    if with_worker:
+        children.append(WorkerChild(runtime))
+    if http:
+        children.append(HttpChild(runtime))
+    if runtime.settings.nats_enabled:
+        children.append(NatsConnectionChild(runtime))
+    return children
+
+
+async def run_until_signalled(supervisor: Supervisor, *, on_started: Callable[[], Any] | None = None) -> None:
+    """Start the tree, wait for SIGINT/SIGTERM, then drain and stop it in reverse order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await supervisor.start()
+    if on_started is not None:
+        on_started()
+    try:
+        await stop.wait()
+    finally:
+        log.info("coordinator.stopping")
+        await supervisor.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

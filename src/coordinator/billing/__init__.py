@@ -1,0 +1,1 @@
+"""Billing: the credit ledger, charges, refunds, quotas, Island earnings and payouts."""

@@ -1,0 +1,118 @@
+"""The credit ledger: every balance change is a guarded UPDATE plus a `transactions` row, atomically."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# Adds to a balance and records the movement; the idempotency key makes a retried call a no-op.
+CREDIT_SQL = text(
+    """
+    WITH tx AS (
+        INSERT INTO transactions
+            (user_id, type, amount, balance_after, job_id, host_id, idempotency_key, description)
+        SELECT u.id, :type, :amount, u.credits + :amount, :job_id, :host_id, :key, :description
+        FROM users u WHERE u.id = :user_id
+        FOR UPDATE
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING balance_after
+    )
+    UPDATE users SET credits = credits + :amount, updated_at = now()
+    WHERE id = :user_id AND EXISTS (SELECT 1 FROM tx)
+    RETURNING credits
+    """
+)
+
+# Takes from a balance only if it covers the amount: the row count is the answer.
+DEBIT_SQL = text(
+    """
+    WITH upd AS (
+        UPDATE users SET credits = credits - :amount, updated_at = now()
+        WHERE id = :user_id AND credits >= :amount
+        RETURNING credits
+    )
+    INSERT INTO transactions (user_id, type, amount, balance_after, job_id, idempotency_key, description)
+    SELECT :user_id, :type, -:amount, credits, :job_id, :key, :description FROM upd
+    RETURNING balance_after
+    """
+)
+
+
+async def credit(
+    session: AsyncSession,
+    user_id: int,
+    amount: Decimal,
+    *,
+    type: str,
+    job_id: uuid.UUID | None = None,
+    host_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+) -> Decimal | None:
+    """Add `amount` to a user's balance. Returns the new balance, or None if the key was already used."""
+    row = (
+        await session.execute(
+            CREDIT_SQL,
+            {
+                "user_id": user_id,
+                "type": type,
+                "amount": amount,
+                "job_id": job_id,
+                "host_id": host_id,
+                "key": idempotency_key,
+                "description": description,
+            },
+        )
+    ).first()
+    return None if row is None else Decimal(row[0])
+
+
+async def debit(
+    session: AsyncSession,
+    user_id: int,
+    amount: Decimal,
+    *,
+    type: str = "charge",
+    job_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+) -> Decimal | None:
+    """Take `amount` from a user's balance. Returns the new balance, or None when it does not cover it."""
+    row = (
+        await session.execute(
+            DEBIT_SQL,
+            {
+                "user_id": user_id,
+                "type": type,
+                "amount": amount,
+                "job_id": job_id,
+                "key": idempotency_key,
+                "description": description,
+            },
+        )
+    ).first()
+    return None if row is None else Decimal(row[0])
+
+
+async def grant(session: AsyncSession, user_id: int, amount: Decimal, description: str) -> Decimal | None:
+    return await credit(session, user_id, amount, type="grant", description=description)
+
+
+# Proves the ledger: for every user, balance = sum of its movements (grants + refunds + earnings - charges
+# - payouts). Returns the users for whom it does not hold.
+RECONCILE_SQL = text(
+    """
+    SELECT u.id, u.credits, COALESCE(SUM(t.amount), 0) AS ledger
+    FROM users u LEFT JOIN transactions t ON t.user_id = u.id
+    GROUP BY u.id, u.credits
+    HAVING u.credits <> COALESCE(SUM(t.amount), 0)
+    """
+)
+
+
+async def unreconciled_users(session: AsyncSession) -> list[tuple[int, Decimal, Decimal]]:
+    rows = (await session.execute(RECONCILE_SQL)).all()
+    return [(int(r[0]), Decimal(r[1]), Decimal(r[2])) for r in rows]

@@ -1,0 +1,271 @@
+"""The `coordinator` command: dev, serve, worker, migrate, admin, island and bench."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coordinator import __version__
+
+app = typer.Typer(
+    help="Archipelag coordinator: the control plane of a distributed compute network.", no_args_is_help=True
+)
+admin_app = typer.Typer(help="Operator tasks.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+def _settings(**overrides: object):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from coordinator.config import Settings
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        typer.echo(f"configuration error: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(settings) -> None:  # type: ignore[no-untyped-def]
+    from coordinator.telemetry.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, dev=settings.is_dev)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (our schema and the job queue's)."""
+    from coordinator.repo.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    typer.echo("database is up to date")
+
+
+async def _serve(settings, *, with_worker: bool, http: bool = True) -> None:  # type: ignore[no-untyped-def]
+    from coordinator.app import build_children, run_until_signalled
+    from coordinator.runtime import Runtime
+    from coordinator.supervisor import Supervisor
+
+    runtime = Runtime.from_settings(settings)
+    supervisor = Supervisor(build_children(runtime, with_worker=with_worker, http=http))
+    await run_until_signalled(supervisor)
+
+
+@app.command()
+def serve(
+    with_worker: Annotated[
+        bool, typer.Option("--with-worker", help="Also run the background worker.")
+    ] = False,
+) -> None:
+    """Run the HTTP API, the NATS handlers and the dispatcher (one replica)."""
+    settings = _settings()
+    _logging(settings)
+    asyncio.run(_serve(settings, with_worker=with_worker))
+
+
+@app.command()
+def worker() -> None:
+    """Run the background-job worker (maintenance, payouts, security scans)."""
+    settings = _settings()
+    _logging(settings)
+    asyncio.run(_serve(settings, with_worker=True, http=False))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the stack keeps its data (default ./.data).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="HTTP port (default 4000 if free, else any free port).")
+    ] = None,
+) -> None:
+    """Everything on this machine with no set-up: embedded PostgreSQL and NATS, migrations, demo data,
+    the coordinator with its worker and one reference Island."""
+    from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port, project_data_dir
+    from coordinator.repo.migrate import upgrade
+
+    started = time.monotonic()
+    root = (data_dir or project_data_dir()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    secret_file = root / "secret_key"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(48))
+        secret_file.chmod(0o600)
+    postgres = EmbeddedPostgres(root / "postgres")
+    nats_server = EmbeddedNats(root / "nats")
+    try:
+        postgres.start()
+        database_url = postgres.ensure_database("coordinator")
+        nats_url = nats_server.start()
+        http_port = (
+            port or int(os.environ.get("COORDINATOR_PORT", 0)) or (4000 if _port_free(4000) else free_port())
+        )
+        settings = _settings(
+            env="development",
+            secret_key=os.environ.get("COORDINATOR_SECRET_KEY") or secret_file.read_text().strip(),
+            database_url=database_url,
+            nats_url=nats_url,
+            port=http_port,
+            require_host_approval=False,
+        )
+        _logging(settings)
+        upgrade(settings.database_url)
+        asyncio.run(_dev(settings, root, started))
+    finally:
+        nats_server.stop()
+        postgres.stop()
+
+
+async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no-untyped-def]
+    from coordinator.app import build_children, run_until_signalled
+    from coordinator.runtime import Runtime
+    from coordinator.seed import seed_demo
+    from coordinator.supervisor import Supervisor
+
+    runtime = Runtime.from_settings(settings)
+    demo = await seed_demo(runtime, root / "demo-api-key")
+    supervisor = Supervisor(build_children(runtime, with_worker=True))
+
+    def announce() -> None:
+        print(f"URL: {runtime.base_url}", flush=True)
+        print(f"NATS: {settings.nats_url}", flush=True)
+        print(f"API key: {demo.api_key}", flush=True)
+        print(
+            f"Started in {time.monotonic() - started:.1f} s; press Ctrl-C to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    await run_until_signalled(supervisor, on_started=announce)
+
+
+@app.command()
+def island() -> None:
+    """Run the reference Island agent (`--fleet N` for a simulated fleet). Arrives with issue 3."""
+    typer.echo("The reference Island arrives with issue 3 (Islands over NATS).", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def bench() -> None:
+    """Run the benchmark suite and write a report. Arrives with issue 7."""
+    typer.echo("The benchmark suite arrives with issue 7 (Benchmarks).", err=True)
+    raise typer.Exit(1)
+
+
+# --- admin -------------------------------------------------------------------------------------------------
+
+
+def _with_runtime(coro_factory):  # type: ignore[no-untyped-def]
+    from coordinator.runtime import Runtime
+
+    async def runner():  # type: ignore[no-untyped-def]
+        runtime = Runtime.from_settings(_settings())
+        try:
+            return await coro_factory(runtime)
+        finally:
+            await runtime.db.dispose()
+
+    return asyncio.run(runner())
+
+
+@admin_app.command("create-user")
+def create_user(
+    email: str,
+    admin: Annotated[bool, typer.Option("--admin", help="Give the user the admin role.")] = False,
+    credits: Annotated[str, typer.Option(help="Credits to grant.")] = "10000",
+    api_key: Annotated[bool, typer.Option("--api-key", help="Also create an API key and print it.")] = False,
+) -> None:
+    """Create a user (or update the role of an existing one)."""
+    from coordinator.accounts import service as accounts
+
+    try:
+        amount = Decimal(credits)
+    except InvalidOperation:
+        typer.echo("credits must be a number", err=True)
+        raise typer.Exit(2) from None
+
+    async def body(runtime):  # type: ignore[no-untyped-def]
+        async with runtime.db.transaction() as session:
+            user = await accounts.get_user_by_email(session, email)
+            if user is None:
+                user = await accounts.create_user(session, email, credits=amount, admin=admin)
+            elif admin:
+                await accounts.set_admin(session, user, True)
+            typer.echo(f"user {user.id} {user.email} role={user.role}")
+            if api_key:
+                _, plaintext = await accounts.create_api_key(
+                    session, runtime.settings.secret_key, user, "created by admin"
+                )
+                typer.echo(f"API key: {plaintext}")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _with_runtime(body)
+
+
+@admin_app.command("grant-credits")
+def grant_credits(email: str, amount: str) -> None:
+    """Grant credits to a user (recorded in the ledger)."""
+    from coordinator.accounts import service as accounts
+    from coordinator.billing import ledger
+
+    async def body(runtime):  # type: ignore[no-untyped-def]
+        async with runtime.db.transaction() as session:
+            user = await accounts.get_user_by_email(session, email)
+            if user is None:
+                typer.echo("no such user", err=True)
+                raise typer.Exit(1)
+            balance = await ledger.grant(session, user.id, Decimal(amount), "granted by admin")
+            typer.echo(f"balance: {balance}")
+
+    _with_runtime(body)
+
+
+@admin_app.command("seed")
+def seed() -> None:
+    """Insert the default Cargos that are missing."""
+    from coordinator.workloads.service import seed_default_cargos
+
+    async def body(runtime):  # type: ignore[no-untyped-def]
+        async with runtime.db.transaction() as session:
+            typer.echo(f"inserted {await seed_default_cargos(session)} Cargos")
+
+    _with_runtime(body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

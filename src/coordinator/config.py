@@ -1,0 +1,113 @@
+"""Settings: every tunable of the coordinator, read from the environment (prefix ``COORDINATOR_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "dev-secret-change-me"
+
+
+def normalize_database_url(url: str) -> str:
+    """Return a SQLAlchemy URL that uses the psycopg 3 async-capable driver."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+asyncpg://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def libpq_url(url: str) -> str:
+    """The same URL in the form libpq (psycopg, procrastinate) accepts."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+class Settings(BaseSettings):
+    """The coordinator's configuration. Field names map to ``COORDINATOR_<NAME>`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COORDINATOR_", env_file=None, extra="ignore", populate_by_name=True
+    )
+
+    env: Literal["development", "test", "production"] = "production"
+    secret_key: str = DEFAULT_SECRET
+
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@localhost/coordinator",
+        validation_alias=AliasChoices("DATABASE_URL", "COORDINATOR_DATABASE_URL"),
+    )
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+
+    nats_url: str | None = Field(None, validation_alias=AliasChoices("NATS_URL", "COORDINATOR_NATS_URL"))
+    nats_disabled: bool = Field(
+        False, validation_alias=AliasChoices("NATS_DISABLED", "COORDINATOR_NATS_DISABLED")
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 4000
+    public_url: str | None = None
+    cors_origins: list[str] = ["*"]
+    log_level: str = "INFO"
+    log_format: Literal["json", "console", "auto"] = "auto"
+
+    # accounts
+    magic_link_ttl_seconds: int = 15 * 60
+    session_ttl_days: int = 30
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "coordinator@localhost"
+    signup_credits: float = 10_000.0
+
+    # islands
+    require_host_approval: bool | None = None
+    heartbeat_timeout_seconds: int = 30
+    pairing_code_ttl_seconds: int = 600
+
+    # jobs
+    rate_limit_per_minute: int = 100
+    poll_rate_limit_per_minute: int = 600
+
+    # metrics
+    metrics_token: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_db(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.env == "production" and self.secret_key == DEFAULT_SECRET:
+            raise ValueError(
+                "COORDINATOR_SECRET_KEY must be set outside development "
+                "(set COORDINATOR_ENV=development for a local stack)"
+            )
+        return self
+
+    @property
+    def is_dev(self) -> bool:
+        return self.env != "production"
+
+    @property
+    def nats_enabled(self) -> bool:
+        return bool(self.nats_url) and not self.nats_disabled
+
+    @property
+    def approval_required(self) -> bool:
+        if self.require_host_approval is not None:
+            return self.require_host_approval
+        return self.env == "production"
+
+    @property
+    def libpq_database_url(self) -> str:
+        return libpq_url(self.database_url)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

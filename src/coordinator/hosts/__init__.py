@@ -1,0 +1,1 @@
+"""Hosts ("Islands"): registration, pairing, heartbeats, approval, suspension and the live fleet view."""

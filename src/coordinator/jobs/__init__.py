@@ -1,0 +1,1 @@
+"""Jobs: submission, placement, dispatch, leases, retries, cancellation, batches and output."""

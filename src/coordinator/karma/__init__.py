@@ -1,0 +1,1 @@
+"""Karma: Island reputation from successful compute minutes, penalties and metro settings."""

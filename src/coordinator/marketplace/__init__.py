@@ -1,0 +1,1 @@
+"""Marketplace: the compute exchange (asking prices, surge, clearing prices, snapshots)."""

@@ -1,0 +1,1 @@
+"""NATS transport: the Island protocol handlers, the status consumer and the publisher."""

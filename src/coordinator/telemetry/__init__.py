@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics and structured logs with correlation ids."""

@@ -1,0 +1,90 @@
+"""Passwordless sign-in: request a magic link, spend it for a session cookie, sign out."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from coordinator.accounts import service as accounts
+from coordinator.web.auth import SESSION_COOKIE, get_runtime
+
+router = APIRouter(tags=["auth"])
+
+
+class MagicLinkRequest(BaseModel):
+    email: str = Field(min_length=3, max_length=320)
+
+
+class SessionRequest(BaseModel):
+    token: str = Field(min_length=10, max_length=200)
+
+
+@router.post("/api/v1/auth/magic-link")
+async def request_magic_link(body: MagicLinkRequest, request: Request) -> dict[str, Any]:
+    runtime = get_runtime(request)
+    async with runtime.db.transaction() as session:
+        await accounts.request_magic_link(
+            session,
+            runtime.settings.secret_key,
+            runtime.mailer,
+            body.email,
+            base_url=runtime.base_url,
+            ttl_seconds=runtime.settings.magic_link_ttl_seconds,
+        )
+    return {"data": {"sent": True}}
+
+
+def _set_session_cookie(response: Response, request: Request, token: str) -> None:
+    runtime = get_runtime(request)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=runtime.settings.session_ttl_days * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=not runtime.settings.is_dev,
+    )
+
+
+async def _consume(request: Request, token: str) -> tuple[Any, str]:
+    runtime = get_runtime(request)
+    async with runtime.db.transaction() as session:
+        return await accounts.consume_magic_link(
+            session,
+            runtime.settings.secret_key,
+            token,
+            signup_credits=runtime.signup_credits,
+            session_ttl_days=runtime.settings.session_ttl_days,
+        )
+
+
+@router.post("/api/v1/auth/session")
+async def create_session(body: SessionRequest, request: Request, response: Response) -> dict[str, Any]:
+    user, session_token = await _consume(request, body.token)
+    _set_session_cookie(response, request, session_token)
+    return {"data": {"user_id": str(user.id), "email": user.email}}
+
+
+@router.delete("/api/v1/auth/session")
+async def delete_session(request: Request, response: Response) -> dict[str, Any]:
+    runtime = get_runtime(request)
+    if cookie := request.cookies.get(SESSION_COOKIE):
+        async with runtime.db.transaction() as session:
+            await accounts.close_session(session, runtime.settings.secret_key, cookie)
+    response.delete_cookie(SESSION_COOKIE)
+    return {"data": {"signed_out": True}}
+
+
+@router.get("/auth/magic/{token}", response_class=HTMLResponse, include_in_schema=False)
+async def magic_link_landing(token: str, request: Request) -> HTMLResponse:
+    user, session_token = await _consume(request, token)
+    response = HTMLResponse(
+        f"<!doctype html><title>Signed in</title><p>Signed in as {html.escape(user.email)}. "
+        '<a href="/">Continue</a></p>'
+    )
+    _set_session_cookie(response, request, session_token)
+    return response

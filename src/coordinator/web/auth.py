@@ -1,0 +1,64 @@
+"""Authentication dependencies: a Bearer API key (every client) or a session cookie (the web pages)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+
+from coordinator.accounts import service as accounts
+from coordinator.accounts.service import Principal
+from coordinator.errors import Forbidden, Unauthorized
+from coordinator.runtime import Runtime
+
+SESSION_COOKIE = "coordinator_session"
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def current_principal(request: Request) -> Principal | None:
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    runtime = get_runtime(request)
+    principal: Principal | None = None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    async with runtime.db.session() as session:
+        if scheme.lower() == "bearer" and token.strip():
+            principal = await accounts.authenticate_api_key(
+                session, runtime.settings.secret_key, token.strip()
+            )
+        elif not header and (cookie := request.cookies.get(SESSION_COOKIE)):
+            principal = await accounts.authenticate_session(
+                session, runtime.settings.secret_key, cookie, ttl_days=runtime.settings.session_ttl_days
+            )
+    request.state.principal = principal
+    return principal
+
+
+def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    async def dependency(request: Request) -> Principal:
+        principal = await current_principal(request)
+        if principal is None:
+            raise Unauthorized("Invalid or missing API key")
+        if scope not in principal.scopes:
+            raise Forbidden(f"This API key lacks the '{scope}' scope")
+        return principal
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency
+
+
+require_read = require_scope("read")
+require_write = require_scope("write")
+
+
+async def require_admin(request: Request) -> Principal:
+    principal = await require_read(request)
+    if not principal.is_admin:
+        raise Forbidden("Admin role required")
+    return principal

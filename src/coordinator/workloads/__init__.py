@@ -1,0 +1,1 @@
+"""Workloads ("Cargos"): the catalog, requirements, runtimes, trust levels and the registry."""

