@@ -1,0 +1,101 @@
+"""Money around a job: the charge at submit, the settlement at success, the refund otherwise.
+
+Each function runs inside the caller's transaction (the one that inserts or transitions the job), and each
+write carries an idempotency key derived from the job id, so a retried or duplicated settlement is a no-op.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.billing import ledger
+
+
+@dataclass(frozen=True)
+class Settlement:
+    paid: Decimal
+    refunded: Decimal
+    earned: Decimal
+
+
+async def charge_for_submission(
+    session: AsyncSession, user_id: int, job_id: uuid.UUID, amount: Decimal
+) -> Decimal | None:
+    """Debit the job's budget. Returns the new balance, or None when the balance does not cover it."""
+    return await ledger.debit(
+        session, user_id, amount, type="charge", job_id=job_id, idempotency_key=f"charge:{job_id}"
+    )
+
+
+# Records an Island's earning once per job; the unique job_id makes a second call a no-op.
+RECORD_EARNING_SQL = text(
+    """
+    WITH earning AS (
+        INSERT INTO host_earnings (host_id, owner_id, job_id, amount)
+        VALUES (:host_id, :owner_id, :job_id, :amount)
+        ON CONFLICT (job_id) DO NOTHING
+        RETURNING amount
+    )
+    UPDATE hosts SET earnings_total = earnings_total + (SELECT amount FROM earning)
+    WHERE id = :host_id AND EXISTS (SELECT 1 FROM earning)
+    RETURNING id
+    """
+)
+
+
+async def settle_success(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    user_id: int,
+    budget: Decimal,
+    clearing_price: Decimal,
+    host_id: uuid.UUID | None,
+    host_owner_id: int | None,
+    platform_fee: Decimal = Decimal(0),
+) -> Settlement:
+    """The consumer pays the clearing price (capped at the budget); the rest of the budget is refunded; the
+    Island's owner earns the clearing price minus the platform fee."""
+    paid = min(max(clearing_price, Decimal(0)), budget)
+    refund = budget - paid
+    if refund > 0:
+        await ledger.credit(
+            session,
+            user_id,
+            refund,
+            type="refund",
+            job_id=job_id,
+            idempotency_key=f"refund:{job_id}",
+            description="unused budget",
+        )
+    earned = Decimal(0)
+    if host_id is not None and paid > 0:
+        earned = paid * (Decimal(1) - platform_fee)
+        await session.execute(
+            RECORD_EARNING_SQL,
+            {"host_id": host_id, "owner_id": host_owner_id, "job_id": job_id, "amount": earned},
+        )
+    return Settlement(paid=paid, refunded=refund, earned=earned)
+
+
+async def refund_in_full(
+    session: AsyncSession, *, job_id: uuid.UUID, user_id: int, amount: Decimal, reason: str
+) -> bool:
+    """Give the whole budget back (failure, cancel, timeout, dead-letter, unplaceable). True if it moved."""
+    if amount <= 0:
+        return False
+    balance = await ledger.credit(
+        session,
+        user_id,
+        amount,
+        type="refund",
+        job_id=job_id,
+        idempotency_key=f"refund:{job_id}",
+        description=reason,
+    )
+    return balance is not None

@@ -1,0 +1,109 @@
+"""The ledger and job settlement against a real PostgreSQL: atomic, idempotent, reconciled."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import text
+
+from coordinator.billing import ledger, settlement
+from coordinator.runtime import Runtime
+from tests.factories import make_consumer
+
+
+async def balance(runtime: Runtime, user_id: int) -> Decimal:
+    async with runtime.db.session() as session:
+        return Decimal(
+            (
+                await session.execute(text("SELECT credits FROM users WHERE id=:i"), {"i": user_id})
+            ).scalar_one()
+        )
+
+
+async def test_debit_refuses_what_the_balance_does_not_cover(runtime: Runtime) -> None:
+    consumer = await make_consumer(runtime, credits=Decimal(5))
+    async with runtime.db.transaction() as session:
+        assert await ledger.debit(session, consumer.user.id, Decimal(6)) is None
+        assert await ledger.debit(session, consumer.user.id, Decimal(5)) == Decimal(0)
+    assert await balance(runtime, consumer.user.id) == 0
+    async with runtime.db.session() as session:
+        assert await ledger.unreconciled_users(session) == []
+
+
+async def test_concurrent_debits_never_overdraw(runtime: Runtime) -> None:
+    consumer = await make_consumer(runtime, credits=Decimal(10))
+
+    async def one() -> bool:
+        async with runtime.db.transaction() as session:
+            return await ledger.debit(session, consumer.user.id, Decimal(1)) is not None
+
+    results = await asyncio.gather(*[one() for _ in range(25)])
+    assert sum(results) == 10
+    assert await balance(runtime, consumer.user.id) == 0
+    async with runtime.db.session() as session:
+        assert await ledger.unreconciled_users(session) == []
+
+
+async def test_credit_with_an_idempotency_key_moves_money_once(runtime: Runtime) -> None:
+    consumer = await make_consumer(runtime, credits=Decimal(0))
+
+    async def refund() -> Decimal | None:
+        async with runtime.db.transaction() as session:
+            return await ledger.credit(
+                session, consumer.user.id, Decimal(3), type="refund", idempotency_key="refund:x"
+            )
+
+    results = await asyncio.gather(*[refund() for _ in range(5)])
+    assert sorted(r is not None for r in results) == [False, False, False, False, True]
+    assert await balance(runtime, consumer.user.id) == 3
+    async with runtime.db.session() as session:
+        row = (
+            await session.execute(text("SELECT amount, balance_after FROM transactions WHERE type='refund'"))
+        ).one()
+        assert (row[0], row[1]) == (Decimal(3), Decimal(3))
+
+
+async def test_settlement_refunds_the_unused_budget_and_records_one_earning(runtime: Runtime) -> None:
+    consumer = await make_consumer(runtime, "c@example.com", credits=Decimal(100))
+    owner = await make_consumer(runtime, "owner@example.com", credits=Decimal(0))
+    job_id, host_id = uuid.uuid4(), uuid.uuid4()
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            text("INSERT INTO hosts (id, owner_id) VALUES (:h, :o)"), {"h": host_id, "o": owner.user.id}
+        )
+        await session.execute(text("INSERT INTO workloads (slug, name) VALUES ('w', 'w')"))
+        await session.execute(
+            text(
+                "INSERT INTO jobs (id, user_id, workload_id, input, budget) "
+                "SELECT :j, :u, id, '{}'::jsonb, 10 FROM workloads WHERE slug='w'"
+            ),
+            {"j": job_id, "u": consumer.user.id},
+        )
+        assert await settlement.charge_for_submission(session, consumer.user.id, job_id, Decimal(10)) == 90
+    for _ in range(2):  # a duplicated success message settles once
+        async with runtime.db.transaction() as session:
+            await settlement.settle_success(
+                session,
+                job_id=job_id,
+                user_id=consumer.user.id,
+                budget=Decimal(10),
+                clearing_price=Decimal(4),
+                host_id=host_id,
+                host_owner_id=owner.user.id,
+            )
+    assert await balance(runtime, consumer.user.id) == 96
+    async with runtime.db.session() as session:
+        earned = (
+            await session.execute(text("SELECT earnings_total FROM hosts WHERE id=:h"), {"h": host_id})
+        ).scalar_one()
+        assert earned == 4
+        assert await ledger.unreconciled_users(session) == []
+    # A later failure path cannot refund again: the refund key is taken.
+    async with runtime.db.transaction() as session:
+        moved = await settlement.refund_in_full(
+            session, job_id=job_id, user_id=consumer.user.id, amount=Decimal(10), reason="late failure"
+        )
+    assert moved is False
+    assert await balance(runtime, consumer.user.id) == 96
