@@ -1,0 +1,84 @@
+"""`coordinator dev` (what `make run` starts): comes up, prints URL/NATS/API key, serves the demo account,
+shuts down cleanly on Ctrl-C, and keeps its data across restarts."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from coordinator.devstack import free_port
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for name in ("DATABASE_URL", "NATS_URL", "COORDINATOR_ENV", "COORDINATOR_SECRET_KEY", "COORDINATOR_PORT"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "dev", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines: dict[str, str] = {}
+    received: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+    threading.Thread(target=lambda: [received.put(line) for line in stdout], daemon=True).start()
+    deadline = time.monotonic() + 90
+    while len(lines) < 3 and time.monotonic() < deadline:
+        try:
+            line = received.get(timeout=1)
+        except queue.Empty:
+            assert proc.poll() is None, "coordinator dev exited during start-up"
+            continue
+        key, _, value = line.strip().partition(": ")
+        if key in ("URL", "NATS", "API key"):
+            lines[key] = value
+    assert set(lines) == {"URL", "NATS", "API key"}, lines
+    return proc, lines
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=60)
+
+
+def test_dev_stack_serves_the_demo_account_and_keeps_its_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    proc, first = _start(data_dir, port)
+    try:
+        assert first["URL"] == f"http://127.0.0.1:{port}"
+        assert first["NATS"].startswith("nats://127.0.0.1:")
+        assert first["API key"].startswith("ak_")
+        account = httpx.get(
+            f"{first['URL']}/api/v1/account", headers={"Authorization": f"Bearer {first['API key']}"}
+        )
+        assert account.status_code == 200
+        demo = account.json()["data"]
+        assert demo["email"] == "demo@archipelag.local" and demo["credits"] > 0
+        assert httpx.get(f"{first['URL']}/readyz").json()["checks"] == {"database": "ok", "nats": "ok"}
+    finally:
+        assert _stop(proc) == 0
+
+    proc, second = _start(data_dir, port)
+    try:
+        # Same data: the stored demo key still works and names the same account.
+        assert second["API key"] == first["API key"]
+        again = httpx.get(
+            f"{second['URL']}/api/v1/account", headers={"Authorization": f"Bearer {second['API key']}"}
+        ).json()["data"]
+        assert again["id"] == demo["id"]
+    finally:
+        assert _stop(proc) == 0
