@@ -177,10 +177,20 @@ def island() -> None:
 
 
 @app.command()
-def bench() -> None:
-    """Run the benchmark suite and write a report. Arrives with issue 7."""
-    typer.echo("The benchmark suite arrives with issue 7 (Benchmarks).", err=True)
-    raise typer.Exit(1)
+def bench(
+    scenarios: Annotated[list[str] | None, typer.Argument(help="Scenarios to run (default: all).")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes: the whole run in under 3 minutes.")
+    ] = False,
+    output: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("bench/results"),
+) -> None:
+    """Run the benchmark suite against embedded PostgreSQL and NATS and write a report."""
+    from coordinator.benchmarks.runner import run
+
+    results, report = run(list(scenarios or []), quick=quick, output=output)
+    for result in results:
+        typer.echo(f"{result.name}: {result.metrics}")
+    typer.echo(f"report: {report}")
 
 
 # --- admin -------------------------------------------------------------------------------------------------

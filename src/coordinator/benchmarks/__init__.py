@@ -1,0 +1,1 @@
+"""`coordinator bench`: scenarios against embedded PostgreSQL and NATS, with same-run baselines."""
