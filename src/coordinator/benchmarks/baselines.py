@@ -137,20 +137,22 @@ async def baseline_jetstream(env: BenchEnv) -> Result:
 async def run_sse_fanout(
     host: str,
     port: int,
-    path: str,
+    path: str | list[str],
     clients: int,
     events: int,
     publish: Callable[[int], Awaitable[None]],
     headers: dict[str, str] | None = None,
+    only: bytes | None = None,
 ) -> dict[str, float]:
     """Connect `clients` SSE readers, trigger `events` events, and measure delivery rate and latency."""
     counters = [SseCounter(expected=events) for _ in range(clients)]
     connected = [asyncio.Event() for _ in range(clients)]
+    paths = [path] * clients if isinstance(path, str) else [path[i % len(path)] for i in range(clients)]
     tasks = [
         asyncio.create_task(
-            sse_client(host, port, path, c, headers, sample_every=max(1, events // 20), connected=e)
+            sse_client(host, port, p, c, headers, sample_every=max(1, events // 20), connected=e, only=only)
         )
-        for c, e in zip(counters, connected, strict=True)
+        for c, e, p in zip(counters, connected, paths, strict=True)
     ]
     await asyncio.wait_for(asyncio.gather(*[e.wait() for e in connected]), 60)
     await asyncio.sleep(0.2)

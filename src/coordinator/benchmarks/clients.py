@@ -24,6 +24,7 @@ async def sse_client(
     headers: dict[str, str] | None = None,
     sample_every: int = 10,
     connected: asyncio.Event | None = None,
+    only: bytes | None = None,
 ) -> None:
     """Read `data:` frames until `counter.expected` arrived; record producer→client latency of a sample."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -46,17 +47,25 @@ async def sse_client(
             while b"\n\n" in buffer:
                 frame, buffer = buffer.split(b"\n\n", 1)
                 start = frame.find(b"data: ")
-                if start < 0:
+                if start < 0 or (only is not None and only not in frame):
                     continue
                 counter.received += 1
                 if counter.received % sample_every == 0:
                     payload = frame[start + 6 :]
-                    try:
-                        sent = json.loads(payload).get("t")
-                    except ValueError:
-                        sent = None
+                    sent = _sent_at(payload)
                     if sent:
                         counter.latencies.append(time.time() - float(sent))
     finally:
         writer.close()
         counter.done.set()
+
+
+def _sent_at(payload: bytes) -> float | None:
+    """The producer's timestamp: a `t` field (baseline) or a token whose content starts with it."""
+    try:
+        event = json.loads(payload)
+        if "t" in event:
+            return float(event["t"])
+        return float(str(event.get("content", "")).split()[0])
+    except (ValueError, IndexError, TypeError, AttributeError):
+        return None

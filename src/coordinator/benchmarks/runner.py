@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from coordinator.benchmarks import baselines  # noqa: F401 - registers the baseline scenarios
+from coordinator.benchmarks import baselines, scenarios  # noqa: F401 - registers the scenarios
 from coordinator.benchmarks.harness import SCENARIOS, BenchEnv, Result, machine_description
 from coordinator.benchmarks.report import write_report
 

@@ -1,0 +1,323 @@
+"""The targets of issue 7, measured black-box: a `coordinator serve` process, a simulated fleet on NATS,
+consumers over HTTP/SSE, and the database checked afterwards for lost or double-charged jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+
+from coordinator.benchmarks.baselines import run_sse_fanout
+from coordinator.benchmarks.fake_island import FakeFleet, JobBehaviour, heartbeat_flood
+from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, latency_summary, scenario
+from coordinator.benchmarks.system import CoordinatorProcess, make_account
+from coordinator.config import libpq_url
+
+CHAT = {"workload": "llm-chat", "input": {"prompt": "hello"}}
+
+
+@dataclass
+class Stack:
+    coordinator: CoordinatorProcess
+    key: str
+    database_url: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+
+
+@asynccontextmanager
+async def stack(env: BenchEnv, name: str) -> AsyncIterator[Stack]:
+    database_url = env.fresh_database(name)
+    key = await make_account(database_url, f"{name}@bench.local")
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        conn.execute("UPDATE users SET verification_status = 'verified'")
+    coordinator = CoordinatorProcess(database_url, env.nats_url)
+    await coordinator.start()
+    try:
+        yield Stack(coordinator, key, database_url)
+    finally:
+        coordinator.stop()
+
+
+def _db_checks(database_url: str, submitted: list[str]) -> dict[str, int]:
+    """Lost = submitted but not terminal; double = more than one charge (or refund) for a job."""
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        states: dict[str, int] = dict(
+            conn.execute(
+                "SELECT state, count(*) FROM jobs WHERE id = ANY(%s::uuid[]) GROUP BY state", (submitted,)
+            ).fetchall()
+        )
+        double = conn.execute(
+            "SELECT count(*) FROM (SELECT job_id, type FROM transactions WHERE type IN ('charge','refund') "
+            "GROUP BY job_id, type HAVING count(*) > 1) d"
+        ).fetchone()
+        unreconciled = conn.execute(
+            "SELECT count(*) FROM (SELECT u.id FROM users u LEFT JOIN transactions t ON t.user_id = u.id "
+            "GROUP BY u.id, u.credits HAVING u.credits <> COALESCE(SUM(t.amount), 0)) x"
+        ).fetchone()
+    terminal = sum(v for k, v in states.items() if k in ("succeeded", "failed", "cancelled", "timeout"))
+    return {
+        "submitted": len(submitted),
+        "found": sum(states.values()),
+        "succeeded": states.get("succeeded", 0),
+        "lost": len(submitted) - terminal,
+        "double_charged": int(double[0]) if double else -1,
+        "unreconciled_users": int(unreconciled[0]) if unreconciled else -1,
+    }
+
+
+async def _submit(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[str | None, float]:
+    started = time.perf_counter()
+    response = await client.post("/api/v1/jobs", json=CHAT, headers=headers)
+    elapsed = time.perf_counter() - started
+    if response.status_code not in (200, 201):
+        return None, elapsed
+    return str(response.json()["data"]["id"]), elapsed
+
+
+@scenario("submit_to_assign", "submit → AssignJob received by the Island, idle fleet")
+async def submit_to_assign(env: BenchEnv) -> Result:
+    count = 50 if env.quick else 300
+    assigned: dict[str, float] = {}
+    async with stack(env, "s_assign") as s:
+        fleet = FakeFleet(env.nats_url, 4, on_assigned=lambda job, t: assigned.__setitem__(job, t))
+        await fleet.start()
+        await asyncio.sleep(1.0)
+        latencies: list[float] = []
+        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=30) as client:
+            for _ in range(count):
+                started = time.perf_counter()
+                job_id, _ = await _submit(client, s.headers)
+                for _ in range(500):
+                    if job_id in assigned:
+                        break
+                    await asyncio.sleep(0.001)
+                if job_id in assigned:
+                    latencies.append(assigned[job_id] - started)
+        await fleet.stop()
+    summary = latency_summary(latencies)
+    raw_publish_ms = 1000 / env.baselines["baseline_jetstream"].metrics["awaited_msgs_per_s"]
+    return Result(
+        "submit_to_assign",
+        {"jobs": count, "islands": 4},
+        {**summary, "assigned": len(latencies), "raw_jetstream_publish_ms": round(raw_publish_ms, 3)},
+        {"submit→assign (ms)": [x * 1000 for x in latencies]},
+        target="p50 ≤ 10 ms, p99 ≤ 50 ms",
+        met=len(latencies) == count and summary["p50_ms"] <= 10 and summary["p99_ms"] <= 50,
+    )
+
+
+@scenario("dispatcher", "dispatcher alone: a backlog of queued jobs → assigned + published")
+async def dispatcher(env: BenchEnv) -> Result:
+    count = 500 if env.quick else 3000
+    assigned: dict[str, float] = {}
+    async with stack(env, "s_dispatch") as s:
+        # Islands with no free slot: every job waits in the queue.
+        fleet = FakeFleet(
+            env.nats_url, 8, max_concurrent=0, on_assigned=lambda j, t: assigned.__setitem__(j, t)
+        )
+        await fleet.start()
+        await asyncio.sleep(1.0)
+        sem = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+
+            async def one() -> str | None:
+                async with sem:
+                    return (await _submit(client, s.headers))[0]
+
+            submitted = [j for j in await asyncio.gather(*[one() for _ in range(count)]) if j]
+        # Capacity appears: the backlog drains.
+        fleet.max_concurrent = count
+        opened = time.perf_counter()
+        await fleet.heartbeat_all()
+        deadline = time.monotonic() + 120
+        while len(assigned) < len(submitted) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        last = max(assigned.values()) if assigned else opened
+        await fleet.stop()
+    rate = len(assigned) / max(last - opened, 1e-9)
+    claim = env.baselines["baseline_claim"].metrics["rows_per_s_batch_100"]
+    return Result(
+        "dispatcher",
+        {"backlog": count, "islands": 8},
+        {
+            "jobs_per_s": round(rate, 1),
+            "assigned": len(assigned),
+            "ratio_to_batched_claim": round(rate / claim, 3),
+        },
+        target="≥ 1,000 jobs/s and ≥ 25% of the batched raw claim rate",
+        met=rate >= 1000 and rate >= 0.25 * claim,
+    )
+
+
+@scenario("lifecycle", "full lifecycle: HTTP submit → charge → dispatch → 20 tokens → settle")
+async def lifecycle(env: BenchEnv) -> Result:
+    duration = 10.0 if env.quick else 30.0
+    async with stack(env, "s_lifecycle") as s:
+        fleet = FakeFleet(env.nats_url, 8, max_concurrent=256, behaviour=JobBehaviour(tokens=20))
+        await fleet.start()
+        await asyncio.sleep(1.0)
+        submitted: list[str] = []
+        per_second: list[float] = []
+        stop_at = time.monotonic() + duration
+        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+
+            async def submitter() -> None:
+                while time.monotonic() < stop_at:
+                    job_id, _ = await _submit(client, s.headers)
+                    if job_id:
+                        submitted.append(job_id)
+
+            async def sampler() -> None:
+                previous = 0
+                while time.monotonic() < stop_at:
+                    await asyncio.sleep(1)
+                    per_second.append(fleet.completed - previous)
+                    previous = fleet.completed
+
+            await asyncio.gather(sampler(), *[submitter() for _ in range(32)])
+        drain = time.monotonic() + 60
+        while time.monotonic() < drain and _db_checks(s.database_url, submitted)["lost"] > 0:
+            await asyncio.sleep(0.5)
+        checks = _db_checks(s.database_url, submitted)
+        await fleet.stop()
+    sustained = sorted(per_second)[len(per_second) // 2] if per_second else 0.0
+    return Result(
+        "lifecycle",
+        {"seconds": duration, "submitters": 32, "islands": 8, "tokens": 20},
+        {"median_completed_per_s": sustained, **checks},
+        {"completed jobs per second": per_second},
+        target="≥ 300 jobs/s sustained, zero lost, zero double-charged",
+        met=sustained >= 300 and checks["lost"] == 0 and checks["double_charged"] == 0,
+    )
+
+
+@scenario("hot_account", "one account, 32 concurrent submitters")
+async def hot_account(env: BenchEnv) -> Result:
+    per_submitter = 20 if env.quick else 100
+    async with stack(env, "s_hot") as s:
+        fleet = FakeFleet(env.nats_url, 8, max_concurrent=512, behaviour=JobBehaviour(tokens=1))
+        await fleet.start()
+        await asyncio.sleep(1.0)
+        latencies: list[float] = []
+        failures = 0
+        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+
+            async def submitter() -> None:
+                nonlocal failures
+                for _ in range(per_submitter):
+                    job_id, elapsed = await _submit(client, s.headers)
+                    latencies.append(elapsed)
+                    failures += job_id is None
+
+            watch = Stopwatch()
+            await asyncio.gather(*[submitter() for _ in range(32)])
+            elapsed = watch.elapsed
+        await fleet.stop()
+    summary = latency_summary(latencies)
+    rate = len(latencies) / elapsed
+    raw = env.baselines["baseline_debit"].metrics["hot_debits_per_s"]
+    return Result(
+        "hot_account",
+        {"submitters": 32, "per_submitter": per_submitter},
+        {
+            "submits_per_s": round(rate, 1),
+            **summary,
+            "failed": failures,
+            "ratio_to_raw_hot_debit": round(rate / raw, 3),
+        },
+        {"submit latency (ms)": [x * 1000 for x in latencies]},
+        target="≥ 1,000 submits/s, p99 ≤ 100 ms",
+        met=failures == 0 and rate >= 1000 and summary["p99_ms"] <= 100,
+    )
+
+
+@scenario("sse_streaming", "token streaming to SSE clients (100 and 1,000), and RSS per 1,000 streams")
+async def sse_streaming(env: BenchEnv) -> Result:
+    metrics: dict[str, float] = {}
+    for clients, jobs, tokens in ((100, 1, 200 if env.quick else 1000), (1000, 10, 20 if env.quick else 100)):
+        async with stack(env, f"s_sse_{clients}") as s:
+            behaviour = JobBehaviour(hold=True, timestamp_tokens=True)
+            fleet = FakeFleet(env.nats_url, 2, max_concurrent=64, behaviour=behaviour)
+            await fleet.start()
+            await asyncio.sleep(1.0)
+            async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+                job_ids = [j for j in [(await _submit(client, s.headers))[0] for _ in range(jobs)] if j]
+            while len(fleet.held) < len(job_ids):
+                await asyncio.sleep(0.05)
+            rss_before = s.coordinator.rss_mb()
+
+            async def release(n: int, fleet: FakeFleet = fleet, job_ids: list[str] = job_ids) -> None:
+                await asyncio.gather(
+                    *[fleet.run_job(fleet.held[j], j, tokens=n, yield_every=50) for j in job_ids]
+                )
+
+            result = await run_sse_fanout(
+                "127.0.0.1",
+                s.coordinator.port,
+                [f"/api/v1/jobs/{j}/stream" for j in job_ids],
+                clients,
+                tokens,
+                release,
+                headers={"Authorization": f"Bearer {s.key}"},
+                only=b'"token"',
+            )
+            if clients == 1000:
+                metrics["rss_mb_per_1000_streams"] = round(s.coordinator.rss_mb() - rss_before, 1)
+            await fleet.stop()
+        for key, value in result.items():
+            metrics[f"c{clients}_{key}"] = value
+    base = env.baselines["baseline_sse"].metrics
+    metrics["ratio_c100_to_bare"] = round(metrics["c100_events_per_s"] / base["c100_events_per_s"], 3)
+    metrics["ratio_c1000_to_bare"] = round(metrics["c1000_events_per_s"] / base["c1000_events_per_s"], 3)
+    return Result(
+        "sse_streaming",
+        {"fanouts": "1 job × 100 clients; 10 jobs × 100 clients"},
+        metrics,
+        target="≥ 50,000 ev/s to 100 clients, ≥ 10,000 ev/s to 1,000 clients, Island→client p99 ≤ 5 ms",
+        met=metrics["c100_events_per_s"] >= 50_000
+        and metrics["c1000_events_per_s"] >= 10_000
+        and metrics["c100_latency_p99_ms"] <= 5,
+        notes="The latency includes the producer, NATS, the coordinator and the client on one 2-core machine.",
+    )
+
+
+@scenario("heartbeats", "heartbeat ingestion: Islands beating every 10 s; CPU and RSS per 1,000 Islands")
+async def heartbeats(env: BenchEnv) -> Result:
+    islands = 2000 if env.quick else 10000
+    duration = 15.0 if env.quick else 40.0
+    async with stack(env, "s_heartbeats") as s:
+        fleet = FakeFleet(env.nats_url, islands, consume=False)
+        rss_before = s.coordinator.rss_mb()
+        await fleet.start()
+        await asyncio.sleep(3)
+        cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
+        sent = await heartbeat_flood(env.nats_url, fleet.host_ids, duration)
+        cpu = s.coordinator.cpu_seconds() - cpu_before
+        wall = time.perf_counter() - wall
+        rss_after = s.coordinator.rss_mb()
+        await fleet.stop()
+    core_share = cpu / wall
+    per_1000_hbs = core_share / (sent / wall / 1000)
+    return Result(
+        "heartbeats",
+        {"islands": islands, "interval_s": 10, "seconds": duration},
+        {
+            "heartbeats_per_s": round(sent / wall, 1),
+            "cpu_share_of_one_core": round(core_share, 4),
+            "cpu_share_per_1000_heartbeats_per_s": round(per_1000_hbs, 4),
+            "largest_fleet_per_replica_at_one_core": int(1.0 / max(per_1000_hbs, 1e-9) * 1000 * 10),
+            "rss_mb_per_1000_islands": round((rss_after - rss_before) / islands * 1000, 2),
+        },
+        target="10,000 Islands at 10 s using ≤ 25% of one core",
+        met=(islands == 10000 and core_share <= 0.25)
+        if not env.quick
+        else core_share * 10000 / islands <= 0.25,
+    )

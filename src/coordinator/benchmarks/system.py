@@ -1,0 +1,96 @@
+"""A coordinator under test: `coordinator serve` in its own process (so its CPU and RSS are its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psutil
+
+from coordinator.accounts import service as accounts
+from coordinator.config import Settings
+from coordinator.devstack import free_port
+from coordinator.runtime import Runtime
+from coordinator.workloads.service import seed_default_cargos
+
+SECRET = "bench-secret"
+
+
+@dataclass
+class CoordinatorProcess:
+    database_url: str
+    nats_url: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    ps: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, **env_overrides: str) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "NATS_URL": self.nats_url,
+            "COORDINATOR_ENV": "test",
+            "COORDINATOR_SECRET_KEY": SECRET,
+            "COORDINATOR_PORT": str(self.port),
+            "COORDINATOR_LOG_LEVEL": "WARNING",
+            "COORDINATOR_RATE_LIMIT_PER_MINUTE": "100000000",
+            "COORDINATOR_POLL_RATE_LIMIT_PER_MINUTE": "100000000",
+            **env_overrides,
+        }
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - started once per scenario
+            [sys.executable, "-m", "coordinator.cli", "serve"], env=env, stderr=subprocess.DEVNULL
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            for _ in range(300):
+                if self.proc.poll() is not None:
+                    raise RuntimeError("coordinator exited during start-up")
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("coordinator did not become ready")
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def rss_mb(self) -> float:
+        return float(self.ps.memory_info().rss) / 2**20
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def make_account(database_url: str, email: str, credits: Decimal = Decimal(10**9)) -> str:
+    """Seed the Cargos and a rich consumer; returns its API key."""
+    runtime = Runtime.from_settings(
+        Settings(env="test", secret_key=SECRET, database_url=database_url, nats_url=None)
+    )
+    try:
+        async with runtime.db.transaction() as session:
+            await seed_default_cargos(session)
+            user = await accounts.get_or_create_user(session, email, credits=credits)
+            _, key = await accounts.create_api_key(session, SECRET, user, "bench")
+        return key
+    finally:
+        await runtime.db.dispose()
