@@ -285,7 +285,7 @@ async def sse_streaming(env: BenchEnv) -> Result:
         met=metrics["c100_events_per_s"] >= 50_000
         and metrics["c1000_events_per_s"] >= 10_000
         and metrics["c100_latency_p99_ms"] <= 5,
-        notes="The latency includes the producer, NATS, the coordinator and the client on one 2-core machine.",
+        notes="Latency includes the producer, NATS, the coordinator and the client on one 2-core machine.",
     )
 
 
