@@ -10,6 +10,8 @@ import pytest
 from coordinator.app import DatabaseChild, HttpChild, NatsConnectionChild, WorkerChild, build_children
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child, LoopService, Supervisor
+from coordinator.telemetry.child import TelemetryChild
+from coordinator.telemetry.collectors import MetricsCollector
 from tests.conftest import make_settings
 
 
@@ -107,7 +109,7 @@ def test_nats_children_are_absent_without_nats(
     runtime = Runtime.from_settings(make_settings(database_url, nats_url=nats_url, nats_disabled=disabled))
     children = build_children(runtime, with_worker=True)
     kinds = [type(c) for c in children]
-    assert kinds[:3] == [DatabaseChild, WorkerChild, HttpChild]
+    assert kinds[:5] == [TelemetryChild, DatabaseChild, MetricsCollector, WorkerChild, HttpChild]
     assert (NatsConnectionChild in kinds) is expect_nats
 
 

@@ -13,6 +13,9 @@ import uvicorn
 
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child, Supervisor
+from coordinator.telemetry.child import TelemetryChild
+from coordinator.telemetry.collectors import MetricsCollector
+from coordinator.telemetry.context import correlate_job
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +87,7 @@ class WorkerChild(Child):
                 install_signal_handlers=False,
                 additional_context={"runtime": self.runtime},
                 delete_jobs="successful",
+                worker_middleware=[correlate_job],
             )
 
 
@@ -134,8 +138,11 @@ class HttpChild(Child):
 
 
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
-    """The tree in start order: database, background jobs, HTTP, then (if configured) the NATS subtree."""
-    children: list[Child] = [DatabaseChild(runtime)]
+    """The tree in start order: telemetry, database, metric collectors (with HTTP, which serves them),
+    background jobs, HTTP, then (if configured) the NATS subtree."""
+    children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime)]
+    if http and runtime.settings.metrics_collectors:
+        children.append(MetricsCollector(runtime))
     if with_worker:
         children.append(WorkerChild(runtime))
     if http:

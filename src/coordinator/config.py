@@ -72,8 +72,13 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 100
     poll_rate_limit_per_minute: int = 600
 
-    # metrics
+    # metrics and logs (docs/metrics.md)
     metrics_token: str | None = None
+    metrics_collectors: bool = True  # poll PostgreSQL for the fleet/jobs/billing gauges in this process
+    metrics_fleet_interval_seconds: float = 15.0
+    metrics_jobs_interval_seconds: float = 10.0
+    metrics_billing_interval_seconds: float = 30.0
+    db_slow_query_ms: float = 500.0
 
     @field_validator("database_url")
     @classmethod

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto", *, dev: bool = False) -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "auto", *, dev: bool = False, stream: TextIO | None = None
+) -> None:
+    """Route structlog and stdlib logging through one handler; correlation ids bound with
+    `telemetry.context` are merged into every line, ours and libraries' alike."""
     use_json = fmt == "json" or (fmt == "auto" and not dev)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -35,7 +40,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, dev: bool = Fal
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,12 +1,19 @@
 """Prometheus metrics of the coordinator. Contexts and transports import the objects they update.
 
-Names follow `coordinator_<area>_<what>_<unit>`; see docs/metrics.md for meaning and alerts."""
+Names follow `coordinator_<area>_<what>_<unit>`; see docs/metrics.md for meaning and alerts. Gauges that a
+process updates itself declare how prometheus-client's multiprocess mode combines them across processes
+(`PROMETHEUS_MULTIPROC_DIR`); the gauges computed from PostgreSQL live in `snapshots` instead."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 # NATS
 nats_messages = Counter(
@@ -58,10 +65,65 @@ http_request_seconds = Histogram(
     ["method", "route", "status"],
     buckets=LATENCY_BUCKETS,
 )
-open_streams = Gauge("coordinator_open_streams", "Open SSE streams and WebSockets", ["kind"])
+open_streams = Gauge(
+    "coordinator_open_streams", "Open SSE streams and WebSockets", ["kind"], multiprocess_mode="livesum"
+)
 
 # Background jobs
 worker_runs = Counter("coordinator_worker_runs_total", "Background job runs", ["worker", "outcome"])
 worker_seconds = Histogram(
     "coordinator_worker_duration_seconds", "Background job duration", ["worker"], buckets=LATENCY_BUCKETS
 )
+
+# Database (this process's engine; see telemetry/database.py)
+db_query_seconds = Histogram(
+    "coordinator_db_query_seconds",
+    "SQL statement duration, by statement kind (select, insert, update, delete, with, other)",
+    ["kind"],
+    buckets=QUERY_BUCKETS,
+)
+db_query_errors = Counter("coordinator_db_query_errors_total", "SQL statements that raised", ["kind"])
+db_pool_checked_out = Gauge(
+    "coordinator_db_pool_checked_out_connections",
+    "Connections currently checked out of the pool",
+    multiprocess_mode="livesum",
+)
+db_pool_capacity = Gauge(
+    "coordinator_db_pool_capacity_connections",
+    "Most connections the pool may hand out (pool size + max overflow)",
+    multiprocess_mode="livesum",
+)
+
+# The PostgreSQL pollers themselves (telemetry/collectors.py)
+collector_seconds = Histogram(
+    "coordinator_collector_duration_seconds",
+    "Duration of one collector poll, by group",
+    ["group"],
+    buckets=LATENCY_BUCKETS,
+)
+collector_errors = Counter("coordinator_collector_errors_total", "Collector polls that failed", ["group"])
+
+
+class SnapshotCollector(Collector):
+    """Gauges computed by a poller: each group's whole family set is swapped at once, so a label set that
+    disappears from PostgreSQL (a region with no Island left) disappears from the scrape too."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[Metric]] = {}
+
+    def publish(self, group: str, families: list[Metric]) -> None:
+        self._groups[group] = families
+
+    def clear(self) -> None:
+        self._groups = {}
+
+    def collect(self) -> Iterable[Metric]:
+        for families in list(self._groups.values()):
+            yield from families
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+snapshots = SnapshotCollector()
+REGISTRY.register(snapshots)

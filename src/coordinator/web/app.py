@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, CORS, error envelope and OpenAPI at `/api/v1/docs`."""
+"""The FastAPI application: routers, CORS, telemetry, error envelope and OpenAPI at `/api/v1/docs`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from coordinator import __version__
 from coordinator.runtime import Runtime
+from coordinator.telemetry.http import TelemetryMiddleware
+from coordinator.web import metrics
 from coordinator.web.api.v1 import account, api_keys, auth, health, workloads
 from coordinator.web.errors import install_error_handlers
 
-ROUTERS = [health.router, account.router, workloads.router, api_keys.router, auth.router]
+ROUTERS = [health.router, account.router, workloads.router, api_keys.router, auth.router, metrics.router]
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -28,9 +30,17 @@ def create_app(runtime: Runtime) -> FastAPI:
         CORSMiddleware,
         allow_origins=runtime.settings.cors_origins,
         allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
-        expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=[
+            "Retry-After",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "X-Request-ID",
+        ],
     )
+    # Outermost of ours (added last): binds the request id before anything logs, times the whole request.
+    app.add_middleware(TelemetryMiddleware)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -12,6 +12,8 @@ import structlog
 from coordinator.accounts import service as accounts
 from coordinator.hosts import liveness
 from coordinator.runtime import Runtime
+from coordinator.telemetry import context as telemetry_context
+from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -32,11 +34,22 @@ def _runtime(context: procrastinate.JobContext) -> Runtime:
 
 
 async def _timed(name: str, body: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run one background job body: its log lines carry `worker`, its run is counted by outcome and timed;
+    a failure is logged and re-raised so procrastinate records it (and retries when the task says so)."""
     started = time.perf_counter()
-    result = await body()
-    log.info(
-        "worker.ran", worker=name, duration_ms=round((time.perf_counter() - started) * 1000, 1), **result
-    )
+    with telemetry_context.bind(worker=name):
+        try:
+            result = await body()
+        except Exception:
+            elapsed = time.perf_counter() - started
+            metrics.worker_runs.labels(worker=name, outcome="failure").inc()
+            metrics.worker_seconds.labels(worker=name).observe(elapsed)
+            log.exception("worker.failed", duration_ms=round(elapsed * 1000, 1))
+            raise
+        elapsed = time.perf_counter() - started
+        metrics.worker_runs.labels(worker=name, outcome="success").inc()
+        metrics.worker_seconds.labels(worker=name).observe(elapsed)
+        log.info("worker.ran", duration_ms=round(elapsed * 1000, 1), **result)
     return result
 
 

@@ -1,0 +1,216 @@
+"""The gauges computed from PostgreSQL: fleet every 15 s, jobs every 10 s, billing every 30 s.
+
+One supervised loop runs each group when it is due; each group is one or two aggregate queries whose
+result replaces the group's gauges at once (`metrics.snapshots`). A failing poll is logged and counted,
+the previous values stay, and the loop carries on."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import structlog
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.runtime import Runtime
+from coordinator.supervisor import LoopService
+from coordinator.telemetry import metrics
+
+log = structlog.get_logger(__name__)
+
+# Islands by status and region (the hosts table is small: one row per Island).
+ISLANDS_SQL = text("SELECT status, COALESCE(region, 'unknown') AS region, count(*) FROM hosts GROUP BY 1, 2")
+
+# Slots online Islands offer and the slots in use.
+CAPACITY_SQL = text(
+    """
+    SELECT COALESCE(sum(max_concurrent), 0), COALESCE(sum(active_jobs), 0)
+    FROM hosts WHERE status = 'online'
+    """
+)
+
+# Online Islands holding each Cargo warm.
+WARM_SQL = text(
+    """
+    SELECT warm.workload, count(*) FROM hosts, unnest(hosts.warm_workload_ids) AS warm(workload)
+    WHERE hosts.status = 'online' GROUP BY 1
+    """
+)
+
+# Live jobs by state and Cargo; the partial indexes on queued and on assigned/running keep this small.
+LIVE_JOBS_SQL = text(
+    """
+    SELECT j.state, w.slug, count(*) FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.state IN ('queued', 'assigned', 'running') GROUP BY 1, 2
+    """
+)
+
+# Jobs that reached a terminal state in the last hour, by state and Cargo (index on completed_at).
+FINISHED_JOBS_SQL = text(
+    """
+    SELECT j.state, w.slug, count(*) FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.completed_at > now() - interval '1 hour' GROUP BY 1, 2
+    """
+)
+
+# Queue depth and the age of the oldest queued job (the ix_jobs_queue partial index).
+QUEUE_SQL = text(
+    """
+    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)
+    FROM jobs WHERE state = 'queued'
+    """
+)
+
+# Ledger totals by transaction type (charges are stored negative, refunds and grants positive).
+LEDGER_SQL = text("SELECT type, count(*), COALESCE(sum(amount), 0) FROM transactions GROUP BY type")
+
+# Payout volume by status.
+PAYOUTS_SQL = text("SELECT status, count(*), COALESCE(sum(amount), 0) FROM payouts GROUP BY status")
+
+JOB_STATES = ("queued", "assigned", "running")
+
+
+def _gauge(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
+def _single(name: str, doc: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+async def collect_fleet(session: AsyncSession) -> list[Metric]:
+    islands = (await session.execute(ISLANDS_SQL)).all()
+    slots, busy = (await session.execute(CAPACITY_SQL)).one()
+    warm = (await session.execute(WARM_SQL)).all()
+    return [
+        _gauge(
+            "coordinator_islands",
+            "Islands by status and region",
+            ["status", "region"],
+            [([status, region], count) for status, region, count in islands],
+        ),
+        _single(
+            "coordinator_fleet_capacity_slots", "Job slots of online Islands (sum of max_concurrent)", slots
+        ),
+        _single("coordinator_fleet_busy_slots", "Job slots in use on online Islands", busy),
+        _gauge(
+            "coordinator_fleet_warm_islands",
+            "Online Islands holding a Cargo warm, by Cargo",
+            ["workload"],
+            [([workload], count) for workload, count in warm],
+        ),
+    ]
+
+
+async def collect_jobs(session: AsyncSession) -> list[Metric]:
+    live = (await session.execute(LIVE_JOBS_SQL)).all()
+    finished = (await session.execute(FINISHED_JOBS_SQL)).all()
+    depth, oldest = (await session.execute(QUEUE_SQL)).one()
+    return [
+        _gauge(
+            "coordinator_jobs",
+            "Live jobs (queued, assigned, running) by state and Cargo",
+            ["state", "workload"],
+            [([state, slug], count) for state, slug, count in live],
+        ),
+        _gauge(
+            "coordinator_jobs_finished_last_hour",
+            "Jobs that reached a terminal state in the last hour, by state and Cargo",
+            ["state", "workload"],
+            [([state, slug], count) for state, slug, count in finished],
+        ),
+        _single("coordinator_job_queue_depth", "Jobs waiting for an Island (state queued)", depth),
+        _single("coordinator_job_queue_oldest_seconds", "Age of the oldest queued job", float(oldest)),
+    ]
+
+
+async def collect_billing(session: AsyncSession) -> list[Metric]:
+    ledger = {kind: (count, Decimal(total)) for kind, count, total in (await session.execute(LEDGER_SQL))}
+    payouts = (await session.execute(PAYOUTS_SQL)).all()
+    charges = -ledger.get("charge", (0, Decimal(0)))[1]
+    refunds = ledger.get("refund", (0, Decimal(0)))[1]
+    return [
+        _single("coordinator_billing_charged_credits", "Credits charged at submit, all time", float(charges)),
+        _single("coordinator_billing_refunded_credits", "Credits refunded, all time", float(refunds)),
+        _single(
+            "coordinator_billing_revenue_credits", "Charges minus refunds, all time", float(charges - refunds)
+        ),
+        _gauge(
+            "coordinator_billing_transactions",
+            "Ledger rows by type, all time",
+            ["type"],
+            [([kind], count) for kind, (count, _) in ledger.items()],
+        ),
+        _gauge(
+            "coordinator_billing_payout_credits",
+            "Payout volume by status, all time",
+            ["status"],
+            [([status], float(total)) for status, _, total in payouts],
+        ),
+        _gauge(
+            "coordinator_billing_payouts",
+            "Payouts by status, all time",
+            ["status"],
+            [([status], count) for status, count, _ in payouts],
+        ),
+    ]
+
+
+@dataclass
+class Group:
+    name: str
+    interval: float
+    collect: Callable[[AsyncSession], Awaitable[list[Metric]]]
+    due_at: float = 0.0
+
+
+class MetricsCollector(LoopService):
+    """Polls PostgreSQL for the fleet, jobs and billing gauges, each group at its own interval."""
+
+    name = "collectors"
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+        settings = runtime.settings
+        self.groups = [
+            Group("fleet", settings.metrics_fleet_interval_seconds, collect_fleet),
+            Group("jobs", settings.metrics_jobs_interval_seconds, collect_jobs),
+            Group("billing", settings.metrics_billing_interval_seconds, collect_billing),
+        ]
+        # Tick at the intervals' common divisor so each group runs on time (15/10/30 s → every 5 s).
+        self.interval = float(max(1, math.gcd(*(max(1, round(g.interval)) for g in self.groups))))
+
+    async def run_once(self) -> None:
+        now = time.monotonic()
+        for group in self.groups:
+            if now >= group.due_at:
+                group.due_at = now + group.interval
+                await self.poll(group)
+
+    async def collect_all(self) -> None:
+        """Poll every group now (start-up, tests)."""
+        for group in self.groups:
+            await self.poll(group)
+
+    async def poll(self, group: Group) -> bool:
+        started = time.perf_counter()
+        try:
+            async with self.runtime.db.session() as session:
+                families = await group.collect(session)
+        except Exception as exc:
+            metrics.collector_errors.labels(group=group.name).inc()
+            log.warning("telemetry.collector_failed", group=group.name, error=repr(exc))
+            return False
+        metrics.snapshots.publish(group.name, families)
+        metrics.collector_seconds.labels(group=group.name).observe(time.perf_counter() - started)
+        return True

@@ -1,0 +1,178 @@
+"""Correlation ids: from an HTTP header into log lines, across NATS, into background jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import uuid
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import structlog
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from coordinator.app import WorkerChild
+from coordinator.runtime import Runtime
+from coordinator.supervisor import Supervisor
+from coordinator.telemetry import context
+from coordinator.telemetry.logging import configure_logging
+from coordinator.workers.app import _timed, create_app
+
+
+def captured() -> Any:
+    return capture_logs(processors=[structlog.contextvars.merge_contextvars])
+
+
+async def test_a_handler_log_line_carries_the_request_id_from_the_header(http: httpx.AsyncClient) -> None:
+    with captured() as logs:
+        response = await http.post(
+            "/api/v1/auth/magic-link",
+            json={"email": "a@example.com"},
+            headers={"X-Request-ID": "req-abc-123"},
+        )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "req-abc-123"
+    outbox = [line for line in logs if line["event"] == "email.outbox"]
+    assert len(outbox) == 1 and outbox[0]["request_id"] == "req-abc-123"
+    access = [line for line in logs if line["event"] == "http.request"]
+    assert access[0]["request_id"] == "req-abc-123" and access[0]["route"] == "/api/v1/auth/magic-link"
+
+
+async def test_a_request_without_an_id_gets_a_fresh_one(http: httpx.AsyncClient) -> None:
+    with captured() as logs:
+        first = await http.post("/api/v1/auth/magic-link", json={"email": "b@example.com"})
+        unsafe = await http.post(
+            "/api/v1/auth/magic-link",
+            json={"email": "c@example.com"},
+            headers={"X-Request-ID": "not safe; spaces"},
+        )
+    ids = [first.headers["x-request-id"], unsafe.headers["x-request-id"]]
+    assert all(len(i) == 32 for i in ids) and ids[0] != ids[1]
+    assert [line["request_id"] for line in logs if line["event"] == "email.outbox"] == ids
+    # Nothing stays bound once the request is over.
+    assert context.current_ids() == {}
+
+
+def test_bind_restores_the_previous_ids_and_drops_what_was_added_inside() -> None:
+    with context.bind(request_id="r1"):
+        with context.bind(job_id="j1", host_id=None):
+            context.add(user_id=7)
+            assert context.current_ids() == {"request_id": "r1", "job_id": "j1", "user_id": "7"}
+        assert context.current_ids() == {"request_id": "r1"}
+    assert context.current_ids() == {}
+
+
+async def test_ids_survive_a_core_nats_round_trip(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        subject = f"telemetry.test.{uuid.uuid4().hex}"
+        sub = await nc.subscribe(subject)
+        job_id = str(uuid.uuid4())
+        with context.bind(request_id="req-nats-1", job_id=job_id):
+            await nc.publish(subject, b"{}", headers=context.nats_headers())
+        msg = await sub.next_msg(timeout=5)
+        with captured() as logs, context.bind_from_nats(msg, host_id="host-9") as bound:
+            structlog.get_logger("test").info("handled")
+        assert bound == {"request_id": "req-nats-1", "job_id": job_id, "host_id": "host-9"}
+        assert logs[0]["request_id"] == "req-nats-1" and logs[0]["job_id"] == job_id
+        assert context.current_ids() == {}
+    finally:
+        await nc.close()
+
+
+async def test_ids_survive_a_jetstream_round_trip(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    stream = f"TELEMETRY_{uuid.uuid4().hex[:8]}"
+    js = nc.jetstream()
+    try:
+        await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+        with context.bind(request_id="req-js-1", workload_id="llm-chat"):
+            await js.publish(f"{stream}.x", b"{}", headers=context.nats_headers({"Nats-Msg-Id": "m1"}))
+        sub = await js.pull_subscribe(f"{stream}.x", durable="t")
+        [msg] = await sub.fetch(1, timeout=5)
+        await msg.ack()
+        with context.bind_from_nats(msg) as bound:
+            assert bound == {"request_id": "req-js-1", "workload_id": "llm-chat"}
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()
+
+
+def test_unsafe_header_values_are_not_bound() -> None:
+    headers = {"x-request-id": "ok-1", "X-Job-ID": "evil\nline", "X-Host-ID": "h" * 200}
+    assert context.ids_from_headers(headers) == {"request_id": "ok-1"}
+
+
+def _runs(worker: str, outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("coordinator_worker_runs_total", {"worker": worker, "outcome": outcome})
+        or 0
+    )
+
+
+async def test_timed_counts_a_failing_run_as_a_failure() -> None:
+    async def broken() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    async def fine() -> dict[str, Any]:
+        return {"done": 1}
+
+    failures, successes = _runs("t_flaky", "failure"), _runs("t_flaky", "success")
+    durations = (
+        REGISTRY.get_sample_value("coordinator_worker_duration_seconds_count", {"worker": "t_flaky"}) or 0
+    )
+    with captured() as logs, pytest.raises(RuntimeError, match="boom"):
+        await _timed("t_flaky", broken)
+    assert _runs("t_flaky", "failure") == failures + 1
+    assert _runs("t_flaky", "success") == successes
+    assert logs[0]["event"] == "worker.failed" and logs[0]["worker"] == "t_flaky"
+    assert await _timed("t_flaky", fine) == {"done": 1}
+    assert _runs("t_flaky", "success") == successes + 1
+    count = REGISTRY.get_sample_value("coordinator_worker_duration_seconds_count", {"worker": "t_flaky"})
+    assert count == durations + 2
+
+
+async def test_a_real_background_job_logs_with_its_correlation_ids(runtime: Runtime) -> None:
+    supervisor = Supervisor([WorkerChild(runtime)])
+    with captured() as logs:
+        await supervisor.start()
+        try:
+            app = create_app(runtime.settings.libpq_database_url)
+            async with app.open_async():
+                await app.tasks["workload_scan"].defer_async(workload_id=4242)
+            for _ in range(100):
+                if any(line.get("worker") == "workload_scan" for line in logs):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await supervisor.stop()
+    [ran] = [line for line in logs if line["event"] == "worker.ran" and line["worker"] == "workload_scan"]
+    assert (
+        ran["workload_id"] == "4242" and ran["worker"] == "workload_scan" and ran["task"] == "workload_scan"
+    )
+    assert _runs("workload_scan", "success") >= 1
+
+
+def test_production_logs_are_json_lines_with_the_ids() -> None:
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("INFO", "json", dev=False, stream=buffer)
+    try:
+        with context.bind(request_id="req-json-1", job_id="job-1"):
+            structlog.get_logger("coordinator.test").info("ours", answer=42)
+            logging.getLogger("some.library").warning("theirs")
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    ours, theirs = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert ours["event"] == "ours" and ours["answer"] == 42 and ours["level"] == "info"
+    assert theirs["event"] == "theirs" and theirs["level"] == "warning"
+    for line in (ours, theirs):
+        assert line["request_id"] == "req-json-1" and line["job_id"] == "job-1" and "timestamp" in line

@@ -1,0 +1,239 @@
+"""`/metrics`: exposition, the PostgreSQL gauges, production auth, HTTP and database instrumentation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from coordinator.app import HttpChild
+from coordinator.runtime import Runtime
+from coordinator.supervisor import Supervisor
+from coordinator.telemetry.child import TelemetryChild
+from coordinator.telemetry.collectors import MetricsCollector
+from tests.conftest import make_settings
+from tests.factories import make_consumer, seed_cargos
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(body: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def scrape(http: httpx.AsyncClient) -> Samples:
+    response = await http.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+async def insert_fixtures(runtime: Runtime) -> None:
+    await seed_cargos(runtime)
+    consumer = await make_consumer(runtime, credits=0)
+    uid = consumer.user.id
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            text(
+                "INSERT INTO hosts (id, status, region, max_concurrent, active_jobs, warm_workload_ids)"
+                " VALUES"
+                " (:a, 'online', 'eu', 2, 1, '{llm-chat}'), (:b, 'online', 'eu', 3, 0, '{llm-chat,sdxl}'),"
+                " (:c, 'offline', 'us', 4, 0, '{}'), (:d, 'online', NULL, 1, 1, '{}')"
+            ),
+            {"a": uuid.uuid4(), "b": uuid.uuid4(), "c": uuid.uuid4(), "d": uuid.uuid4()},
+        )
+        jobs = [
+            ("queued", "llm-chat", "now() - interval '42 seconds'", "NULL"),
+            ("queued", "llm-chat", "now()", "NULL"),
+            ("queued", "sdxl", "now()", "NULL"),
+            ("running", "llm-chat", "now()", "NULL"),
+            ("succeeded", "llm-chat", "now()", "now()"),
+            ("failed", "sdxl", "now()", "now()"),
+            ("succeeded", "sdxl", "now() - interval '1 day'", "now() - interval '2 hours'"),
+        ]
+        for state, slug, created, completed in jobs:
+            await session.execute(
+                text(
+                    "INSERT INTO jobs (id, user_id, workload_id, state, input, created_at, completed_at) "
+                    f"SELECT :id, :uid, id, :state, '{{}}', {created}, {completed} "
+                    "FROM workloads WHERE slug = :slug"
+                ),
+                {"id": uuid.uuid4(), "uid": uid, "state": state, "slug": slug},
+            )
+        await session.execute(
+            text(
+                "INSERT INTO transactions (user_id, type, amount) VALUES "
+                "(:u, 'charge', -5), (:u, 'charge', -3.5), (:u, 'refund', 2), (:u, 'grant', 100)"
+            ),
+            {"u": uid},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO payouts (owner_id, period_start, amount, status, provider) VALUES "
+                "(:u, '2026-11-01', 7.25, 'paid', 'virtual'), (:u, '2026-11-08', 1, 'pending', 'virtual')"
+            ),
+            {"u": uid},
+        )
+
+
+async def test_collector_gauges_are_in_the_scrape(runtime: Runtime, http: httpx.AsyncClient) -> None:
+    await insert_fixtures(runtime)
+    await MetricsCollector(runtime).collect_all()
+    s = await scrape(http)
+
+    assert value(s, "coordinator_islands", status="online", region="eu") == 2
+    assert value(s, "coordinator_islands", status="offline", region="us") == 1
+    assert value(s, "coordinator_islands", status="online", region="unknown") == 1
+    assert value(s, "coordinator_fleet_capacity_slots") == 6
+    assert value(s, "coordinator_fleet_busy_slots") == 2
+    assert value(s, "coordinator_fleet_warm_islands", workload="llm-chat") == 2
+    assert value(s, "coordinator_fleet_warm_islands", workload="sdxl") == 1
+
+    assert value(s, "coordinator_jobs", state="queued", workload="llm-chat") == 2
+    assert value(s, "coordinator_jobs", state="queued", workload="sdxl") == 1
+    assert value(s, "coordinator_jobs", state="running", workload="llm-chat") == 1
+    assert value(s, "coordinator_jobs", state="running", workload="sdxl") is None
+    assert value(s, "coordinator_jobs_finished_last_hour", state="succeeded", workload="llm-chat") == 1
+    assert value(s, "coordinator_jobs_finished_last_hour", state="failed", workload="sdxl") == 1
+    # Finished two hours ago: outside the window.
+    assert value(s, "coordinator_jobs_finished_last_hour", state="succeeded", workload="sdxl") is None
+    assert value(s, "coordinator_job_queue_depth") == 3
+    oldest = value(s, "coordinator_job_queue_oldest_seconds")
+    assert oldest is not None and 42 <= oldest < 100
+
+    assert value(s, "coordinator_billing_charged_credits") == 8.5
+    assert value(s, "coordinator_billing_refunded_credits") == 2
+    assert value(s, "coordinator_billing_revenue_credits") == 6.5
+    assert value(s, "coordinator_billing_transactions", type="charge") == 2
+    assert value(s, "coordinator_billing_payout_credits", status="paid") == 7.25
+    assert value(s, "coordinator_billing_payouts", status="pending") == 1
+
+
+async def test_a_label_set_that_disappears_leaves_the_scrape(
+    runtime: Runtime, http: httpx.AsyncClient
+) -> None:
+    await insert_fixtures(runtime)
+    collector = MetricsCollector(runtime)
+    await collector.collect_all()
+    assert value(await scrape(http), "coordinator_islands", status="offline", region="us") == 1
+    async with runtime.db.transaction() as session:
+        await session.execute(text("DELETE FROM hosts WHERE region = 'us'"))
+    await collector.collect_all()
+    assert value(await scrape(http), "coordinator_islands", status="offline", region="us") is None
+
+
+async def test_a_failing_poll_is_counted_and_keeps_the_loop_alive(runtime: Runtime) -> None:
+    collector = MetricsCollector(runtime)
+    fleet = collector.groups[0]
+    async with runtime.db.transaction() as session:
+        await session.execute(text("ALTER TABLE hosts RENAME TO hosts_gone"))
+    before = _counter("coordinator_collector_errors_total", group="fleet")
+    assert await collector.poll(fleet) is False
+    assert _counter("coordinator_collector_errors_total", group="fleet") == before + 1
+
+
+def _counter(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_http_duration_is_labelled_with_the_route_template(
+    runtime: Runtime, http: httpx.AsyncClient
+) -> None:
+    await seed_cargos(runtime)
+    consumer = await make_consumer(runtime)
+    labels = {"method": "GET", "route": "/api/v1/workloads/{slug}", "status": "200"}
+    before = _counter("coordinator_http_request_seconds_count", **labels)
+    response = await http.get("/api/v1/workloads/llm-chat", headers=consumer.headers)
+    assert response.status_code == 200
+    s = await scrape(http)
+    assert value(s, "coordinator_http_request_seconds_count", **labels) == before + 1
+    raw = [
+        k
+        for k in s
+        if k[0].startswith("coordinator_http") and ("route", "/api/v1/workloads/llm-chat") in k[1]
+    ]
+    assert raw == []
+    unknown = await http.get("/no/such/path/123")
+    assert unknown.status_code == 404
+    s = await scrape(http)
+    assert value(s, "coordinator_http_request_seconds_count", method="GET", route="unmatched", status="404")
+
+
+async def test_database_queries_and_pool_are_measured(runtime: Runtime, http: httpx.AsyncClient) -> None:
+    supervisor = Supervisor([TelemetryChild(runtime)])
+    await supervisor.start()
+    try:
+        before = _counter("coordinator_db_query_seconds_count", kind="select")
+        async with runtime.db.session() as session:
+            await session.execute(text("SELECT 1"))
+            checked_out = _counter("coordinator_db_pool_checked_out_connections")
+        after_checkin = _counter("coordinator_db_pool_checked_out_connections")
+        assert _counter("coordinator_db_query_seconds_count", kind="select") == before + 1
+        assert checked_out == after_checkin + 1
+        assert _counter("coordinator_db_pool_capacity_connections") >= 20
+        s = await scrape(http)
+        assert value(s, "coordinator_db_query_seconds_count", kind="select") is not None
+    finally:
+        await supervisor.stop()
+    # Detached: statements are no longer counted.
+    stopped = _counter("coordinator_db_query_seconds_count", kind="select")
+    async with runtime.db.session() as session:
+        await session.execute(text("SELECT 1"))
+    assert _counter("coordinator_db_query_seconds_count", kind="select") == stopped
+
+
+@pytest_asyncio.fixture
+async def production(database_url: str) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+    settings = make_settings(database_url, env="production", metrics_token="scrape-token-123")
+    runtime = Runtime.from_settings(settings)
+    supervisor = Supervisor([HttpChild(runtime)])
+    await supervisor.start()
+    try:
+        async with httpx.AsyncClient(base_url=runtime.base_url, timeout=30) as client:
+            yield runtime, client
+    finally:
+        await supervisor.stop()
+        await runtime.db.dispose()
+
+
+async def test_production_scrape_needs_the_token_or_an_admin(
+    production: tuple[Runtime, httpx.AsyncClient],
+) -> None:
+    runtime, client = production
+    anonymous = await client.get("/metrics")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "unauthorized"
+    wrong = await client.get("/metrics", headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 401
+
+    scraped = await client.get("/metrics", headers={"Authorization": "Bearer scrape-token-123"})
+    assert scraped.status_code == 200
+    assert "coordinator_http_request_seconds" in {
+        f.name for f in text_string_to_metric_families(scraped.text)
+    }
+
+    user = await make_consumer(runtime, "user@example.com")
+    assert (await client.get("/metrics", headers=user.headers)).status_code == 403
+    admin = await make_consumer(runtime, "ops@example.com", admin=True)
+    assert (await client.get("/metrics", headers=admin.headers)).status_code == 200
+
+
+async def test_openmetrics_is_served_when_asked(http: httpx.AsyncClient) -> None:
+    response = await http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
