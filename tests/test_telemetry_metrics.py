@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import httpx
 import pytest_asyncio
@@ -14,7 +15,7 @@ from coordinator.app import HttpChild
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from coordinator.telemetry.child import TelemetryChild
-from coordinator.telemetry.collectors import MetricsCollector
+from coordinator.telemetry.collectors import LedgerTotals, MetricsCollector
 from tests.conftest import make_settings
 from tests.factories import make_consumer, seed_cargos
 
@@ -237,3 +238,36 @@ async def test_openmetrics_is_served_when_asked(http: httpx.AsyncClient) -> None
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.rstrip().endswith("# EOF")
+
+
+async def test_ledger_totals_fold_settled_rows_and_reread_recent_ones(runtime: Runtime) -> None:
+    consumer = await make_consumer(runtime, credits=0)
+    insert = text(
+        "INSERT INTO transactions (user_id, type, amount, created_at) "
+        "VALUES (:u, :type, :amount, now() - make_interval(secs => :age))"
+    )
+    ledger = LedgerTotals(settle_seconds=300)
+
+    async def add(kind: str, amount: str, age: int) -> None:
+        async with runtime.db.transaction() as session:
+            await session.execute(insert, {"u": consumer.user.id, "type": kind, "amount": amount, "age": age})
+
+    async def read() -> dict[str, tuple[int, Decimal]]:
+        async with runtime.db.session() as session:
+            return await ledger.read(session)
+
+    await add("charge", "-4", 3600)
+    await add("refund", "1", 3600)
+    await add("charge", "-2", 0)
+    assert await read() == {"charge": (2, Decimal(-6)), "refund": (1, Decimal(1))}
+    folded_up_to = ledger.watermark
+    assert folded_up_to > 0 and ledger.folded == {"charge": (1, Decimal(-4)), "refund": (1, Decimal(1))}
+    # The recent row is re-read, not folded twice; new rows are added.
+    await add("charge", "-1.5", 0)
+    assert await read() == {"charge": (3, Decimal("-7.5")), "refund": (1, Decimal(1))}
+    assert ledger.watermark == folded_up_to
+    # Once a row is old enough it is folded, and the totals stay the same.
+    async with runtime.db.transaction() as session:
+        await session.execute(text("UPDATE transactions SET created_at = now() - interval '1 hour'"))
+    assert await read() == {"charge": (3, Decimal("-7.5")), "refund": (1, Decimal(1))}
+    assert ledger.watermark > folded_up_to and ledger.folded["charge"] == (3, Decimal("-7.5"))

@@ -43,11 +43,15 @@ WARM_SQL = text(
     """
 )
 
-# Live jobs by state and Cargo; the partial indexes on queued and on assigned/running keep this small.
+# Live jobs by state and Cargo; two branches so each uses its partial index (queued; assigned/running).
 LIVE_JOBS_SQL = text(
     """
-    SELECT j.state, w.slug, count(*) FROM jobs j JOIN workloads w ON w.id = j.workload_id
-    WHERE j.state IN ('queued', 'assigned', 'running') GROUP BY 1, 2
+    SELECT live.state, w.slug, count(*) FROM (
+        SELECT state, workload_id FROM jobs WHERE state = 'queued'
+        UNION ALL
+        SELECT state, workload_id FROM jobs WHERE state IN ('assigned', 'running')
+    ) AS live JOIN workloads w ON w.id = live.workload_id
+    GROUP BY 1, 2
     """
 )
 
@@ -67,8 +71,23 @@ QUEUE_SQL = text(
     """
 )
 
-# Ledger totals by transaction type (charges are stored negative, refunds and grants positive).
-LEDGER_SQL = text("SELECT type, count(*), COALESCE(sum(amount), 0) FROM transactions GROUP BY type")
+# Folds settled ledger rows into the running totals: those after the watermark up to the newest row
+# older than `settle` seconds, by type (charges are stored negative, refunds and grants positive).
+LEDGER_FOLD_SQL = text(
+    """
+    WITH edge AS (
+        SELECT max(id) AS id FROM transactions
+        WHERE id > :after AND created_at < now() - make_interval(secs => :settle)
+    )
+    SELECT t.type, count(*), COALESCE(sum(t.amount), 0), max(edge.id)
+    FROM transactions t, edge WHERE t.id > :after AND t.id <= edge.id GROUP BY t.type
+    """
+)
+
+# The ledger rows after the watermark, by type: a primary-key range scan over the last minutes.
+LEDGER_TAIL_SQL = text(
+    "SELECT type, count(*), COALESCE(sum(amount), 0) FROM transactions WHERE id > :after GROUP BY type"
+)
 
 # Payout volume by status.
 PAYOUTS_SQL = text("SELECT status, count(*), COALESCE(sum(amount), 0) FROM payouts GROUP BY status")
@@ -133,8 +152,34 @@ async def collect_jobs(session: AsyncSession) -> list[Metric]:
     ]
 
 
-async def collect_billing(session: AsyncSession) -> list[Metric]:
-    ledger = {kind: (count, Decimal(total)) for kind, count, total in (await session.execute(LEDGER_SQL))}
+class LedgerTotals:
+    """All-time ledger totals by type, kept incrementally: each poll reads only the rows after the
+    watermark. Rows older than `settle_seconds` are folded in for good (a ledger transaction commits in
+    milliseconds, so none is still invisible by then); newer ones are re-read on every poll."""
+
+    def __init__(self, settle_seconds: float = 300.0) -> None:
+        self.settle_seconds = settle_seconds
+        self.watermark = 0
+        self.folded: dict[str, tuple[int, Decimal]] = {}
+
+    async def read(self, session: AsyncSession) -> dict[str, tuple[int, Decimal]]:
+        params = {"after": self.watermark, "settle": self.settle_seconds}
+        for kind, count, total, edge in (await session.execute(LEDGER_FOLD_SQL, params)).all():
+            self.folded[kind] = _plus(self.folded.get(kind), count, total)
+            self.watermark = max(self.watermark, int(edge))
+        totals = dict(self.folded)
+        tail = await session.execute(LEDGER_TAIL_SQL, {"after": self.watermark})
+        for kind, count, total in tail.all():
+            totals[kind] = _plus(totals.get(kind), count, total)
+        return totals
+
+
+def _plus(seen: tuple[int, Decimal] | None, count: int, total: Decimal) -> tuple[int, Decimal]:
+    seen_count, seen_total = seen or (0, Decimal(0))
+    return seen_count + count, seen_total + Decimal(total)
+
+
+async def collect_billing(session: AsyncSession, ledger: dict[str, tuple[int, Decimal]]) -> list[Metric]:
     payouts = (await session.execute(PAYOUTS_SQL)).all()
     charges = -ledger.get("charge", (0, Decimal(0)))[1]
     refunds = ledger.get("refund", (0, Decimal(0)))[1]
@@ -181,14 +226,18 @@ class MetricsCollector(LoopService):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.runtime = runtime
+        self.ledger = LedgerTotals()
         settings = runtime.settings
         self.groups = [
             Group("fleet", settings.metrics_fleet_interval_seconds, collect_fleet),
             Group("jobs", settings.metrics_jobs_interval_seconds, collect_jobs),
-            Group("billing", settings.metrics_billing_interval_seconds, collect_billing),
+            Group("billing", settings.metrics_billing_interval_seconds, self._collect_billing),
         ]
         # Tick at the intervals' common divisor so each group runs on time (15/10/30 s → every 5 s).
         self.interval = float(max(1, math.gcd(*(max(1, round(g.interval)) for g in self.groups))))
+
+    async def _collect_billing(self, session: AsyncSession) -> list[Metric]:
+        return await collect_billing(session, await self.ledger.read(session))
 
     async def run_once(self) -> None:
         now = time.monotonic()
