@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import nats
 import pytest
 import structlog
+import uvicorn
+from fastapi.responses import StreamingResponse
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from coordinator.app import WorkerChild
+from coordinator.devstack import free_port
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from coordinator.telemetry import context
 from coordinator.telemetry.logging import configure_logging
+from coordinator.web.app import create_app as create_web_app
 from coordinator.workers.app import _timed, create_app
 
 
@@ -176,3 +182,67 @@ def test_production_logs_are_json_lines_with_the_ids() -> None:
     assert theirs["event"] == "theirs" and theirs["level"] == "warning"
     for line in (ours, theirs):
         assert line["request_id"] == "req-json-1" and line["job_id"] == "job-1" and "timestamp" in line
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Serve an app built by `create_app` (plus test routes) on a free port with real uvicorn."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_an_unhandled_error_still_carries_the_request_id(runtime: Runtime) -> None:
+    app = create_web_app(runtime)
+
+    async def explode() -> None:
+        raise RuntimeError("kaboom")
+
+    app.add_api_route("/_test/explode", explode)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        with captured() as logs:
+            response = await client.get("/_test/explode", headers={"X-Request-ID": "req-500"})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert response.headers["x-request-id"] == "req-500"
+    [error] = [line for line in logs if line["event"] == "http.unhandled_error"]
+    assert error["request_id"] == "req-500"
+    [access] = [line for line in logs if line["event"] == "http.request"]
+    assert access["status"] == 500 and access["route"] == "/_test/explode"
+
+
+async def test_a_streamed_response_is_not_buffered(runtime: Runtime) -> None:
+    app = create_web_app(runtime)
+    release = asyncio.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        await release.wait()
+        yield b"data: last\n\n"
+
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app.add_api_route("/_test/stream", stream)
+    async with (
+        serve(app) as url,
+        httpx.AsyncClient(base_url=url) as client,
+        client.stream("GET", "/_test/stream") as response,
+    ):
+        chunks = response.aiter_bytes()
+        # The first event arrives while the stream is still open: nothing in between buffers it.
+        first = await asyncio.wait_for(chunks.__anext__(), timeout=5)
+        assert first.startswith(b"data: first")
+        assert response.headers["x-request-id"]
+        release.set()
+        rest = b"".join([chunk async for chunk in chunks])
+    assert b"data: last" in rest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from coordinator import __version__
 from coordinator.runtime import Runtime
@@ -15,8 +16,15 @@ from coordinator.web.errors import install_error_handlers
 ROUTERS = [health.router, account.router, workloads.router, api_keys.router, auth.router, metrics.router]
 
 
+class CoordinatorApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Telemetry wraps even Starlette's ServerErrorMiddleware: a 500 is timed, carries X-Request-ID,
+        # and the error handler's log line has the request id.
+        return TelemetryMiddleware(super().build_middleware_stack())
+
+
 def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(
+    app = CoordinatorApp(
         title="Archipelag coordinator",
         version=__version__,
         docs_url="/api/v1/docs",
@@ -39,8 +47,6 @@ def create_app(runtime: Runtime) -> FastAPI:
             "X-Request-ID",
         ],
     )
-    # Outermost of ours (added last): binds the request id before anything logs, times the whole request.
-    app.add_middleware(TelemetryMiddleware)
     for router in ROUTERS:
         app.include_router(router)
     return app
