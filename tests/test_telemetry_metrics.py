@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -14,6 +15,7 @@ from sqlalchemy import text
 from coordinator.app import HttpChild
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
+from coordinator.telemetry import metrics
 from coordinator.telemetry.child import TelemetryChild
 from coordinator.telemetry.collectors import LedgerTotals, MetricsCollector
 from tests.conftest import make_settings
@@ -271,3 +273,27 @@ async def test_ledger_totals_fold_settled_rows_and_reread_recent_ones(runtime: R
         await session.execute(text("UPDATE transactions SET created_at = now() - interval '1 hour'"))
     assert await read() == {"charge": (3, Decimal("-7.5")), "refund": (1, Decimal(1))}
     assert ledger.watermark > folded_up_to and ledger.folded["charge"] == (3, Decimal("-7.5"))
+
+
+async def test_the_serving_tree_polls_at_start_and_exposes_the_gauges(database_url: str) -> None:
+    from coordinator.app import build_children
+
+    runtime = Runtime.from_settings(make_settings(database_url))
+    await insert_fixtures(runtime)
+    metrics.snapshots.clear()  # values left by other tests must not satisfy this one
+    supervisor = Supervisor(build_children(runtime))
+    await supervisor.start()
+    try:
+        assert supervisor.names[:3] == ["telemetry", "database", "collectors"]
+        async with httpx.AsyncClient(base_url=runtime.base_url, timeout=30) as client:
+            for _ in range(100):
+                s = await scrape(client)
+                if value(s, "coordinator_job_queue_depth") == 3:
+                    break
+                await asyncio.sleep(0.05)
+        assert value(s, "coordinator_job_queue_depth") == 3
+        assert value(s, "coordinator_billing_charged_credits") == 8.5
+        assert value(s, "coordinator_db_query_seconds_count", kind="select")
+    finally:
+        await supervisor.stop()
+        await runtime.db.dispose()

@@ -92,8 +92,6 @@ LEDGER_TAIL_SQL = text(
 # Payout volume by status.
 PAYOUTS_SQL = text("SELECT status, count(*), COALESCE(sum(amount), 0) FROM payouts GROUP BY status")
 
-JOB_STATES = ("queued", "assigned", "running")
-
 
 def _gauge(name: str, doc: str, labels: list[str], rows: list[tuple[list[str], float]]) -> Metric:
     family = GaugeMetricFamily(name, doc, labels=labels)
