@@ -297,3 +297,36 @@ async def test_the_serving_tree_polls_at_start_and_exposes_the_gauges(database_u
     finally:
         await supervisor.stop()
         await runtime.db.dispose()
+
+
+async def test_a_worker_process_serves_metrics_on_its_own_port(database_url: str) -> None:
+    from coordinator.app import build_children
+    from coordinator.devstack import free_port
+    from coordinator.telemetry.endpoint import MetricsEndpointChild
+    from coordinator.workers.app import _timed
+
+    port = free_port()
+    settings = make_settings(database_url, env="production", metrics_token="tok-worker-1", metrics_port=port)
+    runtime = Runtime.from_settings(settings)
+    children = build_children(runtime, with_worker=True, http=False)
+    assert [c.name for c in children] == ["telemetry", "database", "worker", "metrics_endpoint"]
+    assert isinstance(children[-1], MetricsEndpointChild)
+
+    async def body() -> dict[str, int]:
+        return {}
+
+    await _timed("t_worker_port", body)
+    supervisor = Supervisor(children)
+    await supervisor.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            denied = await client.get("/metrics")
+            assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+            assert (await client.get("/other")).status_code == 404
+            ok = await client.get("/metrics", headers={"Authorization": "Bearer tok-worker-1"})
+        assert ok.status_code == 200
+        s = parse(ok.text)
+        assert value(s, "coordinator_worker_runs_total", worker="t_worker_port", outcome="success") == 1
+    finally:
+        await supervisor.stop()
+        await runtime.db.dispose()

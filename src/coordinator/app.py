@@ -16,6 +16,7 @@ from coordinator.supervisor import Child, Supervisor
 from coordinator.telemetry.child import TelemetryChild
 from coordinator.telemetry.collectors import MetricsCollector
 from coordinator.telemetry.context import correlate_job
+from coordinator.telemetry.endpoint import MetricsEndpointChild
 
 log = structlog.get_logger(__name__)
 
@@ -139,7 +140,8 @@ class HttpChild(Child):
 
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
     """The tree in start order: telemetry, database, metric collectors (with HTTP, which serves them),
-    background jobs, HTTP, then (if configured) the NATS subtree."""
+    background jobs, HTTP (or, without it, the bare metrics endpoint if a port is set), then (if
+    configured) the NATS subtree."""
     children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime)]
     if http and runtime.settings.metrics_collectors:
         children.append(MetricsCollector(runtime))
@@ -147,6 +149,8 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
         children.append(WorkerChild(runtime))
     if http:
         children.append(HttpChild(runtime))
+    elif runtime.settings.metrics_port:
+        children.append(MetricsEndpointChild(runtime))
     if runtime.settings.nats_enabled:
         children.append(NatsConnectionChild(runtime))
     return children

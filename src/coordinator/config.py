@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     # metrics and logs (docs/metrics.md)
     metrics_token: str | None = None
     metrics_collectors: bool = True  # poll PostgreSQL for the fleet/jobs/billing gauges in this process
+    metrics_port: int | None = None  # /metrics on its own port in processes without HTTP (`worker`)
     metrics_fleet_interval_seconds: float = 15.0
     metrics_jobs_interval_seconds: float = 10.0
     metrics_billing_interval_seconds: float = 30.0
