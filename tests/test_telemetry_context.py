@@ -18,7 +18,6 @@ import structlog
 import uvicorn
 from fastapi.responses import StreamingResponse
 from prometheus_client import REGISTRY
-from structlog.testing import capture_logs
 
 from coordinator.app import WorkerChild
 from coordinator.devstack import free_port
@@ -28,14 +27,11 @@ from coordinator.telemetry import context
 from coordinator.telemetry.logging import configure_logging
 from coordinator.web.app import create_app as create_web_app
 from coordinator.workers.app import _timed, create_app
-
-
-def captured() -> Any:
-    return capture_logs(processors=[structlog.contextvars.merge_contextvars])
+from tests.telemetry_support import captured_logs
 
 
 async def test_a_handler_log_line_carries_the_request_id_from_the_header(http: httpx.AsyncClient) -> None:
-    with captured() as logs:
+    with captured_logs() as logs:
         response = await http.post(
             "/api/v1/auth/magic-link",
             json={"email": "a@example.com"},
@@ -50,7 +46,7 @@ async def test_a_handler_log_line_carries_the_request_id_from_the_header(http: h
 
 
 async def test_a_request_without_an_id_gets_a_fresh_one(http: httpx.AsyncClient) -> None:
-    with captured() as logs:
+    with captured_logs() as logs:
         first = await http.post("/api/v1/auth/magic-link", json={"email": "b@example.com"})
         unsafe = await http.post(
             "/api/v1/auth/magic-link",
@@ -82,7 +78,7 @@ async def test_ids_survive_a_core_nats_round_trip(nats_url: str) -> None:
         with context.bind(request_id="req-nats-1", job_id=job_id):
             await nc.publish(subject, b"{}", headers=context.nats_headers())
         msg = await sub.next_msg(timeout=5)
-        with captured() as logs, context.bind_from_nats(msg, host_id="host-9") as bound:
+        with captured_logs() as logs, context.bind_from_nats(msg, host_id="host-9") as bound:
             structlog.get_logger("test").info("handled")
         assert bound == {"request_id": "req-nats-1", "job_id": job_id, "host_id": "host-9"}
         assert logs[0]["request_id"] == "req-nats-1" and logs[0]["job_id"] == job_id
@@ -132,7 +128,7 @@ async def test_timed_counts_a_failing_run_as_a_failure() -> None:
     durations = (
         REGISTRY.get_sample_value("coordinator_worker_duration_seconds_count", {"worker": "t_flaky"}) or 0
     )
-    with captured() as logs, pytest.raises(RuntimeError, match="boom"):
+    with captured_logs() as logs, pytest.raises(RuntimeError, match="boom"):
         await _timed("t_flaky", broken)
     assert _runs("t_flaky", "failure") == failures + 1
     assert _runs("t_flaky", "success") == successes
@@ -145,7 +141,7 @@ async def test_timed_counts_a_failing_run_as_a_failure() -> None:
 
 async def test_a_real_background_job_logs_with_its_correlation_ids(runtime: Runtime) -> None:
     supervisor = Supervisor([WorkerChild(runtime)])
-    with captured() as logs:
+    with captured_logs() as logs:
         await supervisor.start()
         try:
             app = create_app(runtime.settings.libpq_database_url)
@@ -209,7 +205,7 @@ async def test_an_unhandled_error_still_carries_the_request_id(runtime: Runtime)
 
     app.add_api_route("/_test/explode", explode)
     async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
-        with captured() as logs:
+        with captured_logs() as logs:
             response = await client.get("/_test/explode", headers={"X-Request-ID": "req-500"})
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"

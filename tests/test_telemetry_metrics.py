@@ -20,27 +20,7 @@ from coordinator.telemetry.child import TelemetryChild
 from coordinator.telemetry.collectors import LedgerTotals, MetricsCollector
 from tests.conftest import make_settings
 from tests.factories import make_consumer, seed_cargos
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(body: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-async def scrape(http: httpx.AsyncClient) -> Samples:
-    response = await http.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return parse(response.text)
+from tests.telemetry_support import parse, scrape, value
 
 
 async def insert_fixtures(runtime: Runtime) -> None:
@@ -288,7 +268,8 @@ async def test_the_serving_tree_polls_at_start_and_exposes_the_gauges(database_u
         async with httpx.AsyncClient(base_url=runtime.base_url, timeout=30) as client:
             for _ in range(100):
                 s = await scrape(client)
-                if value(s, "coordinator_job_queue_depth") == 3:
+                # The groups publish one after the other: wait for the last one.
+                if value(s, "coordinator_billing_charged_credits") is not None:
                     break
                 await asyncio.sleep(0.05)
         assert value(s, "coordinator_job_queue_depth") == 3
