@@ -1,0 +1,5 @@
+"""Market endpoints (filled below)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["market"])
