@@ -35,7 +35,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=runtime.settings.cors_origins,
-        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type"],
         expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"],
     )
