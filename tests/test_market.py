@@ -49,7 +49,8 @@ async def _succeeded_job(
         await session.execute(
             text(
                 "INSERT INTO jobs (id, user_id, workload_id, input, state, clearing_price, completed_at) "
-                "VALUES (gen_random_uuid(), :u, :w, '{}'::jsonb, 'succeeded', :p, now() - make_interval(mins => :m))"
+                "VALUES (gen_random_uuid(), :u, :w, '{}'::jsonb, 'succeeded', :p, "
+                "now() - make_interval(mins => :m))"
             ),
             {"u": user_id, "w": workload_id, "p": Decimal(price), "m": minutes_ago},
         )
@@ -104,7 +105,8 @@ async def test_snapshots_feed_history(runtime: Runtime, http: httpx.AsyncClient)
     async with runtime.db.transaction() as session:
         await session.execute(
             text(
-                "INSERT INTO jobs (id, user_id, workload_id, input) VALUES (gen_random_uuid(), :u, :w, '{}'::jsonb)"
+                "INSERT INTO jobs (id, user_id, workload_id, input) "
+                "VALUES (gen_random_uuid(), :u, :w, '{}'::jsonb)"
             ),
             {"u": consumer.user.id, "w": cargo.id},
         )
