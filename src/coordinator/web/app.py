@@ -9,6 +9,7 @@ from coordinator import __version__
 from coordinator.runtime import Runtime
 from coordinator.web.api.v1 import account, api_keys, auth, health, karma, market, workloads
 from coordinator.web.errors import install_error_handlers
+from coordinator.web.ratelimit import RateLimitHeaders
 
 ROUTERS = [
     health.router,
@@ -39,6 +40,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         allow_headers=["Authorization", "Content-Type"],
         expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"],
     )
+    app.add_middleware(RateLimitHeaders)
     for router in ROUTERS:
         app.include_router(router)
     return app
