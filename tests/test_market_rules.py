@@ -90,3 +90,10 @@ async def test_surge_cache_recomputes_after_ttl_only() -> None:
     assert await cache.get(compute) == 1 and calls == 1
     now[0] += 0.1
     assert await cache.get(compute) == Decimal("1.25") and calls == 2
+
+
+def test_clearing_price_for_an_island_is_its_ask_times_surge() -> None:
+    assert rules.clearing_price_for(
+        Host(asking_prices={"llm-chat": "2"}), Cargo(), Decimal("1.25")
+    ) == Decimal("2.5")
+    assert rules.clearing_price_for(Host("NVIDIA H100", 81_920), Cargo(), Decimal(1)) == 20

@@ -114,3 +114,8 @@ def price_stats(asks: list[Decimal]) -> tuple[Decimal | None, Decimal | None, De
     if not asks:
         return None, None, None
     return money(sum(asks, Decimal(0)) / len(asks)), min(asks), max(asks)
+
+
+def clearing_price_for(host: PricedHost, workload: PricedWorkload, surge: Decimal) -> Decimal:
+    """What a job of `workload` clears at on `host` now (record it on the job at assignment)."""
+    return clearing_price(asking_price(host, workload), surge)
