@@ -72,6 +72,26 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 100
     poll_rate_limit_per_minute: int = 600
 
+    # karma (metro_settings rows override the first three per region)
+    karma_minutes_per_karma: int = 60
+    karma_recovery_multiplier: float = 1.5
+    karma_monetization_threshold: int = 10
+
+    # billing, quotas and the exchange
+    platform_fee: float = 0.0
+    active_jobs_unverified: int = 20
+    active_jobs_verified: int = 200
+    daily_spend_unverified: float = 1_000.0
+    market_rate_markup: float = 1.05
+    market_rate_window_minutes: int = 60
+    surge_multiplier: float = 1.25
+    surge_demand_ratio: float = 2.0
+    surge_cache_seconds: float = 30.0
+    payout_provider: Literal["virtual", "stripe"] = "virtual"
+    payout_minimum: float = 0.0
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+
     # metrics and logs (docs/metrics.md)
     metrics_token: str | None = None
     metrics_collectors: bool = True  # poll PostgreSQL for the fleet/jobs/billing gauges in this process

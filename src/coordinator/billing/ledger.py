@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import text
@@ -26,12 +27,14 @@ CREDIT_SQL = text(
     """
 )
 
-# Takes from a balance only if it covers the amount: the row count is the answer.
+# Takes from a balance only if it covers the amount and the key is unused: the row count is the answer.
+# (A concurrent duplicate that slips past NOT EXISTS fails on the unique key and rolls back.)
 DEBIT_SQL = text(
     """
     WITH upd AS (
         UPDATE users SET credits = credits - :amount, updated_at = now()
         WHERE id = :user_id AND credits >= :amount
+          AND NOT EXISTS (SELECT 1 FROM transactions WHERE idempotency_key = :key)
         RETURNING credits
     )
     INSERT INTO transactions (user_id, type, amount, balance_after, job_id, idempotency_key, description)
@@ -116,3 +119,35 @@ RECONCILE_SQL = text(
 async def unreconciled_users(session: AsyncSession) -> list[tuple[int, Decimal, Decimal]]:
     rows = (await session.execute(RECONCILE_SQL)).all()
     return [(int(r[0]), Decimal(r[1]), Decimal(r[2])) for r in rows]
+
+
+# The whole ledger at once: balances against the movements of each type.
+LEDGER_TOTALS_SQL = text(
+    """
+    SELECT (SELECT COALESCE(SUM(credits), 0) FROM users),
+           COALESCE(SUM(amount) FILTER (WHERE type = 'grant'), 0),
+           COALESCE(-SUM(amount) FILTER (WHERE type = 'charge'), 0),
+           COALESCE(SUM(amount) FILTER (WHERE type = 'refund'), 0),
+           COALESCE(SUM(amount) FILTER (WHERE type NOT IN ('grant', 'charge', 'refund')), 0)
+    FROM transactions
+    """
+)
+
+
+@dataclass(frozen=True)
+class LedgerTotals:
+    balances: Decimal
+    grants: Decimal
+    charges: Decimal
+    refunds: Decimal
+    other: Decimal  # adjustments of other types (admin corrections), signed
+
+    @property
+    def imbalance(self) -> Decimal:
+        """Zero when grants = balances + charges − refunds (± other movements) across every account."""
+        return self.grants + self.other - self.charges + self.refunds - self.balances
+
+
+async def ledger_totals(session: AsyncSession) -> LedgerTotals:
+    row = (await session.execute(LEDGER_TOTALS_SQL)).one()
+    return LedgerTotals(*(Decimal(v) for v in row))

@@ -7,7 +7,18 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.repo.base import Base
@@ -75,3 +86,25 @@ class BidPreference(Base):
     workload_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"))
     bid: Mapped[Decimal]
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class PayoutAccount(Base):
+    """Where an Island owner is paid: the provider's account id (a Stripe Connect account, `acct_…`)."""
+
+    __tablename__ = "payout_accounts"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(30))
+    account_ref: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class RateLimitCounter(Base):
+    """Requests per key per fixed window; shared by every replica through PostgreSQL."""
+
+    __tablename__ = "rate_limit_counters"
+    __table_args__ = (PrimaryKeyConstraint("bucket", "window_start"),)
+
+    bucket: Mapped[str] = mapped_column(String(120))
+    window_start: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -21,6 +21,7 @@ class Settlement:
     paid: Decimal
     refunded: Decimal
     earned: Decimal
+    applied: bool = True  # False when the job had already been settled or refunded
 
 
 async def charge_for_submission(
@@ -63,16 +64,19 @@ async def settle_success(
     Island's owner earns the clearing price minus the platform fee."""
     paid = min(max(clearing_price, Decimal(0)), budget)
     refund = budget - paid
-    if refund > 0:
-        await ledger.credit(
-            session,
-            user_id,
-            refund,
-            type="refund",
-            job_id=job_id,
-            idempotency_key=f"refund:{job_id}",
-            description="unused budget",
-        )
+    # The refund row is written even when it is zero: its key marks the job as settled, so a later failure
+    # path (or a second success) can neither refund nor pay the Island again.
+    moved = await ledger.credit(
+        session,
+        user_id,
+        refund,
+        type="refund",
+        job_id=job_id,
+        idempotency_key=f"refund:{job_id}",
+        description="unused budget",
+    )
+    if moved is None:
+        return Settlement(paid=Decimal(0), refunded=Decimal(0), earned=Decimal(0), applied=False)
     earned = Decimal(0)
     if host_id is not None and paid > 0:
         earned = paid * (Decimal(1) - platform_fee)

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, func
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coordinator.repo.base import Base
@@ -35,3 +35,14 @@ class MetroSetting(Base):
     minutes_per_karma: Mapped[int] = mapped_column(Integer, server_default="60")
     recovery_multiplier: Mapped[Decimal] = mapped_column(server_default="1.5")
     monetization_threshold: Mapped[int] = mapped_column(Integer, server_default="10")
+
+
+# One outcome per (Island, job, event type): a duplicated status message records nothing twice.
+Index(
+    "uq_karma_events_host_job_type",
+    KarmaEvent.host_id,
+    KarmaEvent.job_id,
+    KarmaEvent.event_type,
+    unique=True,
+    postgresql_where=text("job_id IS NOT NULL"),
+)

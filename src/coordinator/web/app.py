@@ -10,10 +10,20 @@ from coordinator import __version__
 from coordinator.runtime import Runtime
 from coordinator.telemetry.http import TelemetryMiddleware
 from coordinator.web import metrics
-from coordinator.web.api.v1 import account, api_keys, auth, health, workloads
+from coordinator.web.api.v1 import account, api_keys, auth, health, karma, market, workloads
 from coordinator.web.errors import install_error_handlers
+from coordinator.web.ratelimit import RateLimitHeaders
 
-ROUTERS = [health.router, account.router, workloads.router, api_keys.router, auth.router, metrics.router]
+ROUTERS = [
+    health.router,
+    account.router,
+    workloads.router,
+    api_keys.router,
+    auth.router,
+    karma.router,
+    market.router,
+    metrics.router,
+]
 
 
 class CoordinatorApp(FastAPI):
@@ -37,7 +47,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=runtime.settings.cors_origins,
-        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=[
             "Retry-After",
@@ -47,6 +57,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             "X-Request-ID",
         ],
     )
+    app.add_middleware(RateLimitHeaders)
     for router in ROUTERS:
         app.include_router(router)
     return app

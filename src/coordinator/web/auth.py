@@ -10,6 +10,7 @@ from coordinator.accounts import service as accounts
 from coordinator.accounts.service import Principal
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.runtime import Runtime
+from coordinator.web import ratelimit
 
 SESSION_COOKIE = "coordinator_session"
 
@@ -47,6 +48,7 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             raise Unauthorized("Invalid or missing API key")
         if scope not in principal.scopes:
             raise Forbidden(f"This API key lacks the '{scope}' scope")
+        await ratelimit.enforce(request, principal)
         return principal
 
     dependency.__name__ = f"require_{scope}"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import procrastinate
 import structlog
 
 from coordinator.accounts import service as accounts
+from coordinator.billing import payouts, providers
 from coordinator.hosts import liveness
+from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context as telemetry_context
 from coordinator.telemetry import metrics
@@ -120,7 +123,43 @@ def register_tasks(app: procrastinate.App) -> None:
     @app.periodic(cron="0 2 * * 0", periodic_id="payout_batch")
     @app.task(queue="payouts", name="payout_batch", pass_context=True)
     async def payout_batch(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
-        return await _timed("payout_batch", _pending("payout_batch", "issue 5 (billing)"))
+        runtime = _runtime(context)
+
+        async def body() -> dict[str, Any]:
+            settings = runtime.settings
+            result = await payouts.run_payout_batch(
+                runtime.db,
+                providers.provider_from_settings(settings),
+                threshold=settings.karma_monetization_threshold,
+                minimum=Decimal(str(settings.payout_minimum)),
+            )
+            return {
+                "created": result.created,
+                "paid": result.paid,
+                "failed": result.failed,
+                "retry_later": result.retry_later,
+                "amount_paid": float(result.amount_paid),
+            }
+
+        return await _timed("payout_batch", body)
+
+    @app.periodic(cron="*/5 * * * *", periodic_id="market_snapshot")
+    @app.task(queue="maintenance", name="market_snapshot", pass_context=True)
+    async def market_snapshot(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
+        runtime = _runtime(context)
+
+        async def body() -> dict[str, Any]:
+            settings = runtime.settings
+            async with runtime.db.transaction() as session:
+                surge = await market.compute_surge(
+                    session,
+                    ratio=Decimal(str(settings.surge_demand_ratio)),
+                    multiplier=Decimal(str(settings.surge_multiplier)),
+                )
+                written = await market.take_snapshots(session, interval_seconds=300, surge=surge)
+            return {"snapshots": written, "surge": float(surge)}
+
+        return await _timed("market_snapshot", body)
 
     @app.task(queue="security_scans", name="workload_scan", pass_context=True)
     async def workload_scan(context: procrastinate.JobContext, workload_id: int) -> dict[str, Any]:

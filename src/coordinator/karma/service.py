@@ -1,0 +1,213 @@
+"""Karma of Islands: record successes and penalties, each as a `karma_events` row next to the host's balance.
+
+Every function runs in the caller's transaction and locks the host row, so concurrent outcomes for one Island
+apply one after the other. A duplicate outcome (same host, job and event type) changes nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.config import Settings
+from coordinator.errors import NotFound
+from coordinator.karma.rules import FLAGGING_EVENTS, PENALTIES, KarmaPolicy, KarmaState, apply_success
+
+# Locks one Island's karma for the rest of the transaction and reads its metro overrides.
+LOCK_HOST_KARMA_SQL = text(
+    """
+    SELECT h.karma, h.pending_minutes, h.region,
+           m.minutes_per_karma, m.recovery_multiplier, m.monetization_threshold
+    FROM hosts h LEFT JOIN metro_settings m ON m.region = h.region
+    WHERE h.id = :host_id
+    FOR UPDATE OF h
+    """
+)
+
+# The same, without the lock (the read-only karma view).
+READ_HOST_KARMA_SQL = text(
+    """
+    SELECT h.karma, h.pending_minutes, h.region,
+           m.minutes_per_karma, m.recovery_multiplier, m.monetization_threshold
+    FROM hosts h LEFT JOIN metro_settings m ON m.region = h.region
+    WHERE h.id = :host_id
+    """
+)
+
+# Is this outcome already recorded? (duplicate status messages, retried settlements)
+EVENT_EXISTS_SQL = text(
+    "SELECT 1 FROM karma_events WHERE host_id = :host_id AND job_id = :job_id AND event_type = :event_type"
+)
+
+# Writes the new balance and the event that explains it.
+SET_KARMA_SQL = text(
+    """
+    WITH upd AS (
+        UPDATE hosts SET karma = :karma, pending_minutes = :pending,
+                         flagged_for_review = flagged_for_review OR :flag
+        WHERE id = :host_id
+        RETURNING karma
+    )
+    INSERT INTO karma_events (host_id, job_id, event_type, delta, balance_after, details)
+    SELECT :host_id, :job_id, :event_type, :delta, karma, CAST(:details AS jsonb) FROM upd
+    RETURNING id
+    """
+)
+
+
+@dataclass(frozen=True)
+class KarmaChange:
+    host_id: uuid.UUID
+    event_type: str
+    delta: int
+    karma: int
+    pending_minutes: int
+    recorded: bool  # False when the outcome was a duplicate
+
+
+def policy_from_settings(settings: Settings) -> KarmaPolicy:
+    return KarmaPolicy(
+        minutes_per_karma=settings.karma_minutes_per_karma,
+        recovery_multiplier=Decimal(str(settings.karma_recovery_multiplier)),
+        monetization_threshold=settings.karma_monetization_threshold,
+    )
+
+
+def _policy(row: Any, defaults: KarmaPolicy) -> KarmaPolicy:
+    return KarmaPolicy(
+        minutes_per_karma=row[3] if row[3] is not None else defaults.minutes_per_karma,
+        recovery_multiplier=Decimal(row[4]) if row[4] is not None else defaults.recovery_multiplier,
+        monetization_threshold=row[5] if row[5] is not None else defaults.monetization_threshold,
+    )
+
+
+async def _lock(session: AsyncSession, host_id: uuid.UUID) -> Any:
+    row = (await session.execute(LOCK_HOST_KARMA_SQL, {"host_id": host_id})).first()
+    if row is None:
+        raise NotFound("Island not found")
+    return row
+
+
+async def _duplicate(session: AsyncSession, host_id: uuid.UUID, job_id: uuid.UUID | None, event: str) -> bool:
+    if job_id is None:
+        return False
+    params = {"host_id": host_id, "job_id": job_id, "event_type": event}
+    return (await session.execute(EVENT_EXISTS_SQL, params)).first() is not None
+
+
+async def _write(
+    session: AsyncSession,
+    host_id: uuid.UUID,
+    job_id: uuid.UUID | None,
+    event_type: str,
+    before: KarmaState,
+    after: KarmaState,
+    *,
+    flag: bool = False,
+    details: str = "{}",
+) -> None:
+    await session.execute(
+        SET_KARMA_SQL,
+        {
+            "host_id": host_id,
+            "job_id": job_id,
+            "event_type": event_type,
+            "karma": after.karma,
+            "pending": after.pending_minutes,
+            "delta": after.karma - before.karma,
+            "flag": flag,
+            "details": details,
+        },
+    )
+
+
+async def record_success(
+    session: AsyncSession,
+    host_id: uuid.UUID,
+    job_id: uuid.UUID | None,
+    duration_seconds: float,
+    *,
+    defaults: KarmaPolicy | None = None,
+) -> KarmaChange:
+    """Credit an Island with a successful job's minutes (metro rules apply); writes `job_succeeded`."""
+    row = await _lock(session, host_id)
+    before = KarmaState(karma=row[0], pending_minutes=row[1])
+    if await _duplicate(session, host_id, job_id, "job_succeeded"):
+        return KarmaChange(host_id, "job_succeeded", 0, before.karma, before.pending_minutes, False)
+    outcome = apply_success(before, duration_seconds, _policy(row, defaults or KarmaPolicy()))
+    details = json.dumps({"effective_minutes": outcome.effective_minutes, "seconds": float(duration_seconds)})
+    await _write(session, host_id, job_id, "job_succeeded", before, outcome.after, details=details)
+    after = outcome.after
+    return KarmaChange(host_id, "job_succeeded", outcome.delta, after.karma, after.pending_minutes, True)
+
+
+async def penalize(
+    session: AsyncSession,
+    host_id: uuid.UUID,
+    event_type: str,
+    delta: int | None = None,
+    job_id: uuid.UUID | None = None,
+    flag: bool | None = None,
+) -> KarmaChange:
+    """Take karma from an Island (failed −1, lease_expired −2, timeout −1, impersonation −5 + review flag).
+
+    `delta` and `flag` default to the rule for `event_type`; karma may go below zero (a negative balance is
+    the honest record of a misbehaving Island, and placement scores it last)."""
+    amount = PENALTIES.get(event_type, -1) if delta is None else -abs(delta)
+    flagged = (event_type in FLAGGING_EVENTS) if flag is None else flag
+    row = await _lock(session, host_id)
+    before = KarmaState(karma=row[0], pending_minutes=row[1])
+    if await _duplicate(session, host_id, job_id, event_type):
+        return KarmaChange(host_id, event_type, 0, before.karma, before.pending_minutes, False)
+    after = KarmaState(karma=before.karma + amount, pending_minutes=before.pending_minutes)
+    await _write(session, host_id, job_id, event_type, before, after, flag=flagged)
+    return KarmaChange(host_id, event_type, amount, after.karma, after.pending_minutes, True)
+
+
+async def karma_summary(
+    session: AsyncSession, host_id: uuid.UUID, *, defaults: KarmaPolicy | None = None
+) -> dict[str, Any]:
+    """The public view of an Island's karma (`GET /api/v1/hosts/{id}/karma`)."""
+    row = (await session.execute(READ_HOST_KARMA_SQL, {"host_id": host_id})).first()
+    if row is None:
+        raise NotFound("Island not found")
+    policy = _policy(row, defaults or KarmaPolicy())
+    return {
+        "host_id": str(host_id),
+        "karma": row[0],
+        "pending_minutes": row[1],
+        "monetizable": row[0] >= policy.monetization_threshold,
+        "threshold": policy.monetization_threshold,
+    }
+
+
+# The newest karma events of one Island.
+KARMA_HISTORY_SQL = text(
+    """
+    SELECT id, job_id, event_type, delta, balance_after, details, created_at
+    FROM karma_events WHERE host_id = :host_id ORDER BY id DESC LIMIT :limit
+    """
+)
+
+
+async def karma_history(session: AsyncSession, host_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
+    if (await session.execute(text("SELECT 1 FROM hosts WHERE id = :h"), {"h": host_id})).first() is None:
+        raise NotFound("Island not found")
+    rows = (await session.execute(KARMA_HISTORY_SQL, {"host_id": host_id, "limit": limit})).all()
+    return [
+        {
+            "id": r[0],
+            "job_id": None if r[1] is None else str(r[1]),
+            "event_type": r[2],
+            "delta": r[3],
+            "balance_after": r[4],
+            "details": r[5],
+            "inserted_at": r[6].isoformat(),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,35 @@
+"""`GET /api/v1/hosts/{id}/karma[/history]`: an Island's reputation and the events that made it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from coordinator.accounts.service import Principal, parse_uuid
+from coordinator.karma import service as karma
+from coordinator.web.auth import get_runtime, require_read
+
+router = APIRouter(tags=["karma"])
+
+
+@router.get("/api/v1/hosts/{host_id}/karma")
+async def get_karma(host_id: str, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
+    runtime = get_runtime(request)
+    async with runtime.db.session() as session:
+        data = await karma.karma_summary(
+            session, parse_uuid(host_id, "Island"), defaults=karma.policy_from_settings(runtime.settings)
+        )
+    return {"data": data}
+
+
+@router.get("/api/v1/hosts/{host_id}/karma/history")
+async def get_karma_history(
+    host_id: str,
+    request: Request,
+    limit: int = Query(100, ge=1, le=1000),
+    _: Principal = Depends(require_read),
+) -> dict[str, Any]:
+    async with get_runtime(request).db.session() as session:
+        events = await karma.karma_history(session, parse_uuid(host_id, "Island"), limit)
+    return {"data": events}

@@ -1,0 +1,68 @@
+"""The exchange over HTTP: public market rates and history; saved bids and Island asking prices."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from coordinator.accounts.service import Principal, parse_uuid
+from coordinator.marketplace import service as market
+from coordinator.web.auth import get_runtime, require_read, require_write
+
+router = APIRouter(tags=["market"])
+
+
+class BidIn(BaseModel):
+    workload: str = Field(min_length=1, max_length=100)
+    bid: Decimal = Field(gt=0, le=Decimal("1e12"), allow_inf_nan=False)
+
+
+class AskingPricesIn(BaseModel):
+    host_id: str = Field(min_length=1, max_length=100)
+    prices: dict[str, Decimal | str] = Field(max_length=500)
+
+
+@router.get("/api/v1/market/rates")
+async def rates(request: Request) -> dict[str, Any]:
+    async with get_runtime(request).db.session() as session:
+        return {"data": await market.current_rates(session)}
+
+
+@router.get("/api/v1/market/rates/{slug}")
+async def rates_for(slug: str, request: Request) -> dict[str, Any]:
+    async with get_runtime(request).db.session() as session:
+        return {"data": await market.current_rates(session, slug)}
+
+
+@router.get("/api/v1/market/history/{slug}")
+async def history(slug: str, request: Request, period: str = Query("24h", max_length=10)) -> dict[str, Any]:
+    async with get_runtime(request).db.session() as session:
+        return {"data": await market.history(session, slug, period)}
+
+
+@router.get("/api/v1/market/bids")
+async def list_bids(request: Request, principal: Principal = Depends(require_read)) -> dict[str, Any]:
+    async with get_runtime(request).db.session() as session:
+        return {"data": await market.list_bids(session, principal.user.id)}
+
+
+@router.put("/api/v1/market/bids")
+@router.post("/api/v1/market/bids")
+async def save_bid(
+    body: BidIn, request: Request, principal: Principal = Depends(require_write)
+) -> dict[str, Any]:
+    async with get_runtime(request).db.transaction() as session:
+        return {"data": await market.save_bid(session, principal.user.id, body.workload, body.bid)}
+
+
+@router.post("/api/v1/market/asking-prices")
+async def set_asking_prices(
+    body: AskingPricesIn, request: Request, principal: Principal = Depends(require_write)
+) -> dict[str, Any]:
+    host_id = parse_uuid(body.host_id, "Island")
+    async with get_runtime(request).db.transaction() as session:
+        prices = await market.set_asking_prices(session, principal.user.id, host_id, body.prices)
+    return {"data": {"host_id": str(host_id), "asking_prices": prices}}

@@ -1,0 +1,149 @@
+"""Quotas: the per-key request limit shared through PostgreSQL, its headers, the polling allowance, and the
+active-job and daily-spend limits of submission."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from sqlalchemy import text
+from starlette.requests import Request
+
+from coordinator.accounts.service import Principal
+from coordinator.billing import ledger, quotas
+from coordinator.errors import RateLimited
+from coordinator.runtime import Runtime
+from coordinator.web import ratelimit
+from tests.factories import make_consumer
+
+
+@pytest.fixture
+def tight(runtime: Runtime) -> Runtime:
+    runtime.settings.rate_limit_per_minute = 3
+    runtime.settings.poll_rate_limit_per_minute = 5
+    return runtime
+
+
+async def test_every_authenticated_response_carries_the_window(
+    tight: Runtime, http: httpx.AsyncClient
+) -> None:
+    consumer = await make_consumer(tight)
+    r = await http.get("/api/v1/account", headers=consumer.headers)
+    assert r.status_code == 200
+    assert r.headers["X-RateLimit-Limit"] == "3"
+    assert r.headers["X-RateLimit-Remaining"] == "2"
+    assert int(r.headers["X-RateLimit-Reset"]) % 60 == 0
+    # an error after authentication (404) still carries them
+    r = await http.get("/api/v1/workloads/nope", headers=consumer.headers)
+    assert r.status_code == 404 and r.headers["X-RateLimit-Remaining"] == "1"
+    # the public market endpoints are not counted
+    assert "X-RateLimit-Limit" not in (await http.get("/api/v1/market/rates")).headers
+
+
+async def test_the_101st_request_gets_429_with_an_integer_retry_after(
+    tight: Runtime, http: httpx.AsyncClient
+) -> None:
+    consumer = await make_consumer(tight)
+    other = await make_consumer(tight, "other@example.com")
+    statuses = [(await http.get("/api/v1/account", headers=consumer.headers)).status_code for _ in range(4)]
+    if statuses[-1] == 200:  # the minute turned over mid-test: the new window starts again
+        statuses = [
+            (await http.get("/api/v1/account", headers=consumer.headers)).status_code for _ in range(4)
+        ]
+    assert statuses[-1] == 429
+    r = await http.get("/api/v1/account", headers=consumer.headers)
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+    # another key has its own allowance
+    assert (await http.get("/api/v1/account", headers=other.headers)).status_code == 200
+
+
+async def test_the_counter_is_shared_by_replicas(tight: Runtime) -> None:
+    """Two replicas are two connection pools on one database: the count is the database's."""
+    second = Runtime.from_settings(tight.settings)
+    try:
+        seen = []
+        for rt in (tight, second, tight, second):
+            async with rt.db.transaction() as session:
+                seen.append((await quotas.hit(session, "key:shared", 3)).count)
+    finally:
+        await second.db.dispose()
+    assert seen[-1] - seen[0] == 3  # one window (barring a minute boundary between hits)
+    assert sorted(seen) == seen
+
+
+def _request(method: str, path: str, runtime: Runtime) -> Request:
+    app = SimpleNamespace(state=SimpleNamespace(runtime=runtime))
+    return Request({"type": "http", "method": method, "path": path, "headers": [], "app": app})
+
+
+async def test_polling_a_job_has_its_own_allowance(tight: Runtime) -> None:
+    consumer = await make_consumer(tight)
+    principal = Principal(consumer.user, frozenset({"read"}), uuid.uuid4())
+    job = f"/api/v1/jobs/{uuid.uuid4()}"
+    for path in (job, job + "/batch-status"):
+        assert ratelimit.bucket_for(_request("GET", path, tight), principal)[1] is True
+    for method, path in (("POST", job), ("GET", "/api/v1/jobs"), ("GET", job + "/stream")):
+        assert ratelimit.bucket_for(_request(method, path, tight), principal)[1] is False
+    for _ in range(5):  # five polls pass although the general limit is 3
+        await ratelimit.enforce(_request("GET", job, tight), principal)
+    with pytest.raises(RateLimited):
+        await ratelimit.enforce(_request("GET", job, tight), principal)
+    general = _request("GET", "/api/v1/account", tight)
+    await ratelimit.enforce(general, principal)  # the general bucket is untouched by polling
+    assert general.state.rate_limit.limit == 3
+
+
+async def _active_jobs(runtime: Runtime, user_id: int, n: int, state: str = "queued") -> None:
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            text("INSERT INTO workloads (slug, name) VALUES ('q', 'q') ON CONFLICT DO NOTHING")
+        )
+        for _ in range(n):
+            await session.execute(
+                text(
+                    "INSERT INTO jobs (id, user_id, workload_id, input, state) "
+                    "SELECT gen_random_uuid(), :u, id, '{}'::jsonb, :s FROM workloads WHERE slug = 'q'"
+                ),
+                {"u": user_id, "s": state},
+            )
+
+
+async def test_active_job_limits_depend_on_verification(runtime: Runtime) -> None:
+    limits = quotas.QuotaLimits(active_jobs_unverified=2, active_jobs_verified=3)
+    consumer = await make_consumer(runtime)
+    user = consumer.user
+    await _active_jobs(runtime, user.id, 5, state="succeeded")  # finished jobs do not count
+    await _active_jobs(runtime, user.id, 1)
+    async with runtime.db.session() as session:
+        await quotas.check_submit_quota(session, user, Decimal(1), limits=limits)
+    await _active_jobs(runtime, user.id, 1, state="running")
+    async with runtime.db.session() as session:
+        with pytest.raises(RateLimited) as refused:
+            await quotas.check_submit_quota(session, user, Decimal(1), limits=limits)
+    assert refused.value.code == "too_many_active_jobs" and "2 of 2" in refused.value.message
+    user.verification_status = "verified"
+    async with runtime.db.session() as session:
+        await quotas.check_submit_quota(session, user, Decimal(1), limits=limits)
+
+
+async def test_unverified_daily_spend_cap(runtime: Runtime) -> None:
+    limits = quotas.QuotaLimits(daily_spend_unverified=Decimal(100))
+    consumer = await make_consumer(runtime)
+    user = consumer.user
+    async with runtime.db.transaction() as session:
+        await ledger.debit(session, user.id, Decimal(90))
+        await ledger.credit(session, user.id, Decimal(20), type="refund")  # net spend 70
+        await quotas.check_submit_quota(session, user, Decimal(30), limits=limits)
+        with pytest.raises(RateLimited) as refused:
+            await quotas.check_submit_quota(session, user, Decimal("30.5"), limits=limits)
+    assert refused.value.code == "daily_spend_limit"
+    assert "spent 70 of 100" in refused.value.message and refused.value.retry_after >= 1
+    user.verification_status = "verified"
+    async with runtime.db.session() as session:
+        await quotas.check_submit_quota(session, user, Decimal(10_000), limits=limits)
