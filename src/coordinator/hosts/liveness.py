@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.hosts.fleet import FleetView
+from coordinator.repo.database import Database
+from coordinator.supervisor import LoopService
+
+log = structlog.get_logger(__name__)
 
 # Online Islands whose last heartbeat is older than the timeout go offline (HostHealth, every minute).
 MARK_SILENT_OFFLINE_SQL = text(
@@ -21,3 +28,39 @@ MARK_SILENT_OFFLINE_SQL = text(
 async def mark_silent_hosts_offline(session: AsyncSession, timeout_seconds: int) -> list[uuid.UUID]:
     rows = await session.execute(MARK_SILENT_OFFLINE_SQL, {"timeout": timeout_seconds})
     return [row[0] for row in rows]
+
+
+# The in-memory sweep's write: Islands this process saw go silent, unless a newer beat was flushed meanwhile.
+MARK_OFFLINE_SQL = text(
+    """
+    UPDATE hosts SET status = 'offline', updated_at = now()
+    WHERE id = ANY(:ids) AND status = 'online'
+      AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => :timeout))
+    """
+)
+
+
+class FleetLiveness(LoopService):
+    """Marks silent Islands offline within the heartbeat timeout: in memory at once, then in the database.
+    The HostHealth worker stays the durable backstop when no coordinator process is watching."""
+
+    name = "fleet-liveness"
+
+    def __init__(self, db: Database, fleet: FleetView) -> None:
+        super().__init__()
+        self.db = db
+        self.fleet = fleet
+        self.interval = max(0.2, min(5.0, fleet.heartbeat_timeout / 5))
+
+    async def run_once(self) -> None:
+        expired = self.fleet.expire_silent()
+        if not expired:
+            return
+        log.info("hosts.offline", count=len(expired))
+        try:
+            async with self.db.transaction() as session:
+                await session.execute(
+                    MARK_OFFLINE_SQL, {"ids": expired, "timeout": float(self.fleet.heartbeat_timeout)}
+                )
+        except Exception:
+            log.exception("hosts.mark_offline_failed", count=len(expired))
