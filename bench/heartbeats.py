@@ -57,8 +57,26 @@ def publish_heartbeats(nats_url: str, host_ids: list[str], rate: float, seconds:
     asyncio.run(main())
 
 
+def postgres_cpu(marker: str | None) -> float:
+    """CPU seconds of the embedded PostgreSQL (postmaster whose command line names `marker`, and children)."""
+    import psutil
+
+    if not marker:
+        return 0.0
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or []):
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    times = p.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:
+                    pass
+    return total
+
+
 async def measure(
-    nats_url: str, database_url: str, islands: int, rate: float, seconds: float
+    nats_url: str, database_url: str, islands: int, rate: float, seconds: float, pg_marker: str | None = None
 ) -> dict[str, float]:
     import nats
     from sqlalchemy import text
@@ -104,9 +122,11 @@ async def measure(
         flusher.flushes,
         metrics.heartbeat_flush_seconds._sum.get(),
     )
+    pg0 = postgres_cpu(pg_marker)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.sleep(seconds)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    pg_cpu = postgres_cpu(pg_marker) - pg0
     beats = metrics.heartbeats._value.get() - beats0
     flushes = flusher.flushes - flush_n0
     flush_seconds = metrics.heartbeat_flush_seconds._sum.get() - flush_s0
@@ -130,6 +150,7 @@ async def measure(
         "core_fraction": cpu / wall,
         "core_fraction_per_1000_per_s": (cpu / wall) / (achieved / 1000),
         "cpu_ms_per_1000_heartbeats": cpu / beats * 1_000_000,
+        "postgres_core_fraction": pg_cpu / wall if pg_marker else float("nan"),
         "flushes": flushes,
         "mean_flush_ms": flush_seconds / flushes * 1000 if flushes else 0.0,
         "hosts_with_heartbeat_in_db": stored,
@@ -161,7 +182,10 @@ def main() -> None:
                 pg.start()
                 database_url = pg.ensure_database("bench")
             upgrade(database_url)
-            result = asyncio.run(measure(nats_url, database_url, args.islands, args.rate, args.seconds))
+            marker = str(Path(tmp) / "pg") if pg is not None else None
+            result = asyncio.run(
+                measure(nats_url, database_url, args.islands, args.rate, args.seconds, marker)
+            )
         finally:
             if nats_server is not None:
                 nats_server.stop()
