@@ -168,6 +168,8 @@ class IslandChild(Child):
                 region="local",
                 gpu_model="NVIDIA GeForce RTX 4090",
                 gpu_vram_mb=24564,
+                cpu_cores=8,  # simulated: room for 4 concurrent jobs whatever the dev machine
+                ram_mb=32768,
             )
         )
         await agent.start()
