@@ -202,3 +202,42 @@ async def test_text_stats_wasm_is_served_and_runs(http: httpx.AsyncClient) -> No
     response = await http.get("/cargos/text-stats.wasm")
     assert response.status_code == 200 and response.content[:4] == b"\x00asm"
     wasmtime.Module(wasmtime.Engine(), response.content)  # a valid module
+
+
+async def test_decisions_from_another_replica_reach_the_fleet_view(database_url: str, nats_url: str) -> None:
+    async with running_coordinator(
+        database_url, nats_url, require_host_approval=True, heartbeat_timeout_seconds=3
+    ) as runtime:
+        fleet = runtime.components["fleet"]
+        host_id = str(uuid.uuid4())
+        nc = await nats.connect(nats_url)
+
+        async def beat_forever() -> None:
+            while True:
+                await nc.publish(f"host.{host_id}.heartbeat", _beat(host_id))
+                await asyncio.sleep(0.3)
+
+        beating = asyncio.create_task(beat_forever())
+        try:
+            view = await eventually(lambda: asyncio.sleep(0, fleet.get(uuid.UUID(host_id))))
+            assert view not in fleet.available()
+            # another replica approves (a plain SQL write here), then suspends
+            async with runtime.db.transaction() as session:
+                await session.execute(
+                    text(
+                        "UPDATE hosts SET approved = true, status = 'offline', updated_at = now() "
+                        "WHERE id = :id"
+                    ),
+                    {"id": host_id},
+                )
+            await eventually(lambda: asyncio.sleep(0, view in fleet.available()), within=4)
+            async with runtime.db.transaction() as session:
+                await session.execute(
+                    text("UPDATE hosts SET status = 'suspended', updated_at = now() WHERE id = :id"),
+                    {"id": host_id},
+                )
+            await eventually(lambda: asyncio.sleep(0, view.status == "suspended"), within=4)
+            assert view not in fleet.available()
+        finally:
+            beating.cancel()
+            await nc.close()

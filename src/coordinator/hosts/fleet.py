@@ -134,6 +134,27 @@ class FleetView:
         if view.can_take_work(now, self.heartbeat_timeout) and view.free_slots > before:
             self.notify_capacity()
 
+    def apply_decision(self, host_id: uuid.UUID, status: str, approved: bool, owner_id: int | None) -> None:
+        """Carry an operator's or owner's decision (approve, suspend, resume, pair) into the view; a live,
+        approved Island becomes available at once."""
+        view = self._hosts.get(host_id)
+        if view is None:
+            return
+        view.approved = approved
+        view.owner_id = owner_id
+        recent = (
+            view.last_heartbeat_monotonic > 0
+            and self.clock() - view.last_heartbeat_monotonic <= self.heartbeat_timeout
+        )
+        if status in ("suspended", "pending_approval"):
+            view.status = status
+        elif recent and approved:
+            if view.status != "online":
+                view.status = "online"
+                self.notify_capacity()
+        else:
+            view.status = "offline"
+
     def expire_silent(self) -> list[uuid.UUID]:
         """Mark online Islands silent for longer than the timeout offline (in memory); returns their ids."""
         now = self.clock()

@@ -36,9 +36,10 @@ FLUSH_HEARTBEATS_SQL = text(
         max_concurrent = EXCLUDED.max_concurrent, active_jobs = EXCLUDED.active_jobs,
         warm_workload_ids = EXCLUDED.warm_workload_ids, asking_prices = EXCLUDED.asking_prices,
         last_heartbeat = EXCLUDED.last_heartbeat, rtt_ms = COALESCE(EXCLUDED.rtt_ms, h.rtt_ms),
-        last_heartbeat_at = EXCLUDED.last_heartbeat_at, updated_at = now(),
+        last_heartbeat_at = EXCLUDED.last_heartbeat_at,
         status = CASE WHEN h.status = 'suspended' THEN 'suspended'
                       WHEN h.approved THEN 'online' ELSE 'pending_approval' END
+    -- updated_at is left alone: it marks decisions (approval, suspension), which replicas re-read
     WHERE h.last_heartbeat_at IS NULL OR h.last_heartbeat_at <= EXCLUDED.last_heartbeat_at
     """
 )

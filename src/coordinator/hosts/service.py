@@ -170,26 +170,31 @@ async def resume(session: AsyncSession, raw_id: str) -> Host:
 
 
 def sync_view(fleet: FleetView | None, host: Host) -> None:
-    """Carry an admin decision into this process's fleet view (approve, suspend, resume, pair)."""
+    """Carry a decision made through this process (approve, suspend, resume, pair) into its fleet view."""
     if fleet is None:
         return
-    view = fleet.get(host.id)
-    if view is None:
+    if fleet.get(host.id) is None:
         fleet.put(view_of(host))
-        return
-    view.approved = host.approved
-    view.owner_id = host.owner_id
-    recent = (
-        view.last_heartbeat_monotonic > 0
-        and fleet.clock() - view.last_heartbeat_monotonic <= fleet.heartbeat_timeout
-    )
-    if host.status in ("suspended", "pending_approval"):
-        view.status = host.status
-    elif recent and host.approved:
-        view.status = "online"
-        fleet.notify_capacity()
     else:
-        view.status = "offline"
+        fleet.apply_decision(host.id, host.status, host.approved, host.owner_id)
+
+
+# Decisions changed since a point in time (other replicas' approvals, suspensions, pairings).
+CHANGED_SINCE_SQL = text(
+    """
+    SELECT id, status, approved, owner_id, updated_at FROM hosts
+    WHERE updated_at > :since ORDER BY updated_at
+    """
+)
+
+
+async def sync_decisions(session: AsyncSession, fleet: FleetView, since: datetime) -> datetime:
+    """Apply every host row changed after `since` to the fleet view; returns the newest change seen."""
+    newest = since
+    for row in await session.execute(CHANGED_SINCE_SQL, {"since": since}):
+        fleet.apply_decision(row.id, row.status, row.approved, row.owner_id)
+        newest = max(newest, row.updated_at)
+    return newest
 
 
 def _iso(value: datetime | None) -> str | None:

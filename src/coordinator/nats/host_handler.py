@@ -104,8 +104,9 @@ class HostHandler:
         view = self.fleet.get(host_id)
         fresh = hosts.view_of(host)
         if view is not None:  # keep what heartbeats taught us; take capabilities and decisions from the row
-            for attr in ("gpu_model", "gpu_vram_mb", "cpu_cores", "ram_mb", "region", "approved", "owner_id"):
+            for attr in ("gpu_model", "gpu_vram_mb", "cpu_cores", "ram_mb", "region"):
                 setattr(view, attr, getattr(fresh, attr))
+            self.fleet.apply_decision(host_id, host.status, host.approved, host.owner_id)
         else:
             self.fleet.put(fresh)
         log.info("hosts.registered", host_id=register.host_id, status=host.status)
