@@ -123,3 +123,25 @@ async def test_process_runtime_over_core_fallback(database_url: str, nats_url: s
         finally:
             await island.stop()
             await observer.close()
+
+
+async def test_island_command_runs_a_fleet_until_interrupted(
+    database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    import signal
+
+    async with running_coordinator(database_url, nats_url) as runtime:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "coordinator.cli", "island", "--fleet", "3", "--nats-url", nats_url,
+            "--state-dir", str(tmp_path), "--heartbeat-interval", "0.2",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await eventually(
+                lambda: asyncio.sleep(0, len(runtime.components["fleet"].available()) == 3), within=20
+            )
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = await asyncio.wait_for(proc.wait(), 20)
+        assert code == 0
+        assert len(list(tmp_path.glob("island-*/state.json"))) == 3

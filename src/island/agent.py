@@ -179,6 +179,10 @@ class Island:
                 batch = await sub.fetch(50, timeout=5)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
+            except Exception as exc:  # disconnected or consumer gone: retry rather than stop taking jobs
+                log.warning("island.pull_failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
             for msg in batch:
                 await msg.ack()  # ack on receipt, before parsing ("ack-on-spawn")
                 self._start_job(msg.data)
