@@ -122,6 +122,16 @@ def str_list(obj: dict[str, Any], key: str) -> list[str]:
     return list(items)
 
 
+class Message:
+    """A wire message: `to_dict()` gives the keys in the Island's serialisation order."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        return dumps(self.to_dict())
+
+
 def without_none(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A dict in the given key order, skipping the keys whose value is None (serde skip_serializing_if)."""
     return {k: v for k, v in pairs if v is not None}
