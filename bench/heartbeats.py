@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 HEARTBEAT = (
     '{"host_id":"%s","status":"online","active_jobs":0,"timestamp":%d,"agent_version":"0.4.0",'
@@ -75,19 +76,12 @@ def postgres_cpu(marker: str | None) -> float:
     return total
 
 
-async def measure(
-    nats_url: str, database_url: str, islands: int, rate: float, seconds: float, pg_marker: str | None = None
-) -> dict[str, float]:
-    import nats
+async def known_fleet(nats_url: str, database_url: str, islands: int) -> tuple[Any, list[str]]:
+    """A runtime whose database already knows `islands` Islands (steady state, not first contact)."""
     from sqlalchemy import text
 
     from coordinator.config import Settings
-    from coordinator.hosts import service as hosts
-    from coordinator.hosts.fleet import FleetView
-    from coordinator.hosts.flusher import HeartbeatFlusher
-    from coordinator.nats.host_handler import HostHandler
     from coordinator.runtime import Runtime
-    from coordinator.telemetry import metrics
 
     runtime = Runtime.from_settings(
         Settings(
@@ -95,7 +89,7 @@ async def measure(
         )
     )
     host_ids = [str(uuid.uuid4()) for _ in range(islands)]
-    async with runtime.db.transaction() as session:  # a known fleet (steady state, not first contact)
+    async with runtime.db.transaction() as session:
         await session.execute(text("TRUNCATE hosts CASCADE"))
         await session.execute(
             text(
@@ -103,6 +97,22 @@ async def measure(
             ),
             {"ids": host_ids},
         )
+    return runtime, host_ids
+
+
+async def measure(
+    nats_url: str, database_url: str, islands: int, rate: float, seconds: float, pg_marker: str | None = None
+) -> dict[str, float]:
+    import nats
+    from sqlalchemy import text
+
+    from coordinator.hosts import service as hosts
+    from coordinator.hosts.fleet import FleetView
+    from coordinator.hosts.flusher import HeartbeatFlusher
+    from coordinator.nats.host_handler import HostHandler
+    from coordinator.telemetry import metrics
+
+    runtime, host_ids = await known_fleet(nats_url, database_url, islands)
     fleet = FleetView()
     async with runtime.db.session() as session:
         await hosts.load_fleet(session, fleet)
