@@ -10,7 +10,18 @@ from coordinator import __version__
 from coordinator.runtime import Runtime
 from coordinator.telemetry.http import TelemetryMiddleware
 from coordinator.web import metrics
-from coordinator.web.api.v1 import account, api_keys, auth, health, karma, market, workloads
+from coordinator.web.api.v1 import (
+    account,
+    admin_hosts,
+    api_keys,
+    auth,
+    health,
+    hosts,
+    island,
+    karma,
+    market,
+    workloads,
+)
 from coordinator.web.errors import install_error_handlers
 from coordinator.web.ratelimit import RateLimitHeaders
 
@@ -20,6 +31,9 @@ ROUTERS = [
     workloads.router,
     api_keys.router,
     auth.router,
+    hosts.router,
+    admin_hosts.router,
+    island.router,
     karma.router,
     market.router,
     metrics.router,
