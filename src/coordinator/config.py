@@ -70,6 +70,12 @@ class Settings(BaseSettings):
 
     # jobs
     rate_limit_per_minute: int = 100
+    job_lease_seconds: int = 60
+    job_start_timeout_seconds: int = 300
+    job_max_attempts: int = 3
+    dispatch_batch_size: int = 100
+    dispatch_interval_seconds: float = 5.0
+    lease_sweep_interval_seconds: float = 2.0
     poll_rate_limit_per_minute: int = 600
 
     # metrics
