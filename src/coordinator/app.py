@@ -142,7 +142,26 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
         children.append(HttpChild(runtime))
     if runtime.settings.nats_enabled:
         children.append(NatsConnectionChild(runtime))
+        children.extend(job_children(runtime))
     return children
+
+
+def job_children(runtime: Runtime) -> list[Child]:
+    """The job pipeline over NATS: bus (streams, wake-ups), Island job messages, status consumer,
+    dispatcher and the fast lease sweeper."""
+    from coordinator.jobs.dispatcher import Dispatcher
+    from coordinator.jobs.recovery import LeaseSweeper
+    from coordinator.nats.job_bus import JobBusChild
+    from coordinator.nats.job_handler import JobHandlerChild
+    from coordinator.nats.status_consumer import StatusConsumerChild
+
+    return [
+        JobBusChild(runtime),
+        JobHandlerChild(runtime),
+        StatusConsumerChild(runtime),
+        Dispatcher(runtime),
+        LeaseSweeper(runtime),
+    ]
 
 
 async def run_until_signalled(supervisor: Supervisor, *, on_started: Callable[[], Any] | None = None) -> None:

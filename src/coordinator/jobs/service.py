@@ -85,7 +85,7 @@ async def workload_meta(runtime: Runtime, workload_id: int) -> tuple[str, str]:
     return cache[workload_id]
 
 
-def _result(row: Row[Any], from_state: str | None, **extra: Any) -> TransitionResult:
+def transition_result(row: Row[Any], from_state: str | None, **extra: Any) -> TransitionResult:
     return TransitionResult(
         job_id=row.id,
         user_id=row.user_id,
@@ -339,7 +339,7 @@ async def finish_in(
     if row is None:
         return None
     await _settle(session, row)
-    return _result(row, row.old_state, released_host_id=row.host_id)
+    return transition_result(row, row.old_state, released_host_id=row.host_id)
 
 
 async def finish_job(
@@ -372,7 +372,7 @@ async def start_job(runtime: Runtime, job_id: uuid.UUID, host_id: uuid.UUID) -> 
         ).first()
     if row is None:
         return None
-    result = _result(row, rules.ASSIGNED)
+    result = transition_result(row, rules.ASSIGNED)
     await hooks(runtime).run(result)
     return result
 
@@ -394,13 +394,15 @@ async def cancel_job(runtime: Runtime, user: User, job_id: str) -> tuple[Job, st
             result = await finish_in(session, job.id, rules.CANCELLED, error="cancelled by the owner")
         if result is not None:
             if result.released_host_id is not None and (bus := bus_of(runtime)) is not None:
-                await _safely(bus.publish_cancel(result.released_host_id, job.id), "publish_cancel", job.id)
+                await best_effort(
+                    bus.publish_cancel(result.released_host_id, job.id), "publish_cancel", job.id
+                )
             await hooks(runtime).run(result)
     async with runtime.db.session() as session:
         return await get_job(session, user, job_id)
 
 
-async def _safely(awaitable: Any, what: str, job_id: uuid.UUID) -> None:
+async def best_effort(awaitable: Any, what: str, job_id: uuid.UUID) -> None:
     """A best-effort message after commit: the durable state is already right if it fails."""
     try:
         await awaitable
