@@ -134,8 +134,9 @@ class HttpChild(Child):
 
 
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
-    """The tree in start order: database, background jobs, HTTP, then (if configured) the NATS subtree."""
-    children: list[Child] = [DatabaseChild(runtime)]
+    """The tree in start order: database, pub/sub, output accumulator, background jobs, HTTP, then (if
+    configured) the NATS subtree."""
+    children: list[Child] = [DatabaseChild(runtime), *streaming_children(runtime)]
     if with_worker:
         children.append(WorkerChild(runtime))
     if http:
@@ -144,6 +145,14 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
         children.append(NatsConnectionChild(runtime))
         children.extend(job_children(runtime))
     return children
+
+
+def streaming_children(runtime: Runtime) -> list[Child]:
+    """Pub/sub (bridged over NATS once the connection is up) and the output accumulator after it."""
+    from coordinator.jobs.output import OutputAccumulatorChild
+    from coordinator.pubsub import PubSubChild
+
+    return [PubSubChild(runtime), OutputAccumulatorChild(runtime)]
 
 
 def job_children(runtime: Runtime) -> list[Child]:

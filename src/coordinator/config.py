@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     lease_sweep_interval_seconds: float = 2.0
     poll_rate_limit_per_minute: int = 600
 
+    # streaming (output accumulator, pub/sub, SSE)
+    output_flush_interval_seconds: float = 0.05
+    output_grace_seconds: float = 2.0
+    sse_keepalive_seconds: float = 15.0
+    pubsub_queue_size: int = 2048
+    chat_completion_timeout_seconds: float = 300.0
+
     # metrics
     metrics_token: str | None = None
 
