@@ -140,7 +140,13 @@ async def test_diffusers_progress_after_the_image_does_not_break_order_or_finali
     await sink.on_progress(ref, 3, 3)  # straggler after the image and `succeeded`
     events = await drain(sub)
     assert kinds(events) == ["progress", "progress", "progress", "image", "status", "done"]
-    assert events[3] == {"type": "image", "image_data": "iVBORw0KGgo=", "format": "png", "width": 512, "height": 512}
+    assert events[3] == {
+        "type": "image",
+        "image_data": "iVBORw0KGgo=",
+        "format": "png",
+        "width": 512,
+        "height": 512,
+    }
     assert await sub.get(0.3) is None  # nothing after `done`
     job = await job_of(stack.runtime, ref.job_id)
     assert json.loads(job.output or "") == {

@@ -183,6 +183,7 @@ class PubSub:
             self.deliver(Event(topic, position, payload, msg.data.decode()))
 
         sub = await nc.subscribe(f"{SUBJECT_PREFIX}.>", cb=on_remote)
+        await nc.flush()  # the server knows the interest before this replica reports itself bridged
         self._nc = nc
         return sub
 

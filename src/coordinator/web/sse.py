@@ -83,40 +83,44 @@ async def _lost_final(runtime: Runtime, job_id: uuid.UUID, position: int) -> Eve
 async def job_events(runtime: Runtime, job_id: uuid.UUID) -> AsyncIterator[Event | None]:
     """Every event of the job once, in order (replay, then live); None marks a keep-alive tick.
 
-    Subscribe first, then replay, then skip live positions already replayed. Ends after `done`/`error`."""
+    Subscribe first, then replay, then skip live positions already replayed; a live position that jumps
+    ahead is filled from the store. Events another replica published before this subscription existed
+    but stored only after the replay are caught up shortly after connecting and on every quiet tick.
+    Ends after `done`/`error`."""
     hub = pubsub_of(runtime.components)
     keepalive = runtime.settings.sse_keepalive_seconds
+    catch_up = min(keepalive, max(0.05, runtime.settings.output_flush_interval_seconds * 5))
     last = 0
     while True:
         sub = hub.subscribe(job_topic(job_id))
         try:
-            for replayed in await replay(runtime, job_id, last):
-                last = replayed.position
-                yield replayed
-                if replayed.is_final:
-                    return
-            if (lost := await _lost_final(runtime, job_id, last + 1)) is not None:
-                yield lost
-                return
+            wait = catch_up
             while True:
-                event = await sub.get(keepalive)
-                if event is None:
-                    if (lost := await _lost_final(runtime, job_id, last + 1)) is not None:
-                        yield lost
+                for stored in await replay(runtime, job_id, last):
+                    last = stored.position
+                    yield stored
+                    if stored.is_final:
                         return
-                    yield None
-                    continue
-                if event.position <= last:
-                    continue
-                for missing in await _fill_gap(runtime, job_id, last, event.position):
-                    last = missing.position
-                    yield missing
-                    if missing.is_final:
-                        return
-                last = event.position
-                yield event
-                if event.is_final:
+                if (lost := await _lost_final(runtime, job_id, last + 1)) is not None:
+                    yield lost
                     return
+                event = await sub.get(wait)
+                quiet_for = wait if event is None else keepalive
+                while event is not None:
+                    if event.position > last:
+                        for missing in await _fill_gap(runtime, job_id, last, event.position):
+                            last = missing.position
+                            yield missing
+                            if missing.is_final:
+                                return
+                        last = event.position
+                        yield event
+                        if event.is_final:
+                            return
+                    event = await sub.get(keepalive)
+                if quiet_for >= keepalive:
+                    yield None
+                wait = keepalive
         except SubscriberOverflow:
             log.info("sse.resubscribe_after_overflow", job_id=str(job_id), after=last)
         finally:
