@@ -3,6 +3,7 @@ the jobs-core transitions, and the two SSE parsers of the official SDKs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -90,12 +91,17 @@ async def running_job(
 ) -> JobRef:
     """A submitted job moved queued → assigned (→ running) by the jobs-core queries and transitions."""
     job = await service.submit_job(stack.runtime, stack.consumer.user, slug, input or {"prompt": "Hi"})
+    return await assign(stack, job.id, start=start)
+
+
+async def assign(stack: Stack, job_id: uuid.UUID, *, start: bool = True) -> JobRef:
+    """queued → assigned to the stack's Island (the dispatcher's query), then `started`."""
     async with stack.runtime.db.transaction() as session:
         row = (
             await session.execute(
                 sql.ASSIGN_SQL,
                 {
-                    "id": job.id,
+                    "id": job_id,
                     "host_id": stack.host_id,
                     "lease_seconds": 600,
                     "placement": None,
@@ -106,8 +112,25 @@ async def running_job(
     result = service.transition_result(row, "queued")
     await service.hooks(stack.runtime).run(result)
     if start:
-        assert await service.start_job(stack.runtime, job.id, stack.host_id) is not None
+        assert await service.start_job(stack.runtime, job_id, stack.host_id) is not None
     return await service.job_ref(stack.runtime, result)
+
+
+async def newest_job(runtime: Runtime, user_id: int, *, within: float = 5.0) -> uuid.UUID:
+    """The id of the user's latest job, waiting for it to be submitted."""
+    from sqlalchemy import text
+
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with runtime.db.session() as session:
+            job_id = await session.scalar(
+                text("SELECT id FROM jobs WHERE user_id = :u ORDER BY created_at DESC LIMIT 1"),
+                {"u": user_id},
+            )
+        if job_id is not None:
+            return uuid.UUID(str(job_id))
+        assert asyncio.get_running_loop().time() < deadline, "no job was submitted"
+        await asyncio.sleep(0.02)
 
 
 async def finish(

@@ -7,7 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from coordinator import __version__
 from coordinator.runtime import Runtime
-from coordinator.web.api.v1 import account, api_keys, auth, health, jobs, stream, workloads
+from coordinator.web.api.v1 import account, api_keys, auth, chat, health, jobs, stream, workloads
 from coordinator.web.errors import install_error_handlers
 
 ROUTERS = [
@@ -18,6 +18,7 @@ ROUTERS = [
     auth.router,
     jobs.router,
     stream.router,
+    chat.router,
 ]
 
 
