@@ -148,11 +148,13 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
 
 
 def streaming_children(runtime: Runtime) -> list[Child]:
-    """Pub/sub (bridged over NATS once the connection is up) and the output accumulator after it."""
+    """Pub/sub (bridged over NATS once the connection is up), the output accumulator after it, and the
+    batch hook (advances server-side batches when their children end)."""
+    from coordinator.jobs.batches import BatchHookChild
     from coordinator.jobs.output import OutputAccumulatorChild
     from coordinator.pubsub import PubSubChild
 
-    return [PubSubChild(runtime), OutputAccumulatorChild(runtime)]
+    return [PubSubChild(runtime), OutputAccumulatorChild(runtime), BatchHookChild(runtime)]
 
 
 def job_children(runtime: Runtime) -> list[Child]:

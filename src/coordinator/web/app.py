@@ -7,12 +7,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from coordinator import __version__
 from coordinator.runtime import Runtime
-from coordinator.web.api.v1 import account, api_keys, auth, chat, health, jobs, stream, workloads
+from coordinator.web.api.v1 import account, api_keys, auth, batches, chat, health, jobs, stream, workloads
 from coordinator.web.errors import install_error_handlers
 
 ROUTERS = [
     health.router,
     account.router,
+    batches.router,
     workloads.router,
     api_keys.router,
     auth.router,
