@@ -17,6 +17,9 @@ from coordinator.jobs import service
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from tests.conftest import make_settings
+from tests.factories import Consumer
+from tests.fake_island import FakeIsland
+from tests.job_support import make_island
 
 
 @dataclass
@@ -58,3 +61,42 @@ async def eventually(
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {within}s (last value {value!r})")
+
+
+CHAT = {"workload": "llm-chat", "input": {"prompt": "Hello", "max_tokens": 16}}
+
+
+async def islands(
+    stack: JobStack, nats_url: str, *behaviours: str, delay: float = 0.0, **kw: Any
+) -> list[FakeIsland]:
+    started = []
+    for behaviour in behaviours:
+        island = FakeIsland(nats_url, behaviour=behaviour, delay=delay)
+        await make_island(stack.runtime, host_id=island.host_id, fleet=stack.fleet, **kw)
+        await island.start()
+        started.append(island)
+    stack.fleet.notify_capacity()
+    return started
+
+
+async def submit(stack: JobStack, consumer: Consumer, body: dict[str, Any] = CHAT) -> str:
+    response = await stack.http.post("/api/v1/jobs", headers=consumer.headers, json=body)
+    assert response.status_code == 201, response.text
+    job_id: str = response.json()["data"]["id"]
+    return job_id
+
+
+async def status_of(stack: JobStack, consumer: Consumer, job_id: str) -> dict[str, Any]:
+    response = await stack.http.get(f"/api/v1/jobs/{job_id}", headers=consumer.headers)
+    assert response.status_code == 200
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+async def wait_status(stack: JobStack, consumer: Consumer, job_id: str, status: str) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        job = await status_of(stack, consumer, job_id)
+        return job if job["status"] == status else None
+
+    result: dict[str, Any] = await eventually(check)
+    return result

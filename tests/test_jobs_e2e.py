@@ -6,16 +6,15 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
 
 import nats
 import pytest_asyncio
 from sqlalchemy import text
 
 from coordinator.telemetry import metrics
-from tests.factories import Consumer, make_consumer, seed_cargos
+from tests.factories import make_consumer, seed_cargos
 from tests.fake_island import FakeIsland, dumps
-from tests.job_stack import JobStack, eventually, job_stack
+from tests.job_stack import CHAT, JobStack, eventually, islands, job_stack, status_of, submit, wait_status
 from tests.job_support import (
     assert_money_conserved,
     balance,
@@ -26,8 +25,6 @@ from tests.job_support import (
     transactions_of,
 )
 
-CHAT = {"workload": "llm-chat", "input": {"prompt": "Hello", "max_tokens": 16}}
-
 
 @pytest_asyncio.fixture
 async def stack(database_url: str, nats_url: str) -> AsyncIterator[JobStack]:
@@ -37,42 +34,6 @@ async def stack(database_url: str, nats_url: str) -> AsyncIterator[JobStack]:
         async with s.runtime.db.transaction() as session:
             await session.execute(text("UPDATE workloads SET cold_start_seconds = 0"))
         yield s
-
-
-async def islands(
-    stack: JobStack, nats_url: str, *behaviours: str, delay: float = 0.0, **kw: Any
-) -> list[FakeIsland]:
-    started = []
-    for behaviour in behaviours:
-        island = FakeIsland(nats_url, behaviour=behaviour, delay=delay)
-        await make_island(stack.runtime, host_id=island.host_id, fleet=stack.fleet, **kw)
-        await island.start()
-        started.append(island)
-    stack.fleet.notify_capacity()
-    return started
-
-
-async def submit(stack: JobStack, consumer: Consumer, body: dict[str, Any] = CHAT) -> str:
-    response = await stack.http.post("/api/v1/jobs", headers=consumer.headers, json=body)
-    assert response.status_code == 201, response.text
-    job_id: str = response.json()["data"]["id"]
-    return job_id
-
-
-async def status_of(stack: JobStack, consumer: Consumer, job_id: str) -> dict[str, Any]:
-    response = await stack.http.get(f"/api/v1/jobs/{job_id}", headers=consumer.headers)
-    assert response.status_code == 200
-    data: dict[str, Any] = response.json()["data"]
-    return data
-
-
-async def wait_status(stack: JobStack, consumer: Consumer, job_id: str, status: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        job = await status_of(stack, consumer, job_id)
-        return job if job["status"] == status else None
-
-    result: dict[str, Any] = await eventually(check)
-    return result
 
 
 async def test_a_job_runs_end_to_end_and_the_unused_budget_is_refunded(
