@@ -93,7 +93,9 @@ class Subscription:
 
     async def get(self, wait: float | None = None) -> Event | None:
         """The next event, or None after `wait` seconds without one."""
-        if self.queue.empty() and self.overflowed:
+        if not self.queue.empty():
+            return self.queue.get_nowait()  # the hot path: no timer, no task
+        if self.overflowed:
             raise SubscriberOverflow(self.topic)
         try:
             return await asyncio.wait_for(self._next(), wait)

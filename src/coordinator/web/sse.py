@@ -107,12 +107,13 @@ async def job_events(runtime: Runtime, job_id: uuid.UUID) -> AsyncIterator[Event
                 event = await sub.get(wait)
                 quiet_for = wait if event is None else keepalive
                 while event is not None:
-                    if event.position > last:
+                    if event.position > last + 1:  # a gap: fill it from the store first
                         for missing in await _fill_gap(runtime, job_id, last, event.position):
                             last = missing.position
                             yield missing
                             if missing.is_final:
                                 return
+                    if event.position > last:
                         last = event.position
                         yield event
                         if event.is_final:
