@@ -52,7 +52,12 @@ async def run_clients(url: str, key: str, n: int) -> dict[str, Any]:
         counts.append(count)
 
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        await asyncio.gather(*(one(client) for _ in range(n)))
+        tasks = []
+        for i in range(n):  # ramp up in waves of 50, as real clients do not all arrive in one millisecond
+            tasks.append(asyncio.create_task(one(client)))
+            if i % 50 == 49:
+                await asyncio.sleep(0.05)
+        await asyncio.gather(*tasks)
     return {"latencies": latencies, "counts": counts, "first_rx": first_rx, "last_rx": last_rx}
 
 
@@ -123,7 +128,9 @@ async def main(args: argparse.Namespace) -> None:
         url = pg.ensure_database(f"bench_{uuid.uuid4().hex[:8]}")
         upgrade(url)
         try:
-            async with stream_stack(url, sse_keepalive_seconds=15.0, log_level="WARNING") as stack:
+            async with stream_stack(
+                url, sse_keepalive_seconds=15.0, log_level="WARNING", db_pool_size=40
+            ) as stack:
                 rows = []
                 for n in args.clients:
                     for rate in (args.rate, 0.0):

@@ -80,7 +80,9 @@ async def _lost_final(runtime: Runtime, job_id: uuid.UUID, position: int) -> Eve
     return final_from_row(job, position)
 
 
-async def job_events(runtime: Runtime, job_id: uuid.UUID) -> AsyncIterator[Event | None]:
+async def job_events(
+    runtime: Runtime, job_id: uuid.UUID, *, maybe_terminal: bool = True
+) -> AsyncIterator[Event | None]:
     """Every event of the job once, in order (replay, then live); None marks a keep-alive tick.
 
     Subscribe first, then replay, then skip live positions already replayed; a live position that jumps
@@ -91,6 +93,7 @@ async def job_events(runtime: Runtime, job_id: uuid.UUID) -> AsyncIterator[Event
     keepalive = runtime.settings.sse_keepalive_seconds
     catch_up = min(keepalive, max(0.05, runtime.settings.output_flush_interval_seconds * 5))
     last = 0
+    check_row = maybe_terminal  # a job seen unfinished at connect needs no row check until it goes quiet
     while True:
         sub = hub.subscribe(job_topic(job_id))
         try:
@@ -101,9 +104,10 @@ async def job_events(runtime: Runtime, job_id: uuid.UUID) -> AsyncIterator[Event
                     yield stored
                     if stored.is_final:
                         return
-                if (lost := await _lost_final(runtime, job_id, last + 1)) is not None:
+                if check_row and (lost := await _lost_final(runtime, job_id, last + 1)) is not None:
                     yield lost
                     return
+                check_row = True
                 event = await sub.get(wait)
                 quiet_for = wait if event is None else keepalive
                 while event is not None:
@@ -128,11 +132,13 @@ async def job_events(runtime: Runtime, job_id: uuid.UUID) -> AsyncIterator[Event
             sub.close()
 
 
-async def job_stream_body(runtime: Runtime, job_id: uuid.UUID) -> AsyncIterator[bytes]:
+async def job_stream_body(
+    runtime: Runtime, job_id: uuid.UUID, *, maybe_terminal: bool = True
+) -> AsyncIterator[bytes]:
     """The SSE body of `GET /jobs/{id}/stream`: one `data:` frame per event, comments as keep-alives."""
     metrics.open_streams.labels(kind="sse").inc()
     try:
-        async for event in job_events(runtime, job_id):
+        async for event in job_events(runtime, job_id, maybe_terminal=maybe_terminal):
             yield KEEPALIVE if event is None else frame(event.encoded)
     finally:
         metrics.open_streams.labels(kind="sse").dec()

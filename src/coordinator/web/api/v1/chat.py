@@ -106,7 +106,7 @@ def token_usage(job: Job) -> dict[str, Any]:
 
 async def _final_payload(runtime: Runtime, job_id: uuid.UUID) -> dict[str, Any]:
     """Follow the job's events to its end; the final event."""
-    async for event in job_events(runtime, job_id):
+    async for event in job_events(runtime, job_id, maybe_terminal=False):
         if event is not None and event.is_final:
             return event.payload
     raise JobFailed("The job's stream ended without a result")
@@ -160,7 +160,7 @@ def _chunk(job: Job, slug: str, delta: dict[str, Any], finish: str | None, **ext
 async def _chunks(runtime: Runtime, job: Job, slug: str) -> AsyncIterator[bytes]:
     """OpenAI chunks: the role, one per token, a last one with `finish_reason` and usage, `[DONE]`."""
     yield _chunk(job, slug, {"role": "assistant", "content": ""}, None)
-    async for event in job_events(runtime, job.id):
+    async for event in job_events(runtime, job.id, maybe_terminal=False):
         if event is None:
             yield KEEPALIVE
             continue

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import StreamingResponse
 
 from coordinator.accounts.service import Principal
+from coordinator.jobs import rules
 from coordinator.jobs import service as jobs
 from coordinator.web.auth import get_runtime, require_read
 from coordinator.web.sse import job_stream_body, sse_response
@@ -25,4 +26,4 @@ async def stream_job(
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
         job, _ = await jobs.get_job(session, principal.user, job_id)
-    return sse_response(job_stream_body(runtime, job.id))
+    return sse_response(job_stream_body(runtime, job.id, maybe_terminal=rules.is_terminal(job.state)))
