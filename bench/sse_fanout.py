@@ -56,7 +56,7 @@ async def run_clients(url: str, key: str, n: int) -> dict[str, Any]:
         for i in range(n):  # ramp up in waves of 50, as real clients do not all arrive in one millisecond
             tasks.append(asyncio.create_task(one(client)))
             if i % 50 == 49:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
         await asyncio.gather(*tasks)
     return {"latencies": latencies, "counts": counts, "first_rx": first_rx, "last_rx": last_rx}
 
@@ -90,6 +90,8 @@ async def scenario(stack: Any, n_clients: int, tokens: int, rate: float) -> dict
     while hub.subscribers(job_topic(ref.job_id)) < n_clients:
         assert time.monotonic() < deadline, "clients did not connect"
         await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    checked_out = stack.runtime.db.engine.pool.checkedout()  # idle streams must hold no connection
     start = time.time()
     interval = 1.0 / rate if rate > 0 else 0.0
     for seq in range(1, tokens + 1):
@@ -105,6 +107,7 @@ async def scenario(stack: Any, n_clients: int, tokens: int, rate: float) -> dict
     span = max(1e-9, result["last_rx"] - start)
     return {
         "clients": n_clients,
+        "db_connections_held_by_idle_streams": checked_out,
         "tokens": tokens,
         "rate_per_s": rate or "max",
         "delivered": delivered,

@@ -80,66 +80,102 @@ async def _lost_final(runtime: Runtime, job_id: uuid.UUID, position: int) -> Eve
     return final_from_row(job, position)
 
 
-async def job_events(
+class _Cursor:
+    """What one connection has delivered: the last position, and whether the final event went out."""
+
+    def __init__(self, runtime: Runtime, job_id: uuid.UUID) -> None:
+        self.runtime, self.job_id = runtime, job_id
+        self.last = 0
+        self.finished = False
+
+    def _take(self, events: list[Event]) -> list[Event]:
+        out: list[Event] = []
+        for event in events:
+            if self.finished or event.position <= self.last:
+                continue  # already delivered (replayed, or a duplicate)
+            self.last = event.position
+            out.append(event)
+            self.finished = event.is_final
+        return out
+
+    async def replayed(self) -> list[Event]:
+        return self._take(await replay(self.runtime, self.job_id, self.last))
+
+    async def live(self, event: Event) -> list[Event]:
+        if event.position > self.last + 1:  # a gap: fill it from the store first
+            missing = await _fill_gap(self.runtime, self.job_id, self.last, event.position)
+            return self._take([*missing, event])
+        return self._take([event])
+
+
+async def job_event_batches(
     runtime: Runtime, job_id: uuid.UUID, *, maybe_terminal: bool = True
-) -> AsyncIterator[Event | None]:
-    """Every event of the job once, in order (replay, then live); None marks a keep-alive tick.
+) -> AsyncIterator[list[Event]]:
+    """Every event of the job once, in order (replay, then live), in batches of what is ready now; an
+    empty batch marks a keep-alive tick. Ends after `done`/`error`.
 
     Subscribe first, then replay, then skip live positions already replayed; a live position that jumps
     ahead is filled from the store. Events another replica published before this subscription existed
-    but stored only after the replay are caught up shortly after connecting and on every quiet tick.
-    Ends after `done`/`error`."""
+    but stored only after the replay are caught up shortly after connecting and on every quiet tick."""
     hub = pubsub_of(runtime.components)
     keepalive = runtime.settings.sse_keepalive_seconds
     catch_up = min(keepalive, max(0.05, runtime.settings.output_flush_interval_seconds * 5))
-    last = 0
+    cursor = _Cursor(runtime, job_id)
     check_row = maybe_terminal  # a job seen unfinished at connect needs no row check until it goes quiet
     while True:
         sub = hub.subscribe(job_topic(job_id))
         try:
             wait = catch_up
             while True:
-                for stored in await replay(runtime, job_id, last):
-                    last = stored.position
-                    yield stored
-                    if stored.is_final:
-                        return
-                if check_row and (lost := await _lost_final(runtime, job_id, last + 1)) is not None:
-                    yield lost
+                if batch := await cursor.replayed():
+                    yield batch
+                if cursor.finished:
+                    return
+                if check_row and (lost := await _lost_final(runtime, job_id, cursor.last + 1)) is not None:
+                    yield [lost]
                     return
                 check_row = True
                 event = await sub.get(wait)
                 quiet_for = wait if event is None else keepalive
+                batch = []
                 while event is not None:
-                    if event.position > last + 1:  # a gap: fill it from the store first
-                        for missing in await _fill_gap(runtime, job_id, last, event.position):
-                            last = missing.position
-                            yield missing
-                            if missing.is_final:
-                                return
-                    if event.position > last:
-                        last = event.position
-                        yield event
-                        if event.is_final:
-                            return
+                    batch.extend(await cursor.live(event))
+                    if cursor.finished:
+                        yield batch
+                        return
+                    if sub.queue.empty() and batch:  # about to wait: send what is ready in one write
+                        yield batch
+                        batch = []
                     event = await sub.get(keepalive)
                 if quiet_for >= keepalive:
-                    yield None
+                    yield []
                 wait = keepalive
         except SubscriberOverflow:
-            log.info("sse.resubscribe_after_overflow", job_id=str(job_id), after=last)
+            log.info("sse.resubscribe_after_overflow", job_id=str(job_id), after=cursor.last)
         finally:
             sub.close()
+
+
+async def job_events(
+    runtime: Runtime, job_id: uuid.UUID, *, maybe_terminal: bool = True
+) -> AsyncIterator[Event | None]:
+    """The same stream one event at a time; None marks a keep-alive tick."""
+    async for batch in job_event_batches(runtime, job_id, maybe_terminal=maybe_terminal):
+        if not batch:
+            yield None
+        for event in batch:
+            yield event
 
 
 async def job_stream_body(
     runtime: Runtime, job_id: uuid.UUID, *, maybe_terminal: bool = True
 ) -> AsyncIterator[bytes]:
-    """The SSE body of `GET /jobs/{id}/stream`: one `data:` frame per event, comments as keep-alives."""
+    """The SSE body of `GET /jobs/{id}/stream`: whole `data:` frames (every event ready is sent in one
+    write, never split), comments as keep-alives."""
     metrics.open_streams.labels(kind="sse").inc()
     try:
-        async for event in job_events(runtime, job_id, maybe_terminal=maybe_terminal):
-            yield KEEPALIVE if event is None else frame(event.encoded)
+        async for batch in job_event_batches(runtime, job_id, maybe_terminal=maybe_terminal):
+            yield b"".join(frame(e.encoded) for e in batch) if batch else KEEPALIVE
     finally:
         metrics.open_streams.labels(kind="sse").dec()
 
