@@ -30,6 +30,9 @@ from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
+# How often the fleet view is topped up from the database (see `hydrate_fleet`).
+HYDRATE_EVERY_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -49,6 +52,34 @@ def ensure_fleet(runtime: Runtime) -> FleetView:
     return fleet
 
 
+def host_view_of(row: Any, last_heartbeat: float) -> HostView:
+    return HostView(
+        id=row.id,
+        owner_id=row.owner_id,
+        status=row.status,
+        approved=bool(row.approved),
+        region=row.region,
+        platform=row.platform,
+        transport=row.transport or "nats",
+        gpu_model=row.gpu_model,
+        gpu_vram_mb=row.gpu_vram_mb,
+        cpu_cores=row.cpu_cores,
+        ram_mb=row.ram_mb,
+        supported_runtimes=tuple(row.supported_runtimes or ("container", "wasm")),
+        max_concurrent=max(1, int(row.max_concurrent or 1)),
+        reported_active=int(row.active_jobs or 0),
+        warm_workload_ids=frozenset(row.warm_workload_ids or ()),
+        asking_prices={
+            k: price
+            for k, v in (row.asking_prices or {}).items()
+            if (price := rules.parse_price(v)) is not None
+        },
+        rtt_ms=row.rtt_ms,
+        karma=int(row.karma or 0),
+        last_heartbeat_monotonic=last_heartbeat,
+    )
+
+
 class Dispatcher(LoopService):
     name = "dispatcher"
 
@@ -58,6 +89,7 @@ class Dispatcher(LoopService):
         self.interval = runtime.settings.dispatch_interval_seconds
         self.batch_size = runtime.settings.dispatch_batch_size
         self.fleet = ensure_fleet(runtime)
+        self._hydrated_at = -HYDRATE_EVERY_SECONDS
 
     async def setup(self) -> None:
         self.runtime.components[DISPATCHER_COMPONENT] = self
@@ -65,6 +97,7 @@ class Dispatcher(LoopService):
 
     async def run_once(self) -> None:
         try:
+            await self.hydrate_fleet()
             # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
             for _ in range(1000):
                 if await self.dispatch_batch() < self.batch_size:
@@ -72,6 +105,28 @@ class Dispatcher(LoopService):
         except Exception:
             # A database hiccup must not kill the loop; the next wake-up or interval retries.
             log.exception("dispatcher.pass_failed")
+
+    async def hydrate_fleet(self) -> None:
+        """Add Islands the database saw heartbeat recently but this process has not (yet): after a restart
+        the in-memory view is empty until the next heartbeats. Fresher in-memory views are kept."""
+        now = time.monotonic()
+        if now - self._hydrated_at < HYDRATE_EVERY_SECONDS:
+            return
+        self._hydrated_at = now
+        timeout = self.fleet.heartbeat_timeout
+        async with self.runtime.db.session() as session:
+            rows = (await session.execute(sql.RECENT_HOSTS_SQL, {"timeout": timeout})).all()
+        added = False
+        for row in rows:
+            seen = self.fleet.clock() - float(row.age or 0)
+            view = self.fleet.get(row.id)
+            if view is not None:
+                view.last_heartbeat_monotonic = max(view.last_heartbeat_monotonic, seen)
+                continue
+            self.fleet.put(host_view_of(row, seen))
+            added = True
+        if added:
+            self.fleet.notify_capacity()
 
     def _candidates(self) -> list[HostView]:
         now = self.fleet.clock()

@@ -211,3 +211,16 @@ STALE_QUEUED_SQL = text(
     LIMIT :limit
     """
 )
+
+# Islands that heartbeated recently according to the database (another replica's or a previous process's
+# view): warms the in-memory fleet after a restart. `age` is seconds since the last heartbeat.
+RECENT_HOSTS_SQL = text(
+    """
+    SELECT id, owner_id, status, approved, region, platform, transport, gpu_model, gpu_vram_mb, cpu_cores,
+           ram_mb, supported_runtimes, max_concurrent, active_jobs, warm_workload_ids, asking_prices,
+           rtt_ms, karma, EXTRACT(EPOCH FROM now() - last_heartbeat_at) AS age
+    FROM hosts
+    WHERE status = 'online' AND approved AND suspended_at IS NULL
+      AND last_heartbeat_at > now() - make_interval(secs => :timeout)
+    """
+)

@@ -5,7 +5,9 @@ logged and counted. A transient failure (database down) is redelivered a bounded
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,18 @@ log = structlog.get_logger(__name__)
 
 MAX_DELIVER = 10
 BATCH = 100
+LONG_POLL_SECONDS = 5.0
+CONCURRENCY = 8
+
+
+def job_key(payload: bytes) -> str | None:
+    """The job a status message is about, for ordering (None when unparsable: handled on its own)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    return job_id if isinstance(job_id, str) else None
 
 
 async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
@@ -63,15 +77,37 @@ class StatusConsumerChild(Child):
         ready()
         try:
             while True:
-                try:
-                    msgs = await psub.fetch(BATCH, timeout=1)
-                except (TimeoutError, NatsTimeout):
-                    continue
-                for msg in msgs:
-                    await self._process(msg)
+                # Long-poll for one message (a batch long-poll would wait for the batch to fill), then
+                # drain whatever is already waiting with short no-wait fetches.
+                msgs = await self._fetch(psub, 1, LONG_POLL_SECONDS)
+                while msgs:
+                    await self._process_batch(msgs)
+                    msgs = await self._fetch(psub, BATCH, 0.05)
         finally:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
+
+    @staticmethod
+    async def _fetch(psub: Any, batch: int, wait: float) -> list[Any]:
+        try:
+            msgs: list[Any] = await psub.fetch(batch, timeout=wait)
+        except (TimeoutError, NatsTimeout):
+            return []
+        return msgs
+
+    async def _process_batch(self, msgs: list[Any]) -> None:
+        """Messages of one job in order; different jobs concurrently (bounded by the pool)."""
+        by_job: dict[str, list[Any]] = {}
+        for index, msg in enumerate(msgs):
+            by_job.setdefault(job_key(msg.data) or f"#{index}", []).append(msg)
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def in_order(group: list[Any]) -> None:
+            async with gate:
+                for msg in group:
+                    await self._process(msg)
+
+        await asyncio.gather(*(in_order(group) for group in by_job.values()))
 
     async def _process(self, msg: Any) -> None:
         delivered = msg.metadata.num_delivered
