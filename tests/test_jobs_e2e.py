@@ -52,7 +52,7 @@ async def test_a_job_runs_end_to_end_and_the_unused_budget_is_refunded(
         assert job["attempt"] == 1
         assigned = island.received[0]
         assert list(assigned)[:5] == ["job_id", "workload_id", "input", "lease_expires", "runtime_type"]
-        assert assigned["job_id"] == job_id and isinstance(assigned["workload_id"], int)
+        assert assigned["job_id"] == job_id and assigned["workload_id"] == str(job["workload_id"])
         assert isinstance(assigned["lease_expires"], int) and assigned["runtime_type"] == "container"
         assert assigned["container_image"] and assigned["sandbox_tier"] == "elevated"
         assert assigned["input"] == CHAT["input"]

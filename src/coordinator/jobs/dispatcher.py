@@ -21,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.hosts.fleet import FleetView, HostView
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules, service
-from coordinator.jobs.assignment import assign_job_message, encode
+from coordinator.jobs.assignment import assign_job_message
 from coordinator.jobs.events import DISPATCHER_COMPONENT
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.protocol.codec import ProtocolError
+from coordinator.protocol.messages import AssignJob
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
 from coordinator.telemetry import metrics
@@ -39,7 +41,7 @@ class Assignment:
     job_id: uuid.UUID
     host_id: uuid.UUID
     attempt: int
-    payload: bytes
+    message: AssignJob
     created_at: datetime
     result: TransitionResult
 
@@ -90,6 +92,7 @@ class Dispatcher(LoopService):
         self.batch_size = runtime.settings.dispatch_batch_size
         self.fleet = ensure_fleet(runtime)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
+        self._failed: list[TransitionResult] = []
 
     async def setup(self) -> None:
         self.runtime.components[DISPATCHER_COMPONENT] = self
@@ -146,6 +149,9 @@ class Dispatcher(LoopService):
             planned = [a for row in rows if (a := await self._assign(session, row, hosts)) is not None]
         if planned:
             await asyncio.gather(*(self._publish(a) for a in planned))
+        failed, self._failed = self._failed, []
+        for result in failed:
+            await service.hooks(self.runtime).run(result)
         return len(planned)
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
@@ -176,8 +182,15 @@ class Dispatcher(LoopService):
         placement = rules.choose_host(hosts, needs)
         if placement is None:
             return None
-        clearing = rules.clearing_price(placement.ask, budget)
+        host = next(h for h in hosts if h.id == placement.host_id)
         lease_seconds = self.runtime.settings.job_lease_seconds + int(row.cold_start_seconds or 0)
+        lease_expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+        try:
+            message = assign_job_message(row, lease_expires, host.supported_runtimes)
+        except ProtocolError as exc:
+            await self._undispatchable(session, row.id, str(exc))
+            return None
+        clearing = rules.clearing_price(placement.ask, budget)
         done = (
             await session.execute(
                 sql.ASSIGN_SQL,
@@ -192,9 +205,7 @@ class Dispatcher(LoopService):
         ).first()
         if done is None:
             return None
-        next(h for h in hosts if h.id == placement.host_id).reserved += 1
-        lease_expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
-        payload = encode(assign_job_message(row, lease_expires, self.runtime.base_url))
+        host.reserved += 1
         result = TransitionResult(
             row.id,
             row.user_id,
@@ -205,7 +216,16 @@ class Dispatcher(LoopService):
             done.attempt,
             row.created_at,
         )
-        return Assignment(row.id, placement.host_id, done.attempt, payload, row.created_at, result)
+        return Assignment(row.id, placement.host_id, done.attempt, message, row.created_at, result)
+
+    async def _undispatchable(self, session: AsyncSession, job_id: uuid.UUID, reason: str) -> None:
+        """A Cargo no AssignJob can express (no image, no module): fail the job now, with a refund."""
+        log.error("dispatcher.undispatchable", job_id=str(job_id), reason=reason)
+        result = await service.finish_in(
+            session, job_id, rules.FAILED, error=f"Cargo cannot be dispatched: {reason}"
+        )
+        if result is not None:
+            self._failed.append(result)
 
     async def _publish(self, assignment: Assignment) -> None:
         bus = service.bus_of(self.runtime)
@@ -213,7 +233,7 @@ class Dispatcher(LoopService):
             if bus is None:
                 raise RuntimeError("no Island bus")
             await bus.publish_assignment(
-                assignment.host_id, assignment.payload, f"{assignment.job_id}:{assignment.attempt}"
+                assignment.host_id, assignment.message, f"{assignment.job_id}:{assignment.attempt}"
             )
         except Exception as exc:
             log.warning("dispatcher.publish_failed", job_id=str(assignment.job_id), error=repr(exc))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -18,6 +17,7 @@ from coordinator.jobs import repository as sql
 from coordinator.jobs.effects import output_of
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.protocol.messages import JobImage
 from coordinator.runtime import Runtime
 from coordinator.telemetry import metrics
 
@@ -127,12 +127,12 @@ class JobIntake:
             await self._touch(ref)
             await output_of(self.runtime).on_progress(ref, step, total)
 
-    async def image(self, host_id: uuid.UUID, job_id: str, image: dict[str, Any]) -> None:
+    async def image(self, host_id: uuid.UUID, job_id: str, image: JobImage) -> None:
         ref = await self.authorize(host_id, job_id, "image")
         if ref is not None:
             await self._touch(ref)
             await output_of(self.runtime).on_image(
-                ref, image["image_data"], image["format"], image["width"], image["height"], image.get("seed")
+                ref, image.image_data, image.format, image.width, image.height, image.seed
             )
 
     async def lease(self, host_id: uuid.UUID, job_id: str, extend_seconds: int) -> None:

@@ -13,18 +13,18 @@ from typing import Any
 
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig
 
-from coordinator.nats.job_bus import ensure_job_streams
-from coordinator.nats.job_handler import Malformed, _str, decode, intake_of
-from coordinator.protocol import subjects
+from coordinator.nats.job_handler import intake_of, sender
+from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
+from coordinator.protocol import messages, subjects
+from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
-MAX_DELIVER = 10
+MAX_DELIVER = STATUS_MAX_DELIVER
 BATCH = 100
 LONG_POLL_SECONDS = 5.0
 CONCURRENCY = 8
@@ -44,14 +44,10 @@ async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
     """Apply one JobStatus; raises only on a transient failure worth a redelivery."""
     metrics.nats_messages.labels(subject_class="status").inc()
     try:
-        host_id, _, data = decode(subject, payload)
-        state = _str(data, "state")
-        error = data.get("error")
-        if error is not None and not isinstance(error, str):
-            raise Malformed("error must be a string")
-        if not await intake_of(runtime).status(host_id, data["job_id"], state, error):
-            raise Malformed(f"unknown state {state!r}")
-    except Malformed as exc:
+        status = messages.parse_status(payload)
+        if not await intake_of(runtime).status(sender(subject), status.job_id, status.state, status.error):
+            raise ProtocolError(f"unknown state {status.state!r}")
+    except ProtocolError as exc:
         metrics.nats_malformed.labels(subject_class="status").inc()
         log.warning("nats.malformed", subject=subject, error=str(exc))
 
@@ -67,12 +63,12 @@ class StatusConsumerChild(Child):
         if nc is None:
             raise RuntimeError("NATS is not connected")
         js = nc.jetstream()
-        await ensure_job_streams(js)
+        await ensure_streams(js)
         psub = await js.pull_subscribe(
             subjects.STATUS_SUBJECTS,
             durable=subjects.STATUS_CONSUMER,
             stream=subjects.STATUS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=MAX_DELIVER),
+            config=status_consumer_config(),
         )
         ready()
         try:
