@@ -25,7 +25,7 @@ from tests.job_stack import CHAT, eventually
 from tests.job_support import assert_money_conserved, make_island
 
 ISLANDS = 6
-SLOTS_PER_ISLAND = 4
+SLOTS_PER_ISLAND = 2
 FIRST_WAVE = 300
 SECOND_WAVE = 40
 
@@ -116,7 +116,7 @@ async def test_sigkill_mid_dispatch_loses_no_job_and_charges_none_twice(
     async with runtime.db.transaction() as session:
         await session.execute(text("UPDATE workloads SET cold_start_seconds = 0"))
     consumer = await make_consumer(runtime)
-    fleet = [FakeIsland(nats_url, delay=0.3) for _ in range(ISLANDS)]
+    fleet = [FakeIsland(nats_url, delay=0.2) for _ in range(ISLANDS)]
     for island in fleet:
         await make_island(runtime, host_id=island.host_id, max_concurrent=SLOTS_PER_ISLAND)
     heartbeats = asyncio.create_task(keep_heartbeating(runtime, [i.id for i in fleet]))
@@ -134,13 +134,13 @@ async def test_sigkill_mid_dispatch_loses_no_job_and_charges_none_twice(
                 c = await counts(runtime)
                 active = c.get("assigned", 0) + c.get("running", 0)
                 enough = sum(c.values()) >= FIRST_WAVE // 2
-                return c if enough and c.get("queued", 0) >= 10 and active >= 10 else None
+                return c if enough and c.get("queued", 0) >= 5 and active >= 5 else None
 
             at_kill = await eventually(mid_dispatch, within=30, interval=0.02)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             first = await submitting
-            assert at_kill["queued"] >= 10 and first  # killed with work queued and in flight
+            assert at_kill["queued"] >= 5 and first  # killed with work queued and in flight
 
             proc = start_coordinator(database_url, nats_url, port, log)
             await wait_healthy(client, proc)
@@ -151,7 +151,7 @@ async def test_sigkill_mid_dispatch_loses_no_job_and_charges_none_twice(
                 c = await counts(runtime)
                 return c if set(c) == {"succeeded"} else None
 
-            final = await eventually(all_finished, within=90, interval=0.2)
+            final = await eventually(all_finished, within=150, interval=0.2)
         async with runtime.db.session() as session:
             ids = {str(r[0]) for r in await session.execute(text("SELECT id FROM jobs"))}
             charges = (

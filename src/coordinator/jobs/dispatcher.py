@@ -90,13 +90,23 @@ class Dispatcher(LoopService):
         self.runtime = runtime
         self.interval = runtime.settings.dispatch_interval_seconds
         self.batch_size = runtime.settings.dispatch_batch_size
-        self.fleet = ensure_fleet(runtime)
+        self._listening_to: FleetView | None = None
+        ensure_fleet(runtime)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
         self._failed: list[TransitionResult] = []
 
     async def setup(self) -> None:
         self.runtime.components[DISPATCHER_COMPONENT] = self
-        self.fleet.on_capacity(self.wake)
+        _ = self.fleet
+
+    @property
+    def fleet(self) -> FleetView:
+        """The runtime's fleet view (looked up each time: the hosts context may install its own)."""
+        fleet = ensure_fleet(self.runtime)
+        if fleet is not self._listening_to:
+            fleet.on_capacity(self.wake)
+            self._listening_to = fleet
+        return fleet
 
     async def run_once(self) -> None:
         try:

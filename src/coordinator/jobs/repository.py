@@ -100,6 +100,7 @@ EXTEND_LEASE_SQL = text(
 FINISH_SQL = text(
     """
     UPDATE jobs SET state = :to_state, error = :error, usage = COALESCE(:usage, jobs.usage),
+           output = COALESCE(CAST(:output AS text), jobs.output),
            completed_at = now(), lease_expires_at = NULL, updated_at = now()
     FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
     WHERE jobs.id = old.id AND jobs.state = ANY(CAST(:from_states AS text[]))
