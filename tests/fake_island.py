@@ -67,8 +67,11 @@ class FakeIsland:
 
     async def _pull(self, psub: Any) -> None:
         while True:
+            # Like the Island's continuous pull: long-poll for one, then take whatever else is waiting.
             try:
-                msgs = await psub.fetch(50, timeout=0.5)
+                msgs = await psub.fetch(1, timeout=5)
+                with contextlib.suppress(TimeoutError, NatsTimeout):
+                    msgs += await psub.fetch(50, timeout=0.01)
             except (TimeoutError, NatsTimeout):
                 continue
             for msg in msgs:

@@ -52,7 +52,7 @@ async def test_a_job_runs_end_to_end_and_the_unused_budget_is_refunded(
         assert job["attempt"] == 1
         assigned = island.received[0]
         assert list(assigned)[:5] == ["job_id", "workload_id", "input", "lease_expires", "runtime_type"]
-        assert assigned["job_id"] == job_id and isinstance(assigned["workload_id"], int)
+        assert assigned["job_id"] == job_id and assigned["workload_id"] == str(job["workload_id"])
         assert isinstance(assigned["lease_expires"], int) and assigned["runtime_type"] == "container"
         assert assigned["container_image"] and assigned["sandbox_tier"] == "elevated"
         assert assigned["input"] == CHAT["input"]
@@ -193,10 +193,49 @@ async def test_malformed_messages_are_acknowledged_counted_and_harmless(
         job_id = await submit(stack, consumer)
         await wait_status(stack, consumer, job_id, "completed")
         assert malformed._value.get() - before == 5
-        # Acknowledged, not redelivered: the status consumer has nothing pending.
+        # Acknowledged, not redelivered: the status consumer ends with nothing pending.
         nc = await nats.connect(nats_url)
-        info = await nc.jetstream().consumer_info("JOB_STATUS", "coordinator-status")
-        await nc.close()
-        assert info.num_ack_pending == 0 and info.num_pending == 0
+
+        async def drained() -> bool:
+            info = await nc.jetstream().consumer_info("JOB_STATUS", "coordinator-status")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        try:
+            await eventually(drained)
+        finally:
+            await nc.close()
+    finally:
+        await island.stop()
+
+
+async def test_lease_renewals_keep_a_long_job_on_its_island(stack: JobStack, nats_url: str) -> None:
+    (island,) = await islands(stack, nats_url, "hang")
+    consumer = await make_consumer(stack.runtime)
+    try:
+        job_id = await submit(stack, consumer)
+        await wait_status(stack, consumer, job_id, "running")
+        for _ in range(6):  # 3 s with a 1 s lease: only the renewals keep it
+            await island.publish("lease", {"job_id": job_id, "extend_seconds": 60})
+            await asyncio.sleep(0.5)
+        job = await status_of(stack, consumer, job_id)
+        assert job["status"] == "running" and job["attempt"] == 1
+        row = await job_row(stack.runtime, job_id)
+        assert row.host_id == island.host_id and row.lease_expires_at is not None
+        assert await karma_events(stack.runtime, island.host_id) == []
+    finally:
+        await island.stop()
+
+
+async def test_a_cargo_no_assignment_can_express_fails_with_a_refund(stack: JobStack, nats_url: str) -> None:
+    (island,) = await islands(stack, nats_url, "succeed")
+    async with stack.runtime.db.transaction() as session:
+        await session.execute(text("UPDATE workloads SET container_image = NULL WHERE slug = 'llm-chat'"))
+    consumer = await make_consumer(stack.runtime)
+    try:
+        job_id = await submit(stack, consumer)
+        job = await wait_status(stack, consumer, job_id, "failed")
+        assert job["error"].startswith("Cargo cannot be dispatched")
+        assert island.received == []  # never sent: the Island would have run its default image
+        assert await balance(stack.runtime, consumer.user.id) == Decimal(10000)
     finally:
         await island.stop()

@@ -21,14 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.hosts.fleet import FleetView, HostView
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules, service
-from coordinator.jobs.assignment import assign_job_message, encode
+from coordinator.jobs.assignment import assign_job_message
 from coordinator.jobs.events import DISPATCHER_COMPONENT
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.protocol.codec import ProtocolError
+from coordinator.protocol.messages import AssignJob
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
 from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
+
+# How often the fleet view is topped up from the database (see `hydrate_fleet`).
+HYDRATE_EVERY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Assignment:
     job_id: uuid.UUID
     host_id: uuid.UUID
     attempt: int
-    payload: bytes
+    message: AssignJob
     created_at: datetime
     result: TransitionResult
 
@@ -49,6 +54,34 @@ def ensure_fleet(runtime: Runtime) -> FleetView:
     return fleet
 
 
+def host_view_of(row: Any, last_heartbeat: float) -> HostView:
+    return HostView(
+        id=row.id,
+        owner_id=row.owner_id,
+        status=row.status,
+        approved=bool(row.approved),
+        region=row.region,
+        platform=row.platform,
+        transport=row.transport or "nats",
+        gpu_model=row.gpu_model,
+        gpu_vram_mb=row.gpu_vram_mb,
+        cpu_cores=row.cpu_cores,
+        ram_mb=row.ram_mb,
+        supported_runtimes=tuple(row.supported_runtimes or ("container", "wasm")),
+        max_concurrent=max(1, int(row.max_concurrent or 1)),
+        reported_active=int(row.active_jobs or 0),
+        warm_workload_ids=frozenset(row.warm_workload_ids or ()),
+        asking_prices={
+            k: price
+            for k, v in (row.asking_prices or {}).items()
+            if (price := rules.parse_price(v)) is not None
+        },
+        rtt_ms=row.rtt_ms,
+        karma=int(row.karma or 0),
+        last_heartbeat_monotonic=last_heartbeat,
+    )
+
+
 class Dispatcher(LoopService):
     name = "dispatcher"
 
@@ -57,14 +90,27 @@ class Dispatcher(LoopService):
         self.runtime = runtime
         self.interval = runtime.settings.dispatch_interval_seconds
         self.batch_size = runtime.settings.dispatch_batch_size
-        self.fleet = ensure_fleet(runtime)
+        self._listening_to: FleetView | None = None
+        ensure_fleet(runtime)
+        self._hydrated_at = -HYDRATE_EVERY_SECONDS
+        self._failed: list[TransitionResult] = []
 
     async def setup(self) -> None:
         self.runtime.components[DISPATCHER_COMPONENT] = self
-        self.fleet.on_capacity(self.wake)
+        _ = self.fleet
+
+    @property
+    def fleet(self) -> FleetView:
+        """The runtime's fleet view (looked up each time: the hosts context may install its own)."""
+        fleet = ensure_fleet(self.runtime)
+        if fleet is not self._listening_to:
+            fleet.on_capacity(self.wake)
+            self._listening_to = fleet
+        return fleet
 
     async def run_once(self) -> None:
         try:
+            await self.hydrate_fleet()
             # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
             for _ in range(1000):
                 if await self.dispatch_batch() < self.batch_size:
@@ -72,6 +118,28 @@ class Dispatcher(LoopService):
         except Exception:
             # A database hiccup must not kill the loop; the next wake-up or interval retries.
             log.exception("dispatcher.pass_failed")
+
+    async def hydrate_fleet(self) -> None:
+        """Add Islands the database saw heartbeat recently but this process has not (yet): after a restart
+        the in-memory view is empty until the next heartbeats. Fresher in-memory views are kept."""
+        now = time.monotonic()
+        if now - self._hydrated_at < HYDRATE_EVERY_SECONDS:
+            return
+        self._hydrated_at = now
+        timeout = self.fleet.heartbeat_timeout
+        async with self.runtime.db.session() as session:
+            rows = (await session.execute(sql.RECENT_HOSTS_SQL, {"timeout": timeout})).all()
+        added = False
+        for row in rows:
+            seen = self.fleet.clock() - float(row.age or 0)
+            view = self.fleet.get(row.id)
+            if view is not None:
+                view.last_heartbeat_monotonic = max(view.last_heartbeat_monotonic, seen)
+                continue
+            self.fleet.put(host_view_of(row, seen))
+            added = True
+        if added:
+            self.fleet.notify_capacity()
 
     def _candidates(self) -> list[HostView]:
         now = self.fleet.clock()
@@ -91,6 +159,9 @@ class Dispatcher(LoopService):
             planned = [a for row in rows if (a := await self._assign(session, row, hosts)) is not None]
         if planned:
             await asyncio.gather(*(self._publish(a) for a in planned))
+        failed, self._failed = self._failed, []
+        for result in failed:
+            await service.hooks(self.runtime).run(result)
         return len(planned)
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
@@ -121,8 +192,15 @@ class Dispatcher(LoopService):
         placement = rules.choose_host(hosts, needs)
         if placement is None:
             return None
-        clearing = rules.clearing_price(placement.ask, budget)
+        host = next(h for h in hosts if h.id == placement.host_id)
         lease_seconds = self.runtime.settings.job_lease_seconds + int(row.cold_start_seconds or 0)
+        lease_expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+        try:
+            message = assign_job_message(row, lease_expires, host.supported_runtimes)
+        except ProtocolError as exc:
+            await self._undispatchable(session, row.id, str(exc))
+            return None
+        clearing = rules.clearing_price(placement.ask, budget)
         done = (
             await session.execute(
                 sql.ASSIGN_SQL,
@@ -137,9 +215,7 @@ class Dispatcher(LoopService):
         ).first()
         if done is None:
             return None
-        next(h for h in hosts if h.id == placement.host_id).reserved += 1
-        lease_expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
-        payload = encode(assign_job_message(row, lease_expires, self.runtime.base_url))
+        host.reserved += 1
         result = TransitionResult(
             row.id,
             row.user_id,
@@ -150,7 +226,16 @@ class Dispatcher(LoopService):
             done.attempt,
             row.created_at,
         )
-        return Assignment(row.id, placement.host_id, done.attempt, payload, row.created_at, result)
+        return Assignment(row.id, placement.host_id, done.attempt, message, row.created_at, result)
+
+    async def _undispatchable(self, session: AsyncSession, job_id: uuid.UUID, reason: str) -> None:
+        """A Cargo no AssignJob can express (no image, no module): fail the job now, with a refund."""
+        log.error("dispatcher.undispatchable", job_id=str(job_id), reason=reason)
+        result = await service.finish_in(
+            session, job_id, rules.FAILED, error=f"Cargo cannot be dispatched: {reason}"
+        )
+        if result is not None:
+            self._failed.append(result)
 
     async def _publish(self, assignment: Assignment) -> None:
         bus = service.bus_of(self.runtime)
@@ -158,7 +243,7 @@ class Dispatcher(LoopService):
             if bus is None:
                 raise RuntimeError("no Island bus")
             await bus.publish_assignment(
-                assignment.host_id, assignment.payload, f"{assignment.job_id}:{assignment.attempt}"
+                assignment.host_id, assignment.message, f"{assignment.job_id}:{assignment.attempt}"
             )
         except Exception as exc:
             log.warning("dispatcher.publish_failed", job_id=str(assignment.job_id), error=repr(exc))

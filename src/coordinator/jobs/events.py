@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from coordinator.protocol.messages import AssignJob
+
 # Keys under which the implementations are registered in `Runtime.components`.
 OUTPUT_COMPONENT = "output"
 BUS_COMPONENT = "job_bus"
@@ -54,7 +56,7 @@ class OutputSink(Protocol):
 class JobBus(Protocol):
     """Messages to Islands and to other coordinator replicas (implemented over NATS by the transport)."""
 
-    async def publish_assignment(self, host_id: uuid.UUID, payload: bytes, msg_id: str) -> None:
+    async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
         """Store an AssignJob on JetStream `host.<id>.jobs`; `msg_id` de-duplicates a repeated publish."""
         ...
 

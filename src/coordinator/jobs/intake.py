@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -18,6 +17,7 @@ from coordinator.jobs import repository as sql
 from coordinator.jobs.effects import output_of
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.protocol.messages import JobImage
 from coordinator.runtime import Runtime
 from coordinator.telemetry import metrics
 
@@ -27,6 +27,8 @@ log = structlog.get_logger(__name__)
 CACHE_SECONDS = 5.0
 # Extend a lease on ordinary traffic at most this often per job.
 EXTEND_EVERY_SECONDS = 10.0
+# How long a success waits for its final output chunk when the status overtook it.
+FINAL_OUTPUT_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -38,8 +40,9 @@ class _Known:
 
 
 class JobIntake:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, final_output_grace: float = FINAL_OUTPUT_GRACE_SECONDS) -> None:
         self.runtime = runtime
+        self.final_output_grace = final_output_grace
         self._known: dict[uuid.UUID, _Known] = {}
         self._penalized: set[tuple[uuid.UUID, str]] = set()
         service.hooks(runtime).register(self._forget)
@@ -127,12 +130,12 @@ class JobIntake:
             await self._touch(ref)
             await output_of(self.runtime).on_progress(ref, step, total)
 
-    async def image(self, host_id: uuid.UUID, job_id: str, image: dict[str, Any]) -> None:
+    async def image(self, host_id: uuid.UUID, job_id: str, image: JobImage) -> None:
         ref = await self.authorize(host_id, job_id, "image")
         if ref is not None:
             await self._touch(ref)
             await output_of(self.runtime).on_image(
-                ref, image["image_data"], image["format"], image["width"], image["height"], image.get("seed")
+                ref, image.image_data, image.format, image.width, image.height, image.seed
             )
 
     async def lease(self, host_id: uuid.UUID, job_id: str, extend_seconds: int) -> None:
@@ -152,8 +155,17 @@ class JobIntake:
             if await service.start_job(self.runtime, ref.job_id, host_id) is None:
                 await self._touch(ref)
             return True
+        output = None
         if target in (rules.SUCCEEDED, rules.FAILED):
             # `started` is normally first on the same stream; if it was overtaken, start implicitly.
             await service.start_job(self.runtime, ref.job_id, host_id)
-        await service.finish_job(self.runtime, ref.job_id, target, host_id=host_id, error=error)
+        if target == rules.SUCCEEDED:
+            # Status can overtake the last output chunks: give them a moment, then store the output
+            # in the same transaction as the success, so a poller never sees `completed` without it.
+            final_output = getattr(output_of(self.runtime), "final_output", None)
+            if final_output is not None:
+                output = await final_output(ref, self.final_output_grace)
+        await service.finish_job(
+            self.runtime, ref.job_id, target, host_id=host_id, error=error, output=output
+        )
         return True

@@ -6,6 +6,7 @@ accumulator registered as `runtime.components["output"]`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class _Buffer:
     chunks: dict[int, str] = field(default_factory=dict)
     image: str | None = None
     finished: bool = False
+    # Set when the last piece of output (final chunk or image) has arrived.
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class BasicOutput:
@@ -54,8 +57,18 @@ class BasicOutput:
     async def on_output(self, job: JobRef, seq: int, chunk: str, is_final: bool) -> None:
         buffer = self._buffer(job)
         buffer.chunks.setdefault(seq, self._visible(job, chunk, is_final))
+        if is_final:
+            buffer.complete.set()
         if buffer.finished:
             await self._write(job)
+
+    async def final_output(self, job: JobRef, wait: float) -> str | None:
+        """The assembled output once its last piece arrived (or after `wait` seconds): status can overtake
+        output, and the terminal transition stores this in the same transaction."""
+        buffer = self._buffer(job)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(buffer.complete.wait(), wait)
+        return self.assemble(job) or None
 
     async def on_progress(self, job: JobRef, step: int, total: int) -> None:
         return None
@@ -68,6 +81,7 @@ class BasicOutput:
             image["seed"] = seed
         buffer = self._buffer(job)
         buffer.image = json.dumps(image, separators=(",", ":"))
+        buffer.complete.set()
         if buffer.finished:
             await self._write(job)
 

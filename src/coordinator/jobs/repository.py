@@ -100,6 +100,7 @@ EXTEND_LEASE_SQL = text(
 FINISH_SQL = text(
     """
     UPDATE jobs SET state = :to_state, error = :error, usage = COALESCE(:usage, jobs.usage),
+           output = COALESCE(CAST(:output AS text), jobs.output),
            completed_at = now(), lease_expires_at = NULL, updated_at = now()
     FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
     WHERE jobs.id = old.id AND jobs.state = ANY(CAST(:from_states AS text[]))
@@ -209,5 +210,18 @@ STALE_QUEUED_SQL = text(
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
     WHERE j.state = 'queued' AND j.updated_at < now() - make_interval(secs => :age)
     LIMIT :limit
+    """
+)
+
+# Islands that heartbeated recently according to the database (another replica's or a previous process's
+# view): warms the in-memory fleet after a restart. `age` is seconds since the last heartbeat.
+RECENT_HOSTS_SQL = text(
+    """
+    SELECT id, owner_id, status, approved, region, platform, transport, gpu_model, gpu_vram_mb, cpu_cores,
+           ram_mb, supported_runtimes, max_concurrent, active_jobs, warm_workload_ids, asking_prices,
+           rtt_ms, karma, EXTRACT(EPOCH FROM now() - last_heartbeat_at) AS age
+    FROM hosts
+    WHERE status = 'online' AND approved AND suspended_at IS NULL
+      AND last_heartbeat_at > now() - make_interval(secs => :timeout)
     """
 )

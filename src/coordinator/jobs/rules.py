@@ -107,17 +107,21 @@ def parse_budget(value: object) -> Decimal | None:
     return amount
 
 
-def asking_price(host: HostView, slug: str) -> Decimal | None:
-    """The Island's ask for a Cargo: its per-slug price, else its `_default`, else None (no ask)."""
-    prices = host.asking_prices or {}
-    raw = prices.get(slug, prices.get("_default"))
-    if raw is None:
+def parse_price(raw: object) -> Decimal | None:
+    """An asking price (heartbeat values are decimal strings); None unless a finite amount ≥ 0."""
+    if raw is None or isinstance(raw, bool):
         return None
     try:
         price = Decimal(str(raw))
     except (InvalidOperation, ValueError):
         return None
     return price if price.is_finite() and price >= 0 else None
+
+
+def asking_price(host: HostView, slug: str) -> Decimal | None:
+    """The Island's ask for a Cargo: its per-slug price, else its `_default`, else None (no ask)."""
+    prices = host.asking_prices or {}
+    return parse_price(prices.get(slug, prices.get("_default")))
 
 
 def clearing_price(ask: Decimal | None, budget: Decimal) -> Decimal:

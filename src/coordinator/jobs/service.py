@@ -225,10 +225,33 @@ async def submit_job(
     await hooks(runtime).run(
         TransitionResult(job_id, user.id, workload.id, None, rules.QUEUED, None, 0, created_at)
     )
-    async with runtime.db.session() as session:
-        job = await session.get(Job, job_id)
-    assert job is not None
-    return job
+    # The row as inserted, without reading it back (submit is a hot path).
+    return Job(
+        id=job_id,
+        user_id=user.id,
+        workload_id=workload.id,
+        state=rules.QUEUED,
+        input=input,
+        output=None,
+        error=None,
+        priority=priority,
+        host_id=None,
+        attempt=0,
+        max_attempts=runtime.settings.job_max_attempts,
+        region=region,
+        budget=price,
+        charged=price,
+        refunded=Decimal(0),
+        usage=None,
+        placement=None,
+        parent_id=parent_id,
+        batch_index=batch_index,
+        started_at=None,
+        completed_at=None,
+        settled_at=None,
+        created_at=created_at,
+        updated_at=created_at,
+    )
 
 
 # ---------------------------------------------------------------- read
@@ -317,6 +340,7 @@ async def finish_in(
     host_id: uuid.UUID | None = None,
     error: str | None = None,
     usage: dict[str, Any] | None = None,
+    output: str | None = None,
 ) -> TransitionResult | None:
     """Move a job to a terminal state and settle its money, inside the caller's transaction.
 
@@ -333,6 +357,7 @@ async def finish_in(
                 "host_id": host_id,
                 "error": error,
                 "usage": usage,
+                "output": output,
             },
         )
     ).first()
@@ -350,9 +375,12 @@ async def finish_job(
     host_id: uuid.UUID | None = None,
     error: str | None = None,
     usage: dict[str, Any] | None = None,
+    output: str | None = None,
 ) -> TransitionResult | None:
     async with runtime.db.transaction() as session:
-        result = await finish_in(session, job_id, to_state, host_id=host_id, error=error, usage=usage)
+        result = await finish_in(
+            session, job_id, to_state, host_id=host_id, error=error, usage=usage, output=output
+        )
         if result is not None and to_state == rules.FAILED and host_id is not None:
             if rules.failure_is_islands_fault(error):
                 await penalize(session, host_id, -1, "job_failed", job_id)

@@ -1,4 +1,4 @@
-"""The Island bus over NATS: AssignJob on JetStream, CancelJob, purges, and the cross-replica wake-up."""
+"""The Island bus over NATS (the protocol publisher), plus the cross-replica dispatcher wake-up."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
 from coordinator.jobs.events import BUS_COMPONENT, DISPATCHER_COMPONENT
-from coordinator.protocol import subjects
+from coordinator.nats.publisher import Publisher
+from coordinator.nats.streams import ensure_streams
+from coordinator.protocol.messages import AssignJob
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 
@@ -22,61 +22,22 @@ log = structlog.get_logger(__name__)
 # A tiny core-NATS message telling every replica's dispatcher to look at the queue.
 DISPATCH_WAKE = "coordinator.dispatch.wake"
 
-JOBS_STREAM_CONFIG = StreamConfig(
-    name=subjects.JOBS_STREAM,
-    subjects=[subjects.JOBS_SUBJECTS],
-    retention=RetentionPolicy.WORK_QUEUE,
-    storage=StorageType.FILE,
-    duplicate_window=120.0,
-    max_age=7 * 24 * 3600.0,
-)
-STATUS_STREAM_CONFIG = StreamConfig(
-    name=subjects.STATUS_STREAM,
-    subjects=[subjects.STATUS_SUBJECTS],
-    retention=RetentionPolicy.WORK_QUEUE,
-    storage=StorageType.FILE,
-    max_age=24 * 3600.0,
-)
-
-
-async def ensure_stream(js: Any, config: StreamConfig) -> None:
-    """Create a stream unless it exists (whoever created it first, its configuration stands)."""
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        with contextlib.suppress(Exception):
-            await js.add_stream(config)
-        await js.stream_info(config.name)
-
-
-async def ensure_job_streams(js: Any) -> None:
-    await ensure_stream(js, JOBS_STREAM_CONFIG)
-    await ensure_stream(js, STATUS_STREAM_CONFIG)
-
 
 class NatsJobBus:
-    """`jobs.events.JobBus` over one NATS connection."""
+    """`jobs.events.JobBus` over the protocol publisher of one NATS connection."""
 
-    def __init__(self, nc: Any) -> None:
+    def __init__(self, nc: Any, base_url: str) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
+        self.publisher = Publisher(nc, base_url)
 
-    async def publish_assignment(self, host_id: uuid.UUID, payload: bytes, msg_id: str) -> None:
-        await self.js.publish(
-            subjects.host_subject(str(host_id), "jobs"),
-            payload,
-            stream=subjects.JOBS_STREAM,
-            headers={"Nats-Msg-Id": msg_id},
-            timeout=5,
-        )
+    async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
+        await self.publisher.publish_assignment(str(host_id), job, msg_id)
 
     async def publish_cancel(self, host_id: uuid.UUID, job_id: uuid.UUID) -> None:
-        await self.nc.publish(
-            subjects.host_subject(str(host_id), "cancel"), b'{"job_id":"%s"}' % str(job_id).encode()
-        )
+        await self.publisher.publish_cancel(str(host_id), str(job_id))
 
     async def purge_host_jobs(self, host_id: uuid.UUID) -> None:
-        await self.js.purge_stream(subjects.JOBS_STREAM, subject=subjects.host_subject(str(host_id), "jobs"))
+        await self.publisher.purge_host_jobs(str(host_id))
 
     async def wake_dispatchers(self) -> None:
         await self.nc.publish(DISPATCH_WAKE, b"")
@@ -94,7 +55,7 @@ class JobBusChild(Child):
         nc = self.runtime.nats
         if nc is None:
             raise RuntimeError("NATS is not connected")
-        await ensure_job_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream())
 
         async def wake(_: Any) -> None:
             dispatcher = self.runtime.components.get(DISPATCHER_COMPONENT)
@@ -102,7 +63,7 @@ class JobBusChild(Child):
                 dispatcher.wake()
 
         sub = await nc.subscribe(DISPATCH_WAKE, cb=wake)
-        self.runtime.components[BUS_COMPONENT] = NatsJobBus(nc)
+        self.runtime.components[BUS_COMPONENT] = NatsJobBus(nc, self.runtime.base_url)
         ready()
         try:
             await asyncio.Event().wait()

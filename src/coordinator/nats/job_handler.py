@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 import structlog
 
 from coordinator.jobs.intake import JobIntake
-from coordinator.protocol import subjects
+from coordinator.protocol import messages, subjects
+from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 from coordinator.telemetry import metrics
@@ -24,38 +24,15 @@ log = structlog.get_logger(__name__)
 INTAKE_COMPONENT = "job_intake"
 
 
-class Malformed(ValueError):
-    pass
-
-
-def _uint(data: dict[str, Any], key: str) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Malformed(f"{key} must be a non-negative integer")
-    return value
-
-
-def _str(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise Malformed(f"{key} must be a string")
-    return value
-
-
-def decode(subject: str, payload: bytes) -> tuple[uuid.UUID, str, dict[str, Any]]:
-    """Sender (from the subject), subject class and JSON object of an Island job message."""
+def sender(subject: str) -> uuid.UUID:
+    """The Island a message comes from: the subject's second token, which must be a UUID we know."""
     host = subjects.host_id_from_subject(subject)
-    if host is None:
-        raise Malformed("not a host subject")
+    if host is None or not subjects.valid_host_id(host):
+        raise ProtocolError("bad host id in subject")
     try:
-        host_id = uuid.UUID(host)
-        data = json.loads(payload)
-    except ValueError as exc:
-        raise Malformed(str(exc)) from None
-    if not isinstance(data, dict):
-        raise Malformed("payload is not a JSON object")
-    _str(data, "job_id")
-    return host_id, subject.rsplit(".", 1)[1], data
+        return uuid.UUID(host)
+    except ValueError:
+        raise ProtocolError("host id is not a UUID") from None
 
 
 def intake_of(runtime: Runtime) -> JobIntake:
@@ -72,30 +49,20 @@ async def handle_core_message(runtime: Runtime, subject: str, payload: bytes) ->
     metrics.nats_messages.labels(subject_class=kind).inc()
     intake = intake_of(runtime)
     try:
-        host_id, kind, data = decode(subject, payload)
-        job_id = data["job_id"]
+        host_id = sender(subject)
         if kind == "output":
-            chunk, final = _str(data, "chunk"), data.get("is_final")
-            if not isinstance(final, bool):
-                raise Malformed("is_final must be a boolean")
-            await intake.output(host_id, job_id, _uint(data, "seq"), chunk, final)
+            out = messages.parse_output(payload)
+            await intake.output(host_id, out.job_id, out.seq, out.chunk, out.is_final)
         elif kind == "progress":
-            await intake.progress(host_id, job_id, _uint(data, "step"), _uint(data, "total"))
+            progress = messages.parse_progress(payload)
+            await intake.progress(host_id, progress.job_id, progress.step, progress.total)
         elif kind == "image":
-            seed = data.get("seed")
-            if seed is not None:
-                _uint(data, "seed")
-            image = {
-                "image_data": _str(data, "image_data"),
-                "format": _str(data, "format"),
-                "width": _uint(data, "width"),
-                "height": _uint(data, "height"),
-                "seed": seed,
-            }
-            await intake.image(host_id, job_id, image)
+            image = messages.parse_image(payload)
+            await intake.image(host_id, image.job_id, image)
         elif kind == "lease":
-            await intake.lease(host_id, job_id, _uint(data, "extend_seconds"))
-    except Malformed as exc:
+            lease = messages.parse_lease(payload)
+            await intake.lease(host_id, lease.job_id, lease.extend_seconds)
+    except ProtocolError as exc:
         metrics.nats_malformed.labels(subject_class=kind).inc()
         log.warning("nats.malformed", subject=subject, error=str(exc))
     except Exception:

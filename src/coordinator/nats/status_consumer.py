@@ -5,39 +5,49 @@ logged and counted. A transient failure (database down) is redelivered a bounded
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig
 
-from coordinator.nats.job_bus import ensure_job_streams
-from coordinator.nats.job_handler import Malformed, _str, decode, intake_of
-from coordinator.protocol import subjects
+from coordinator.nats.job_handler import intake_of, sender
+from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
+from coordinator.protocol import messages, subjects
+from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
-MAX_DELIVER = 10
+MAX_DELIVER = STATUS_MAX_DELIVER
 BATCH = 100
+LONG_POLL_SECONDS = 5.0
+CONCURRENCY = 8
+
+
+def job_key(payload: bytes) -> str | None:
+    """The job a status message is about, for ordering (None when unparsable: handled on its own)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    return job_id if isinstance(job_id, str) else None
 
 
 async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
     """Apply one JobStatus; raises only on a transient failure worth a redelivery."""
     metrics.nats_messages.labels(subject_class="status").inc()
     try:
-        host_id, _, data = decode(subject, payload)
-        state = _str(data, "state")
-        error = data.get("error")
-        if error is not None and not isinstance(error, str):
-            raise Malformed("error must be a string")
-        if not await intake_of(runtime).status(host_id, data["job_id"], state, error):
-            raise Malformed(f"unknown state {state!r}")
-    except Malformed as exc:
+        status = messages.parse_status(payload)
+        if not await intake_of(runtime).status(sender(subject), status.job_id, status.state, status.error):
+            raise ProtocolError(f"unknown state {status.state!r}")
+    except ProtocolError as exc:
         metrics.nats_malformed.labels(subject_class="status").inc()
         log.warning("nats.malformed", subject=subject, error=str(exc))
 
@@ -53,25 +63,47 @@ class StatusConsumerChild(Child):
         if nc is None:
             raise RuntimeError("NATS is not connected")
         js = nc.jetstream()
-        await ensure_job_streams(js)
+        await ensure_streams(js)
         psub = await js.pull_subscribe(
             subjects.STATUS_SUBJECTS,
             durable=subjects.STATUS_CONSUMER,
             stream=subjects.STATUS_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=MAX_DELIVER),
+            config=status_consumer_config(),
         )
         ready()
         try:
             while True:
-                try:
-                    msgs = await psub.fetch(BATCH, timeout=1)
-                except (TimeoutError, NatsTimeout):
-                    continue
-                for msg in msgs:
-                    await self._process(msg)
+                # Long-poll for one message (a batch long-poll would wait for the batch to fill), then
+                # drain whatever is already waiting with short no-wait fetches.
+                msgs = await self._fetch(psub, 1, LONG_POLL_SECONDS)
+                while msgs:
+                    await self._process_batch(msgs)
+                    msgs = await self._fetch(psub, BATCH, 0.05)
         finally:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
+
+    @staticmethod
+    async def _fetch(psub: Any, batch: int, wait: float) -> list[Any]:
+        try:
+            msgs: list[Any] = await psub.fetch(batch, timeout=wait)
+        except (TimeoutError, NatsTimeout):
+            return []
+        return msgs
+
+    async def _process_batch(self, msgs: list[Any]) -> None:
+        """Messages of one job in order; different jobs concurrently (bounded by the pool)."""
+        by_job: dict[str, list[Any]] = {}
+        for index, msg in enumerate(msgs):
+            by_job.setdefault(job_key(msg.data) or f"#{index}", []).append(msg)
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def in_order(group: list[Any]) -> None:
+            async with gate:
+                for msg in group:
+                    await self._process(msg)
+
+        await asyncio.gather(*(in_order(group) for group in by_job.values()))
 
     async def _process(self, msg: Any) -> None:
         delivered = msg.metadata.num_delivered

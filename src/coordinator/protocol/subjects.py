@@ -29,3 +29,9 @@ def host_id_from_subject(subject: str) -> str | None:
     if len(parts) != 3 or parts[0] != "host" or not parts[1]:
         return None
     return parts[1]
+
+
+def valid_host_id(host_id: str) -> bool:
+    """At least 8 characters (the Island slices 8 for its client name) and nothing that breaks a subject or
+    consumer name: no `.`, `*`, `>` or whitespace (island-protocol §6)."""
+    return len(host_id) >= 8 and not any(c in ".*>" or c.isspace() for c in host_id)

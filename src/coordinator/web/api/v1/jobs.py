@@ -39,9 +39,8 @@ async def submit(body: SubmitJob, request: Request, principal: Principal = Depen
         region=body.region,
     )
     async with get_runtime(request).db.session() as session:
-        job, slug = await jobs.get_job(session, principal.user, str(job.id))
         position = await jobs.queue_position(session, job)
-    return JSONResponse({"data": public_job(job, slug, queue_position=position)}, status_code=201)
+    return JSONResponse({"data": public_job(job, body.workload, queue_position=position)}, status_code=201)
 
 
 @router.get("/api/v1/jobs")
