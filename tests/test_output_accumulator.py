@@ -199,3 +199,22 @@ async def test_positions_continue_after_a_restart_of_the_accumulator(stack: Stac
     after = await stored(stack, ref)
     assert [p for p, _ in after] == list(range(1, len(before) + 2))
     assert after[-1][1] == {"type": "status", "content": "running"}
+
+
+async def test_final_output_waits_for_the_last_chunks_when_the_status_overtook_them(stack: Stack) -> None:
+    ref = await running_job(stack)
+    sink = stack.accumulator
+    await sink.on_output(ref, 1, "to", False)
+
+    async def late_chunks() -> None:
+        await asyncio.sleep(0.1)
+        await sink.on_output(ref, 2, "day", False)
+        await sink.on_output(ref, 3, "", True)
+
+    producer = asyncio.create_task(late_chunks())
+    assert await sink.final_output(ref, 2.0) == "today"
+    await producer
+    # Without its last piece, the wait is bounded and gives what has arrived.
+    other = await running_job(stack)
+    await sink.on_output(other, 1, "half", False)
+    assert await sink.final_output(other, 0.1) == "half"

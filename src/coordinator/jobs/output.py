@@ -76,6 +76,8 @@ class _Stream:
     grace: asyncio.TimerHandle | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     first_token_at: float | None = None
+    # Set once the current attempt's output is complete (final chunk with nothing missing, or image).
+    completed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class OutputAccumulator:
@@ -133,6 +135,7 @@ class OutputAccumulator:
             if public_status == rules.public_status(rules.QUEUED):
                 # Requeued after a lost lease: the next attempt streams its output from the start.
                 stream.assembly = JobAssembly(job.runtime)
+                stream.completed = asyncio.Event()
             await self._emit(stream, {"type": "status", "content": public_status})
 
     async def on_terminal(
@@ -195,7 +198,17 @@ class OutputAccumulator:
         if self.wake is not None:
             self.wake()
 
+    async def final_output(self, job: JobRef, wait: float) -> str | None:
+        """The assembled output once its last piece arrived (or after `wait` seconds), for the success
+        transition to store in its own transaction (status can overtake output)."""
+        stream = await self._stream(job)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stream.completed.wait(), wait)
+        return stream.assembly.output()
+
     async def _maybe_finalize(self, stream: _Stream) -> None:
+        if stream.assembly.complete:
+            stream.completed.set()
         if stream.terminal is not None and stream.assembly.complete:
             await self._finalize(stream)
 
