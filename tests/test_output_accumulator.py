@@ -218,3 +218,12 @@ async def test_final_output_waits_for_the_last_chunks_when_the_status_overtook_t
     other = await running_job(stack)
     await sink.on_output(other, 1, "half", False)
     assert await sink.final_output(other, 0.1) == "half"
+
+
+async def test_idle_streams_are_forgotten_once_stored(stack: Stack) -> None:
+    ref = await running_job(stack)
+    await stack.accumulator.on_output(ref, 1, "a", False)
+    assert stack.accumulator.sweep_idle(0.0) == 0  # buffered events are never dropped
+    await stack.accumulator.flush()
+    assert stack.accumulator.sweep_idle(0.0) == 1
+    assert stack.accumulator.pending(ref.job_id) == []

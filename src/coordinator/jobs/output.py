@@ -62,6 +62,8 @@ EVENTS_AFTER_SQL = text(
 
 # Keep a finished job's stream this long, so late duplicates are recognised and ignored.
 FORGET_AFTER_SECONDS = 60.0
+# Drop a stream that never finished here after this long without any event (its job ended elsewhere).
+IDLE_STREAM_SECONDS = 3600.0
 
 
 @dataclass
@@ -78,6 +80,7 @@ class _Stream:
     first_token_at: float | None = None
     # Set once the current attempt's output is complete (final chunk with nothing missing, or image).
     completed: asyncio.Event = field(default_factory=asyncio.Event)
+    touched: float = field(default_factory=time.monotonic)
 
 
 class OutputAccumulator:
@@ -188,7 +191,16 @@ class OutputAccumulator:
             await stream.ready.wait()
         if job.host_id is not None and job.host_id != stream.ref.host_id:
             stream.ref = job
+        stream.touched = time.monotonic()
         return stream
+
+    def sweep_idle(self, idle_seconds: float = IDLE_STREAM_SECONDS) -> int:
+        """Forget streams with nothing buffered and no event for `idle_seconds`; returns how many."""
+        cutoff = time.monotonic() - idle_seconds
+        stale = [k for k, s in self._streams.items() if s.touched < cutoff and not s.unflushed]
+        for job_id in stale:
+            del self._streams[job_id]
+        return len(stale)
 
     async def _emit(self, stream: _Stream, payload: dict[str, Any]) -> None:
         event = Event.make(job_topic(stream.ref.job_id), stream.next_position, payload)
@@ -317,6 +329,7 @@ class OutputAccumulatorChild(Child):
         self.runtime.components[OUTPUT_COMPONENT] = accumulator
         ready()
         interval = self.runtime.settings.output_flush_interval_seconds
+        last_sweep = time.monotonic()
         try:
             while True:
                 await self._wake.wait()
@@ -324,6 +337,9 @@ class OutputAccumulatorChild(Child):
                 self._wake.clear()
                 try:
                     await accumulator.flush()
+                    if time.monotonic() - last_sweep > 60:
+                        last_sweep = time.monotonic()
+                        accumulator.sweep_idle()
                 except Exception:
                     log.exception("output.flush_failed")
                     await asyncio.sleep(min(1.0, interval * 10))
