@@ -140,10 +140,10 @@ class HttpChild(Child):
 
 
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
-    """The tree in start order: telemetry, database, metric collectors (with HTTP, which serves them),
-    background jobs, HTTP (or, without it, the bare metrics endpoint if a port is set), then (if
-    configured) the NATS subtree."""
-    children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime)]
+    """The tree in start order: telemetry, database, pub/sub, output accumulator and batch hook, metric
+    collectors (with HTTP, which serves them), background jobs, HTTP (or, without it, the bare metrics
+    endpoint if a port is set), then (if configured) the NATS subtree: hosts, then the job pipeline."""
+    children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime), *streaming_children(runtime)]
     if http and runtime.settings.metrics_collectors:
         children.append(MetricsCollector(runtime))
     if with_worker:
@@ -157,6 +157,7 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
     if runtime.settings.nats_enabled:
         children.append(NatsConnectionChild(runtime))
         children.extend(hosts_children(runtime, fleet))
+        children.extend(job_children(runtime))
     return children
 
 
@@ -171,6 +172,34 @@ def hosts_children(runtime: Runtime, fleet: FleetView) -> list[Child]:
         runtime.db, approval_required=settings.approval_required, interval=settings.heartbeat_flush_seconds
     )
     return [flusher, FleetLiveness(runtime.db, fleet), HostHandlerChild(runtime, fleet, flusher)]
+
+
+def streaming_children(runtime: Runtime) -> list[Child]:
+    """Pub/sub (bridged over NATS once the connection is up), the output accumulator after it, and the
+    batch hook (advances server-side batches when their children end)."""
+    from coordinator.jobs.batches import BatchHookChild
+    from coordinator.jobs.output import OutputAccumulatorChild
+    from coordinator.pubsub import PubSubChild
+
+    return [PubSubChild(runtime), OutputAccumulatorChild(runtime), BatchHookChild(runtime)]
+
+
+def job_children(runtime: Runtime) -> list[Child]:
+    """The job pipeline over NATS: bus (streams, wake-ups), Island job messages, status consumer,
+    dispatcher and the fast lease sweeper."""
+    from coordinator.jobs.dispatcher import Dispatcher
+    from coordinator.jobs.recovery import LeaseSweeper
+    from coordinator.nats.job_bus import JobBusChild
+    from coordinator.nats.job_handler import JobHandlerChild
+    from coordinator.nats.status_consumer import StatusConsumerChild
+
+    return [
+        JobBusChild(runtime),
+        JobHandlerChild(runtime),
+        StatusConsumerChild(runtime),
+        Dispatcher(runtime),
+        LeaseSweeper(runtime),
+    ]
 
 
 async def run_until_signalled(supervisor: Supervisor, *, on_started: Callable[[], Any] | None = None) -> None:

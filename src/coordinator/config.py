@@ -76,6 +76,12 @@ class Settings(BaseSettings):
 
     # jobs
     rate_limit_per_minute: int = 100
+    job_lease_seconds: int = 60
+    job_start_timeout_seconds: int = 300
+    job_max_attempts: int = 3
+    dispatch_batch_size: int = 100
+    dispatch_interval_seconds: float = 5.0
+    lease_sweep_interval_seconds: float = 2.0
     poll_rate_limit_per_minute: int = 600
 
     # karma (metro_settings rows override the first three per region)
@@ -97,6 +103,13 @@ class Settings(BaseSettings):
     payout_minimum: float = 0.0
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
+
+    # streaming (output accumulator, pub/sub, SSE)
+    output_flush_interval_seconds: float = 0.05
+    output_grace_seconds: float = 2.0
+    sse_keepalive_seconds: float = 15.0
+    pubsub_queue_size: int = 2048
+    chat_completion_timeout_seconds: float = 300.0
 
     # metrics and logs (docs/metrics.md)
     metrics_token: str | None = None

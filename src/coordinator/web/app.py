@@ -15,11 +15,15 @@ from coordinator.web.api.v1 import (
     admin_hosts,
     api_keys,
     auth,
+    batches,
+    chat,
     health,
     hosts,
     island,
+    jobs,
     karma,
     market,
+    stream,
     workloads,
 )
 from coordinator.web.errors import install_error_handlers
@@ -28,9 +32,14 @@ from coordinator.web.ratelimit import RateLimitHeaders
 ROUTERS = [
     health.router,
     account.router,
+    # Before the jobs router: /api/v1/jobs/batch must not match /api/v1/jobs/{id}.
+    batches.router,
     workloads.router,
     api_keys.router,
     auth.router,
+    jobs.router,
+    stream.router,
+    chat.router,
     hosts.router,
     admin_hosts.router,
     island.router,

@@ -13,6 +13,7 @@ import structlog
 from coordinator.accounts import service as accounts
 from coordinator.billing import payouts, providers
 from coordinator.hosts import liveness
+from coordinator.jobs import recovery
 from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context as telemetry_context
@@ -96,17 +97,22 @@ def register_tasks(app: procrastinate.App) -> None:
     @app.periodic(cron="* * * * *", periodic_id="job_lease")
     @app.task(queue="maintenance", name="job_lease", pass_context=True)
     async def job_lease(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
-        return await _timed("job_lease", _pending("job_lease", "issue 4 (jobs)"))
+        runtime = _runtime(context)
+        return await _timed("job_lease", lambda: recovery.sweep(runtime))
 
     @app.periodic(cron="*/5 * * * *", periodic_id="dead_letter")
     @app.task(queue="maintenance", name="dead_letter", pass_context=True)
     async def dead_letter(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
-        return await _timed("dead_letter", _pending("dead_letter", "issue 4 (jobs)"))
+        # Start timeouts and exhausted attempts are part of the same sweep; running it here as well makes
+        # the dead-lettering durable even when no replica's in-process sweeper runs.
+        runtime = _runtime(context)
+        return await _timed("dead_letter", lambda: recovery.sweep(runtime))
 
     @app.periodic(cron="*/5 * * * *", periodic_id="job_retry")
     @app.task(queue="maintenance", name="job_retry", pass_context=True)
     async def job_retry(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
-        return await _timed("job_retry", _pending("job_retry", "issue 4 (jobs)"))
+        runtime = _runtime(context)
+        return await _timed("job_retry", lambda: recovery.retry_queued(runtime))
 
     @app.periodic(cron="30 * * * *", periodic_id="reputation")
     @app.task(queue="maintenance", name="reputation", pass_context=True)

@@ -1,0 +1,265 @@
+"""The dispatcher: claims queued jobs, binds each to the best Island with capacity, then sends AssignJob.
+
+Several replicas may run it at once: claims use `FOR UPDATE SKIP LOCKED`, and the candidate Islands'
+rows are locked while their capacity is counted, so no Island is overfilled. The assignment commits
+before the AssignJob is published; a publish that fails is undone, and a crash between the two is
+repaired by the start-timeout sweep (the job never reports `started` and is requeued)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.hosts.fleet import FleetView, HostView
+from coordinator.jobs import repository as sql
+from coordinator.jobs import rules, service
+from coordinator.jobs.assignment import assign_job_message
+from coordinator.jobs.events import DISPATCHER_COMPONENT
+from coordinator.jobs.hooks import TransitionResult
+from coordinator.protocol.codec import ProtocolError
+from coordinator.protocol.messages import AssignJob
+from coordinator.runtime import Runtime
+from coordinator.supervisor import LoopService
+from coordinator.telemetry import metrics
+
+log = structlog.get_logger(__name__)
+
+# How often the fleet view is topped up from the database (see `hydrate_fleet`).
+HYDRATE_EVERY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Assignment:
+    job_id: uuid.UUID
+    host_id: uuid.UUID
+    attempt: int
+    message: AssignJob
+    created_at: datetime
+    result: TransitionResult
+
+
+def ensure_fleet(runtime: Runtime) -> FleetView:
+    fleet = service.fleet_of(runtime)
+    if fleet is None:
+        fleet = FleetView(heartbeat_timeout=runtime.settings.heartbeat_timeout_seconds)
+        runtime.components[service.FLEET_COMPONENT] = fleet
+    return fleet
+
+
+def host_view_of(row: Any, last_heartbeat: float) -> HostView:
+    return HostView(
+        id=row.id,
+        owner_id=row.owner_id,
+        status=row.status,
+        approved=bool(row.approved),
+        region=row.region,
+        platform=row.platform,
+        transport=row.transport or "nats",
+        gpu_model=row.gpu_model,
+        gpu_vram_mb=row.gpu_vram_mb,
+        cpu_cores=row.cpu_cores,
+        ram_mb=row.ram_mb,
+        supported_runtimes=tuple(row.supported_runtimes or ("container", "wasm")),
+        max_concurrent=max(1, int(row.max_concurrent or 1)),
+        reported_active=int(row.active_jobs or 0),
+        warm_workload_ids=frozenset(row.warm_workload_ids or ()),
+        asking_prices={
+            k: price
+            for k, v in (row.asking_prices or {}).items()
+            if (price := rules.parse_price(v)) is not None
+        },
+        rtt_ms=row.rtt_ms,
+        karma=int(row.karma or 0),
+        last_heartbeat_monotonic=last_heartbeat,
+    )
+
+
+class Dispatcher(LoopService):
+    name = "dispatcher"
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.interval = runtime.settings.dispatch_interval_seconds
+        self.batch_size = runtime.settings.dispatch_batch_size
+        self._listening_to: FleetView | None = None
+        ensure_fleet(runtime)
+        self._hydrated_at = -HYDRATE_EVERY_SECONDS
+        self._failed: list[TransitionResult] = []
+
+    async def setup(self) -> None:
+        self.runtime.components[DISPATCHER_COMPONENT] = self
+        _ = self.fleet
+
+    @property
+    def fleet(self) -> FleetView:
+        """The runtime's fleet view (looked up each time: the hosts context may install its own)."""
+        fleet = ensure_fleet(self.runtime)
+        if fleet is not self._listening_to:
+            fleet.on_capacity(self.wake)
+            self._listening_to = fleet
+        return fleet
+
+    async def run_once(self) -> None:
+        try:
+            await self.hydrate_fleet()
+            # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
+            for _ in range(1000):
+                if await self.dispatch_batch() < self.batch_size:
+                    break
+        except Exception:
+            # A database hiccup must not kill the loop; the next wake-up or interval retries.
+            log.exception("dispatcher.pass_failed")
+
+    async def hydrate_fleet(self) -> None:
+        """Add Islands the database saw heartbeat recently but this process has not (yet): after a restart
+        the in-memory view is empty until the next heartbeats. Fresher in-memory views are kept."""
+        now = time.monotonic()
+        if now - self._hydrated_at < HYDRATE_EVERY_SECONDS:
+            return
+        self._hydrated_at = now
+        timeout = self.fleet.heartbeat_timeout
+        async with self.runtime.db.session() as session:
+            rows = (await session.execute(sql.RECENT_HOSTS_SQL, {"timeout": timeout})).all()
+        added = False
+        for row in rows:
+            seen = self.fleet.clock() - float(row.age or 0)
+            view = self.fleet.get(row.id)
+            if view is not None:
+                view.last_heartbeat_monotonic = max(view.last_heartbeat_monotonic, seen)
+                continue
+            self.fleet.put(host_view_of(row, seen))
+            added = True
+        if added:
+            self.fleet.notify_capacity()
+
+    def _candidates(self) -> list[HostView]:
+        now = self.fleet.clock()
+        timeout = self.fleet.heartbeat_timeout
+        return [h for h in self.fleet if h.approved and h.is_live(now, timeout) and h.status != "suspended"]
+
+    async def dispatch_batch(self) -> int:
+        """One claim-place-commit-publish round; returns how many jobs were assigned."""
+        candidates = self._candidates()
+        if not candidates:
+            return 0
+        async with self.runtime.db.transaction() as session:
+            rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()
+            if not rows:
+                return 0
+            hosts = await self._lock_capacity(session, candidates)
+            planned = [a for row in rows if (a := await self._assign(session, row, hosts)) is not None]
+        if planned:
+            await asyncio.gather(*(self._publish(a) for a in planned))
+        failed, self._failed = self._failed, []
+        for result in failed:
+            await service.hooks(self.runtime).run(result)
+        return len(planned)
+
+    async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
+        ids = [h.id for h in candidates]
+        existing = {row[0] for row in await session.execute(sql.LOCK_HOSTS_SQL, {"ids": ids})}
+        counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, {"ids": ids})}
+        hosts = [h for h in candidates if h.id in existing]
+        for host in hosts:
+            host.reserved = counts.get(host.id, 0)
+        return hosts
+
+    async def _assign(self, session: AsyncSession, row: Any, hosts: list[HostView]) -> Assignment | None:
+        budget = Decimal(row.budget)
+        needs = rules.JobNeeds(
+            workload_id=row.workload_id,
+            slug=row.slug,
+            runtime=row.runtime,
+            kind=row.kind,
+            required_ram_mb=row.required_ram_mb or 0,
+            required_vram_mb=row.required_vram_mb or 0,
+            required_cpu_cores=row.required_cpu_cores or 0,
+            platforms=tuple(row.platforms or ()),
+            region=row.region,
+            budget=budget,
+            owner_id=row.user_id,
+            excluded_host_ids=frozenset(row.excluded_host_ids or ()),
+        )
+        placement = rules.choose_host(hosts, needs)
+        if placement is None:
+            return None
+        host = next(h for h in hosts if h.id == placement.host_id)
+        lease_seconds = self.runtime.settings.job_lease_seconds + int(row.cold_start_seconds or 0)
+        lease_expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+        try:
+            message = assign_job_message(row, lease_expires, host.supported_runtimes)
+        except ProtocolError as exc:
+            await self._undispatchable(session, row.id, str(exc))
+            return None
+        clearing = rules.clearing_price(placement.ask, budget)
+        done = (
+            await session.execute(
+                sql.ASSIGN_SQL,
+                {
+                    "id": row.id,
+                    "host_id": placement.host_id,
+                    "lease_seconds": lease_seconds,
+                    "placement": placement.record(clearing),
+                    "clearing_price": clearing,
+                },
+            )
+        ).first()
+        if done is None:
+            return None
+        host.reserved += 1
+        result = TransitionResult(
+            row.id,
+            row.user_id,
+            row.workload_id,
+            rules.QUEUED,
+            rules.ASSIGNED,
+            placement.host_id,
+            done.attempt,
+            row.created_at,
+        )
+        return Assignment(row.id, placement.host_id, done.attempt, message, row.created_at, result)
+
+    async def _undispatchable(self, session: AsyncSession, job_id: uuid.UUID, reason: str) -> None:
+        """A Cargo no AssignJob can express (no image, no module): fail the job now, with a refund."""
+        log.error("dispatcher.undispatchable", job_id=str(job_id), reason=reason)
+        result = await service.finish_in(
+            session, job_id, rules.FAILED, error=f"Cargo cannot be dispatched: {reason}"
+        )
+        if result is not None:
+            self._failed.append(result)
+
+    async def _publish(self, assignment: Assignment) -> None:
+        bus = service.bus_of(self.runtime)
+        try:
+            if bus is None:
+                raise RuntimeError("no Island bus")
+            await bus.publish_assignment(
+                assignment.host_id, assignment.message, f"{assignment.job_id}:{assignment.attempt}"
+            )
+        except Exception as exc:
+            log.warning("dispatcher.publish_failed", job_id=str(assignment.job_id), error=repr(exc))
+            await self._undo(assignment)
+            return
+        metrics.dispatch_latency.observe(max(0.0, time.time() - assignment.created_at.timestamp()))
+        await service.hooks(self.runtime).run(assignment.result)
+
+    async def _undo(self, assignment: Assignment) -> None:
+        """Put the job back in the queue (the attempt was never made); the sweep covers a failure here."""
+        try:
+            async with self.runtime.db.transaction() as session:
+                await session.execute(
+                    sql.UNDO_ASSIGN_SQL,
+                    {"id": assignment.job_id, "host_id": assignment.host_id, "attempt": assignment.attempt},
+                )
+        except Exception:
+            log.exception("dispatcher.undo_failed", job_id=str(assignment.job_id))
+        self.fleet.release(assignment.host_id)

@@ -1,0 +1,71 @@
+"""The interfaces between job lifecycle and its neighbours: the output sink and the Island bus."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from coordinator.protocol.messages import AssignJob
+
+# Keys under which the implementations are registered in `Runtime.components`.
+OUTPUT_COMPONENT = "output"
+BUS_COMPONENT = "job_bus"
+DISPATCHER_COMPONENT = "dispatcher"
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What every consumer of job events needs to know about a job, without loading the row again."""
+
+    job_id: uuid.UUID
+    user_id: int
+    workload_id: int
+    workload_kind: str  # chat, image, classification, generic
+    runtime: str  # container, wasm, llmcpp, onnx, diffusers, coreml
+    host_id: uuid.UUID | None
+    created_at: datetime
+
+
+@runtime_checkable
+class OutputSink(Protocol):
+    """Receives every accepted event of a job, in arrival order, from the job handler.
+
+    The job handler has already checked that the sender is the Island the job is assigned to. The sink
+    orders chunks by the runtime's `seq` conventions, persists them (`job_events`), assembles
+    `jobs.output`, and broadcasts on topic `job:{id}`. `on_status` and `on_terminal` are called after the
+    corresponding state transition has committed; `on_terminal` exactly once per job."""
+
+    async def on_output(self, job: JobRef, seq: int, chunk: str, is_final: bool) -> None: ...
+
+    async def on_progress(self, job: JobRef, step: int, total: int) -> None: ...
+
+    async def on_image(
+        self, job: JobRef, image_data: str, format: str, width: int, height: int, seed: int | None
+    ) -> None: ...
+
+    async def on_status(self, job: JobRef, public_status: str) -> None: ...
+
+    async def on_terminal(
+        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
+    ) -> None: ...
+
+
+@runtime_checkable
+class JobBus(Protocol):
+    """Messages to Islands and to other coordinator replicas (implemented over NATS by the transport)."""
+
+    async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
+        """Store an AssignJob on JetStream `host.<id>.jobs`; `msg_id` de-duplicates a repeated publish."""
+        ...
+
+    async def publish_cancel(self, host_id: uuid.UUID, job_id: uuid.UUID) -> None: ...
+
+    async def purge_host_jobs(self, host_id: uuid.UUID) -> None:
+        """Drop the AssignJob messages still stored for an Island (it would replay them on return)."""
+        ...
+
+    async def wake_dispatchers(self) -> None:
+        """Tell every replica's dispatcher that work or capacity appeared."""
+        ...

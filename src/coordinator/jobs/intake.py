@@ -1,0 +1,171 @@
+"""Job messages from Islands, already parsed: check the sender is the assigned Island, then apply them.
+
+Identity comes from the subject only. A message about a job assigned elsewhere is dropped and costs the
+sender karma (impersonation); one from an Island the job was taken away from is dropped as stale; a
+duplicate or late status changes nothing. Every accepted message extends the job's lease."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import structlog
+
+from coordinator.jobs import penalties, rules, service
+from coordinator.jobs import repository as sql
+from coordinator.jobs.effects import output_of
+from coordinator.jobs.events import JobRef
+from coordinator.jobs.hooks import TransitionResult
+from coordinator.protocol.messages import JobImage
+from coordinator.runtime import Runtime
+from coordinator.telemetry import metrics
+
+log = structlog.get_logger(__name__)
+
+# Re-read an accepted job's assignment at most this often (output streams are hot).
+CACHE_SECONDS = 5.0
+# Extend a lease on ordinary traffic at most this often per job.
+EXTEND_EVERY_SECONDS = 10.0
+# How long a success waits for its final output chunk when the status overtook it.
+FINAL_OUTPUT_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class _Known:
+    ref: JobRef
+    state: str
+    checked: float
+    extended: float = 0.0
+
+
+class JobIntake:
+    def __init__(self, runtime: Runtime, *, final_output_grace: float = FINAL_OUTPUT_GRACE_SECONDS) -> None:
+        self.runtime = runtime
+        self.final_output_grace = final_output_grace
+        self._known: dict[uuid.UUID, _Known] = {}
+        self._penalized: set[tuple[uuid.UUID, str]] = set()
+        service.hooks(runtime).register(self._forget)
+
+    async def _forget(self, result: TransitionResult) -> None:
+        known = self._known.get(result.job_id)
+        if known is None:
+            return
+        if result.to_state == rules.QUEUED:
+            self._known.pop(result.job_id, None)
+        else:
+            known.state = result.to_state
+
+    # ------------------------------------------------------------ sender check
+
+    async def authorize(self, host_id: uuid.UUID, job_id: str, subject_class: str) -> JobRef | None:
+        """The job, if `host_id` is the Island it is (or was last, for a finished job) assigned to."""
+        parsed = service.parse_job_id(job_id)
+        now = time.monotonic()
+        known = self._known.get(parsed) if parsed else None
+        if known is not None and known.ref.host_id == host_id and now - known.checked < CACHE_SECONDS:
+            return known.ref
+        row = None
+        if parsed is not None:
+            async with self.runtime.db.session() as session:
+                row = (await session.execute(sql.JOB_FOR_MESSAGE_SQL, {"id": parsed})).first()
+        if row is not None and row.host_id == host_id:
+            ref = JobRef(
+                row.id, row.user_id, row.workload_id, row.kind, row.runtime, row.host_id, row.created_at
+            )
+            self._known[row.id] = _Known(ref, row.state, now)
+            return ref
+        if row is not None and str(host_id) in (row.excluded_host_ids or ()):
+            metrics.nats_rejected.labels(subject_class=subject_class, reason="stale").inc()
+            return None
+        await self._impersonation(host_id, job_id, row.id if row is not None else None, subject_class)
+        return None
+
+    async def _impersonation(
+        self, host_id: uuid.UUID, job_id: str, existing: uuid.UUID | None, subject_class: str
+    ) -> None:
+        reason = "not_assigned" if existing is not None else "unknown_job"
+        metrics.nats_rejected.labels(subject_class=subject_class, reason=reason).inc()
+        log.warning("jobs.message_rejected", host_id=str(host_id), job_id=job_id, reason=reason)
+        if (host_id, job_id) in self._penalized:
+            return
+        self._penalized.add((host_id, job_id))
+        async with self.runtime.db.transaction() as session:
+            await penalties.penalize(
+                session,
+                host_id,
+                penalties.IMPERSONATION,
+                "impersonation",
+                existing,
+                flag=True,
+                details={"job_id": job_id, "subject_class": subject_class},
+            )
+
+    async def _touch(self, ref: JobRef, seconds: int | None = None) -> None:
+        """Extend the lease: always for an explicit renewal, at most every few seconds otherwise."""
+        known = self._known.get(ref.job_id)
+        now = time.monotonic()
+        if known is None or ref.host_id is None:
+            return
+        if rules.is_terminal(known.state):
+            return
+        if seconds is None and now - known.extended < EXTEND_EVERY_SECONDS:
+            return
+        known.extended = now
+        await service.extend_lease(
+            self.runtime, ref.job_id, ref.host_id, seconds or self.runtime.settings.job_lease_seconds
+        )
+
+    # ------------------------------------------------------------ messages
+
+    async def output(self, host_id: uuid.UUID, job_id: str, seq: int, chunk: str, is_final: bool) -> None:
+        ref = await self.authorize(host_id, job_id, "output")
+        if ref is not None:
+            await self._touch(ref)
+            await output_of(self.runtime).on_output(ref, seq, chunk, is_final)
+
+    async def progress(self, host_id: uuid.UUID, job_id: str, step: int, total: int) -> None:
+        ref = await self.authorize(host_id, job_id, "progress")
+        if ref is not None:
+            await self._touch(ref)
+            await output_of(self.runtime).on_progress(ref, step, total)
+
+    async def image(self, host_id: uuid.UUID, job_id: str, image: JobImage) -> None:
+        ref = await self.authorize(host_id, job_id, "image")
+        if ref is not None:
+            await self._touch(ref)
+            await output_of(self.runtime).on_image(
+                ref, image.image_data, image.format, image.width, image.height, image.seed
+            )
+
+    async def lease(self, host_id: uuid.UUID, job_id: str, extend_seconds: int) -> None:
+        ref = await self.authorize(host_id, job_id, "lease")
+        if ref is not None:
+            await self._touch(ref, max(1, min(extend_seconds, 600)))
+
+    async def status(self, host_id: uuid.UUID, job_id: str, reported: str, error: str | None) -> bool:
+        """Apply a JobStatus. False when the state is not one the Island protocol defines (malformed)."""
+        target = rules.island_state(reported)
+        if target is None:
+            return False
+        ref = await self.authorize(host_id, job_id, "status")
+        if ref is None:
+            return True
+        if target == rules.RUNNING:
+            if await service.start_job(self.runtime, ref.job_id, host_id) is None:
+                await self._touch(ref)
+            return True
+        output = None
+        if target in (rules.SUCCEEDED, rules.FAILED):
+            # `started` is normally first on the same stream; if it was overtaken, start implicitly.
+            await service.start_job(self.runtime, ref.job_id, host_id)
+        if target == rules.SUCCEEDED:
+            # Status can overtake the last output chunks: give them a moment, then store the output
+            # in the same transaction as the success, so a poller never sees `completed` without it.
+            final_output = getattr(output_of(self.runtime), "final_output", None)
+            if final_output is not None:
+                output = await final_output(ref, self.final_output_grace)
+        await service.finish_job(
+            self.runtime, ref.job_id, target, host_id=host_id, error=error, output=output
+        )
+        return True

@@ -1,0 +1,354 @@
+"""The output accumulator: orders each job's Island output, persists it in batches, assembles
+`jobs.output`, and broadcasts every consumer event on topic `job:{id}` (DESIGN §6 step 4).
+
+Positions are per job, 1, 2, 3…, continuing the stored ones after a restart. Events are kept in memory
+until their batch has committed, so a replay (memory first, then the table) never misses one.
+
+A job finalises once it is terminal AND its output is complete (final chunk with nothing missing, or the
+image), or `output_grace_seconds` after the terminal status when the last piece never comes; failures,
+cancellations and timeouts finalise at once. Then: the guarded UPDATE of `output`/`usage`, the final
+`status` event and `done` (succeeded) or `error` (anything else), always last."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+from coordinator.jobs import rules
+from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
+from coordinator.jobs.output_assembly import JobAssembly, clean_usage, done_usage
+from coordinator.pubsub import Event, PubSub, job_topic, pubsub_of
+from coordinator.runtime import Runtime
+from coordinator.supervisor import Child
+from coordinator.telemetry import metrics
+
+log = structlog.get_logger(__name__)
+
+# The last stored position of a job (positions continue after a restart of this process).
+MAX_POSITION_SQL = text("SELECT COALESCE(max(position), 0) FROM job_events WHERE job_id = :job_id")
+
+# One flush: every buffered event of every job in one multi-row INSERT (a replay is idempotent).
+INSERT_EVENTS_SQL = text(
+    """
+    INSERT INTO job_events (job_id, position, event)
+    SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:positions AS bigint[]), CAST(:events AS jsonb[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+
+# The assembled result of a finished job; only a terminal job is written, token usage merged in.
+WRITE_RESULT_SQL = text(
+    """
+    UPDATE jobs SET output = COALESCE(:output, jobs.output),
+           usage = CASE WHEN jsonb_typeof(jobs.usage) = 'object' THEN jobs.usage ELSE '{}' END || :usage
+    WHERE id = :id AND state IN ('succeeded', 'failed', 'cancelled', 'timeout')
+    RETURNING budget, charged, settled_at, usage, error
+    """
+).bindparams(bindparam("usage", type_=JSONB))
+
+# Stored events of a job after a position, in order (the replay of a stream).
+EVENTS_AFTER_SQL = text(
+    "SELECT position, event FROM job_events WHERE job_id = :job_id AND position > :after ORDER BY position"
+)
+
+# Keep a finished job's stream this long, so late duplicates are recognised and ignored.
+FORGET_AFTER_SECONDS = 60.0
+# Drop a stream that never finished here after this long without any event (its job ended elsewhere).
+IDLE_STREAM_SECONDS = 3600.0
+
+
+@dataclass
+class _Stream:
+    ref: JobRef
+    assembly: JobAssembly
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    next_position: int = 1
+    unflushed: list[Event] = field(default_factory=list)
+    terminal: tuple[str, str | None, dict[str, Any] | None] | None = None
+    finalized: bool = False
+    grace: asyncio.TimerHandle | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    first_token_at: float | None = None
+    # Set once the current attempt's output is complete (final chunk with nothing missing, or image).
+    completed: asyncio.Event = field(default_factory=asyncio.Event)
+    touched: float = field(default_factory=time.monotonic)
+
+
+class OutputAccumulator:
+    """`jobs.events.OutputSink` with ordered, batched persistence and pub/sub broadcast."""
+
+    def __init__(self, runtime: Runtime, pubsub: PubSub | None = None) -> None:
+        self.runtime = runtime
+        self.pubsub = pubsub or pubsub_of(runtime.components)
+        self.grace_seconds = runtime.settings.output_grace_seconds
+        self._streams: dict[uuid.UUID, _Stream] = {}
+        self._flush_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.wake: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------ sink interface
+
+    async def on_output(self, job: JobRef, seq: int, chunk: str, is_final: bool) -> None:
+        stream = await self._stream(job)
+        async with stream.lock:
+            if stream.finalized:
+                return
+            events = stream.assembly.chunk(seq, chunk, is_final)
+            if events and stream.first_token_at is None:
+                stream.first_token_at = time.monotonic()
+                waited = max(0.0, time.time() - job.created_at.timestamp())
+                metrics.time_to_first_token.observe(waited)
+            for payload in events:
+                await self._emit(stream, payload)
+            await self._maybe_finalize(stream)
+
+    async def on_progress(self, job: JobRef, step: int, total: int) -> None:
+        stream = await self._stream(job)
+        async with stream.lock:
+            # Diffusers' step messages straggle: after the final event they are dropped, never emitted.
+            if not stream.finalized:
+                await self._emit(stream, {"type": "progress", "step": step, "total": total})
+
+    async def on_image(
+        self, job: JobRef, image_data: str, format: str, width: int, height: int, seed: int | None
+    ) -> None:
+        stream = await self._stream(job)
+        async with stream.lock:
+            if stream.finalized:
+                return
+            payload = stream.assembly.set_image(image_data, format, width, height, seed)
+            if payload is not None:
+                await self._emit(stream, payload)
+            await self._maybe_finalize(stream)
+
+    async def on_status(self, job: JobRef, public_status: str) -> None:
+        stream = await self._stream(job)
+        async with stream.lock:
+            if stream.finalized:
+                return
+            if public_status == rules.public_status(rules.QUEUED):
+                # Requeued after a lost lease: the next attempt streams its output from the start.
+                stream.assembly = JobAssembly(job.runtime)
+                stream.completed = asyncio.Event()
+            await self._emit(stream, {"type": "status", "content": public_status})
+
+    async def on_terminal(
+        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
+    ) -> None:
+        stream = await self._stream(job)
+        async with stream.lock:
+            if stream.finalized or stream.terminal is not None:
+                return
+            stream.terminal = (state, error, usage)
+            if state != rules.SUCCEEDED or stream.assembly.complete:
+                await self._finalize(stream)
+            else:
+                loop = asyncio.get_running_loop()
+                stream.grace = loop.call_later(self.grace_seconds, self._grace_expired, stream)
+
+    # ------------------------------------------------------------ replay
+
+    def pending(self, job_id: uuid.UUID, after: int = 0) -> list[Event]:
+        """Events not yet known to be stored (read this BEFORE the table, see `replay`)."""
+        stream = self._streams.get(job_id)
+        if stream is None:
+            return []
+        return [e for e in stream.unflushed if e.position > after]
+
+    async def replay(self, job_id: uuid.UUID, after: int = 0) -> list[Event]:
+        """Every event of a job after a position, in order: in-memory ones, then the stored ones.
+
+        Memory is read first: an event leaves memory only after its batch committed, so it is in one
+        of the two reads whatever flush runs in between."""
+        in_memory = self.pending(job_id, after)
+        events = {e.position: e for e in await stored_events(self.runtime, job_id, after)}
+        for event in in_memory:
+            events.setdefault(event.position, event)
+        return [events[p] for p in sorted(events)]
+
+    # ------------------------------------------------------------ internals
+
+    async def _stream(self, job: JobRef) -> _Stream:
+        stream = self._streams.get(job.job_id)
+        if stream is None:
+            stream = self._streams[job.job_id] = _Stream(job, JobAssembly(job.runtime))
+            try:
+                async with self.runtime.db.session() as session:
+                    last = await session.scalar(MAX_POSITION_SQL, {"job_id": job.job_id})
+                stream.next_position = int(last or 0) + 1
+            finally:
+                stream.ready.set()
+        else:
+            await stream.ready.wait()
+        if job.host_id is not None and job.host_id != stream.ref.host_id:
+            stream.ref = job
+        stream.touched = time.monotonic()
+        return stream
+
+    def sweep_idle(self, idle_seconds: float = IDLE_STREAM_SECONDS) -> int:
+        """Forget streams with nothing buffered and no event for `idle_seconds`; returns how many."""
+        cutoff = time.monotonic() - idle_seconds
+        stale = [k for k, s in self._streams.items() if s.touched < cutoff and not s.unflushed]
+        for job_id in stale:
+            del self._streams[job_id]
+        return len(stale)
+
+    async def _emit(self, stream: _Stream, payload: dict[str, Any]) -> None:
+        event = Event.make(job_topic(stream.ref.job_id), stream.next_position, payload)
+        stream.next_position += 1
+        stream.unflushed.append(event)
+        await self.pubsub.publish(event)
+        if self.wake is not None:
+            self.wake()
+
+    async def final_output(self, job: JobRef, wait: float) -> str | None:
+        """The assembled output once its last piece arrived (or after `wait` seconds), for the success
+        transition to store in its own transaction (status can overtake output)."""
+        stream = await self._stream(job)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stream.completed.wait(), wait)
+        return stream.assembly.output()
+
+    async def _maybe_finalize(self, stream: _Stream) -> None:
+        if stream.assembly.complete:
+            stream.completed.set()
+        if stream.terminal is not None and stream.assembly.complete:
+            await self._finalize(stream)
+
+    def _grace_expired(self, stream: _Stream) -> None:
+        task = asyncio.get_running_loop().create_task(self._finalize_late(stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finalize_late(self, stream: _Stream) -> None:
+        async with stream.lock:
+            if not stream.finalized:
+                log.info("output.finalized_after_grace", job_id=str(stream.ref.job_id))
+                await self._finalize(stream)
+
+    async def _finalize(self, stream: _Stream) -> None:
+        assert stream.terminal is not None
+        state, error, terminal_usage = stream.terminal
+        stream.finalized = True
+        if stream.grace is not None:
+            stream.grace.cancel()
+        for payload in stream.assembly.release_held():
+            await self._emit(stream, payload)
+        token_usage = {**clean_usage(terminal_usage), **stream.assembly.usage}
+        credits, stored_error = await self._write_result(stream, token_usage)
+        await self._emit(stream, {"type": "status", "content": rules.public_status(state)})
+        if state == rules.SUCCEEDED:
+            await self._emit(stream, {"type": "done", "usage": done_usage(token_usage, credits)})
+        else:
+            message = error or stored_error or f"Job {rules.public_status(state)}"
+            await self._emit(stream, {"type": "error", "error": message})
+        asyncio.get_running_loop().call_later(FORGET_AFTER_SECONDS, self._forget, stream)
+
+    async def _write_result(self, stream: _Stream, token_usage: dict[str, int]) -> tuple[float, str | None]:
+        """Store output and usage; the consumer's cost so far and the stored error, for the final event."""
+        params = {"id": stream.ref.job_id, "output": stream.assembly.output(), "usage": token_usage}
+        try:
+            async with self.runtime.db.transaction() as session:
+                row = (await session.execute(WRITE_RESULT_SQL, params)).first()
+        except Exception:
+            log.exception("output.write_failed", job_id=str(stream.ref.job_id))
+            return 0.0, None
+        if row is None:
+            return 0.0, None
+        charged = row.budget if row.settled_at is None else row.charged
+        return float(max(0, charged or 0)), row.error
+
+    def _forget(self, stream: _Stream) -> None:
+        if not stream.unflushed and self._streams.get(stream.ref.job_id) is stream:
+            del self._streams[stream.ref.job_id]
+        elif stream.unflushed:
+            asyncio.get_running_loop().call_later(FORGET_AFTER_SECONDS, self._forget, stream)
+
+    async def flush(self) -> int:
+        """Store every buffered event in one INSERT; returns how many. On error they stay buffered."""
+        async with self._flush_lock:
+            batch = [(s, list(s.unflushed)) for s in self._streams.values() if s.unflushed]
+            if not batch:
+                return 0
+            events = [e for _, evs in batch for e in evs]
+            params = {
+                "job_ids": [s.ref.job_id for s, evs in batch for _ in evs],
+                "positions": [e.position for e in events],
+                "events": [e.encoded for e in events],
+            }
+            async with self.runtime.db.transaction() as session:
+                await session.execute(INSERT_EVENTS_SQL, params)
+            for stream, flushed in batch:
+                del stream.unflushed[: len(flushed)]
+            return len(events)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> list[Event]:
+    """The stored events of a job after a position, in order."""
+    async with runtime.db.session() as session:
+        rows = (await session.execute(EVENTS_AFTER_SQL, {"job_id": job_id, "after": after})).all()
+    topic = job_topic(job_id)
+    return [Event.make(topic, int(r[0]), r[1]) for r in rows]
+
+
+def accumulator_of(runtime: Runtime) -> OutputAccumulator | None:
+    sink = runtime.components.get(OUTPUT_COMPONENT)
+    return sink if isinstance(sink, OutputAccumulator) else None
+
+
+class OutputAccumulatorChild(Child):
+    """Registers the accumulator as the runtime's output sink and flushes it every short interval."""
+
+    name = "output"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.accumulator: OutputAccumulator | None = None
+        self._wake = asyncio.Event()
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        if self.accumulator is None:  # a restart keeps the streams (and their buffered events)
+            self.accumulator = OutputAccumulator(self.runtime)
+        accumulator = self.accumulator
+        accumulator.wake = self._wake.set
+        self.runtime.components[OUTPUT_COMPONENT] = accumulator
+        ready()
+        interval = self.runtime.settings.output_flush_interval_seconds
+        last_sweep = time.monotonic()
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(interval)  # gather a batch
+                self._wake.clear()
+                try:
+                    await accumulator.flush()
+                    if time.monotonic() - last_sweep > 60:
+                        last_sweep = time.monotonic()
+                        accumulator.sweep_idle()
+                except Exception:
+                    log.exception("output.flush_failed")
+                    await asyncio.sleep(min(1.0, interval * 10))
+                    self._wake.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await accumulator.flush()
+            await accumulator.close()
+
+    async def drain(self) -> None:
+        if self.accumulator is not None:
+            await self.accumulator.flush()

@@ -1,0 +1,162 @@
+"""Leases and recovery: lost leases requeue (or dead-letter), silent assignments time out, jobs that run
+past their Cargo's limit end in `timeout`. Run by an in-process sweeper and, as a backstop, by workers."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.jobs import penalties, rules, service
+from coordinator.jobs import repository as sql
+from coordinator.jobs.hooks import TransitionResult
+from coordinator.runtime import Runtime
+from coordinator.supervisor import LoopService
+
+log = structlog.get_logger(__name__)
+
+SWEEP_LIMIT = 200
+
+
+@dataclass
+class SweepOutcome:
+    requeued: list[TransitionResult] = field(default_factory=list)
+    dead_lettered: list[TransitionResult] = field(default_factory=list)
+    timed_out: list[TransitionResult] = field(default_factory=list)
+    purge_hosts: set[uuid.UUID] = field(default_factory=set)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "requeued": len(self.requeued),
+            "dead_lettered": len(self.dead_lettered),
+            "timed_out": len(self.timed_out),
+        }
+
+
+async def _requeue_or_dead_letter(
+    session: AsyncSession, row: Any, outcome: SweepOutcome, *, penalty: int | None, reason: str
+) -> None:
+    old_host: uuid.UUID | None = row.host_id
+    if row.attempt >= row.max_attempts:
+        error = f"dead-lettered after {row.attempt} attempts"
+        result = await service.finish_in(session, row.id, rules.FAILED, error=error)
+        if result is not None:
+            outcome.dead_lettered.append(result)
+    else:
+        moved = (
+            await session.execute(
+                sql.REQUEUE_SQL, {"id": row.id, "host_id": old_host, "attempt": row.attempt}
+            )
+        ).first()
+        if moved is None:
+            return
+        outcome.requeued.append(service.transition_result(moved, moved.old_state, released_host_id=old_host))
+    if old_host is not None:
+        outcome.purge_hosts.add(old_host)
+        if penalty is not None:
+            await penalties.penalize(session, old_host, penalty, reason, row.id)
+
+
+async def _lost_and_silent(runtime: Runtime, outcome: SweepOutcome) -> None:
+    async with runtime.db.transaction() as session:
+        for row in (await session.execute(sql.EXPIRED_LEASES_SQL, {"limit": SWEEP_LIMIT})).all():
+            await _requeue_or_dead_letter(
+                session, row, outcome, penalty=penalties.LEASE_EXPIRED, reason="lease_expired"
+            )
+    async with runtime.db.transaction() as session:
+        timeout = runtime.settings.job_start_timeout_seconds
+        for row in (
+            await session.execute(sql.START_TIMEOUTS_SQL, {"timeout": timeout, "limit": SWEEP_LIMIT})
+        ).all():
+            # Not started in time: the AssignJob was lost or unparsable; no penalty, it may be ours.
+            await _requeue_or_dead_letter(session, row, outcome, penalty=None, reason="start_timeout")
+
+
+async def _overdue(runtime: Runtime, outcome: SweepOutcome) -> None:
+    async with runtime.db.transaction() as session:
+        for row in (await session.execute(sql.OVERDUE_SQL, {"limit": SWEEP_LIMIT})).all():
+            error = "Timeout: job exceeded the Cargo's maximum duration"
+            result = await service.finish_in(session, row.id, rules.TIMEOUT, error=error)
+            if result is None:
+                continue
+            outcome.timed_out.append(result)
+            if row.host_id is not None:
+                await penalties.penalize(session, row.host_id, penalties.TIMEOUT, "timeout", row.id)
+
+
+async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
+    bus = service.bus_of(runtime)
+    if bus is not None:
+        for host_id in outcome.purge_hosts:
+            await service.best_effort(bus.purge_host_jobs(host_id), "purge_host_jobs", host_id)
+        for result in outcome.timed_out:
+            if result.released_host_id is not None:
+                await service.best_effort(
+                    bus.publish_cancel(result.released_host_id, result.job_id),
+                    "publish_cancel",
+                    result.job_id,
+                )
+    registry = service.hooks(runtime)
+    for result in [*outcome.requeued, *outcome.dead_lettered, *outcome.timed_out]:
+        await registry.run(result)
+
+
+async def sweep(runtime: Runtime) -> dict[str, int]:
+    """One pass over lost leases, start timeouts and overdue jobs; returns what it did."""
+    outcome = SweepOutcome()
+    await _lost_and_silent(runtime, outcome)
+    await _overdue(runtime, outcome)
+    await _after(runtime, outcome)
+    counts = outcome.counts()
+    if any(counts.values()):
+        log.info("jobs.recovery", **counts)
+    return counts
+
+
+async def retry_queued(runtime: Runtime, *, waited_seconds: int = 60) -> dict[str, int]:
+    """Long-waiting jobs: fail (and refund) those no Island can run any more; wake dispatchers."""
+    failed: list[TransitionResult] = []
+    async with runtime.db.transaction() as session:
+        rows = (await session.execute(sql.STALE_QUEUED_SQL, {"age": waited_seconds, "limit": 500})).all()
+        for row in rows:
+            needs = rules.JobNeeds(
+                workload_id=0,
+                slug="",
+                runtime=row.runtime,
+                required_ram_mb=row.required_ram_mb or 0,
+                required_vram_mb=row.required_vram_mb or 0,
+                required_cpu_cores=row.required_cpu_cores or 0,
+                region=row.region,
+            )
+            fleet = service.fleet_of(runtime)
+            if not await service.could_ever_run(session, fleet, needs, list(row.excluded_host_ids or ())):
+                error = "No Island can run this job any more: " + rules.unrunnable_reason(needs)
+                result = await service.finish_in(session, row.id, rules.FAILED, error=error)
+                if result is not None:
+                    failed.append(result)
+    for result in failed:
+        await service.hooks(runtime).run(result)
+    bus = service.bus_of(runtime)
+    if rows and bus is not None:
+        await service.best_effort(bus.wake_dispatchers(), "wake_dispatchers", uuid.UUID(int=0))
+    return {"waiting": len(rows) - len(failed), "failed_unplaceable": len(failed)}
+
+
+class LeaseSweeper(LoopService):
+    """The fast in-process recovery loop (the workers are the durable backstop)."""
+
+    name = "lease_sweeper"
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.interval = runtime.settings.lease_sweep_interval_seconds
+
+    async def run_once(self) -> None:
+        try:
+            await sweep(self.runtime)
+        except Exception:
+            log.exception("jobs.recovery_failed")

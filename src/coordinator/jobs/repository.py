@@ -1,0 +1,227 @@
+"""Named SQL of the jobs context: every state change is one guarded UPDATE whose row count is the answer."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+from coordinator.jobs import rules
+from coordinator.workloads.rules import MAX_DURATION_BY_TRUST
+
+# Columns every transition returns: enough to build a JobRef and settle money without another read.
+RETURNING = """
+    RETURNING jobs.id, jobs.user_id, jobs.workload_id, jobs.state, jobs.host_id, jobs.attempt,
+              jobs.max_attempts, jobs.budget, jobs.clearing_price, jobs.created_at, jobs.error, jobs.usage
+"""
+
+# A new paid job, waiting for an Island.
+INSERT_JOB_SQL = text(
+    """
+    INSERT INTO jobs (id, user_id, workload_id, state, input, priority, region, budget, charged,
+                      max_attempts, parent_id, batch_index)
+    VALUES (:id, :user_id, :workload_id, 'queued', :input, :priority, :region, :budget, :budget,
+            :max_attempts, :parent_id, :batch_index)
+    RETURNING created_at
+    """
+).bindparams(bindparam("input", type_=JSONB))
+
+# Claims the next queued jobs (priority with ageing, then age); other replicas skip the locked rows.
+CLAIM_QUEUED_SQL = text(
+    f"""
+    SELECT j.id, j.user_id, j.workload_id, j.input, j.region, j.budget, j.excluded_host_ids, j.created_at,
+           j.attempt, w.slug, w.runtime, w.kind, w.required_ram_mb, w.required_vram_mb,
+           w.required_cpu_cores, w.platforms, w.cold_start_seconds, w.container_image, w.image_digest,
+           w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level
+    FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.state = 'queued'
+    ORDER BY j.priority + EXTRACT(EPOCH FROM now() - j.created_at) / {rules.AGEING_SECONDS_PER_POINT} DESC,
+             j.created_at
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED
+    """
+)
+
+# Locks the candidate Islands' rows so that two dispatchers never overfill one Island.
+LOCK_HOSTS_SQL = text("SELECT id FROM hosts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
+
+# The coordinator's own count of unfinished jobs per Island (never trusting the Island to refuse).
+ACTIVE_PER_HOST_SQL = text(
+    """
+    SELECT host_id, count(*) FROM jobs
+    WHERE host_id = ANY(:ids) AND state IN ('assigned', 'running')
+    GROUP BY host_id
+    """
+)
+
+# queued → assigned: binds the job to an Island with a lease; the attempt counter counts assignments.
+ASSIGN_SQL = text(
+    """
+    UPDATE jobs SET state = 'assigned', host_id = :host_id, attempt = attempt + 1, assigned_at = now(),
+           lease_expires_at = now() + make_interval(secs => :lease_seconds), placement = :placement,
+           clearing_price = :clearing_price, updated_at = now()
+    WHERE id = :id AND state = 'queued'
+    """
+    + RETURNING
+).bindparams(bindparam("placement", type_=JSONB))
+
+# assigned → queued after a failed AssignJob publish: the attempt was never made, so it is given back.
+UNDO_ASSIGN_SQL = text(
+    """
+    UPDATE jobs SET state = 'queued', host_id = NULL, attempt = attempt - 1, assigned_at = NULL,
+           lease_expires_at = NULL, placement = NULL, clearing_price = NULL, updated_at = now()
+    WHERE id = :id AND state = 'assigned' AND host_id = :host_id AND attempt = :attempt
+    """
+    + RETURNING
+)
+
+# assigned → running on the Island's `started`/`streaming`; any message also extends the lease.
+START_SQL = text(
+    """
+    UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, now()),
+           lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => :extend)),
+           updated_at = now()
+    WHERE id = :id AND host_id = :host_id AND state = 'assigned'
+    """
+    + RETURNING
+)
+
+# Any accepted message from the assigned Island pushes the lease forward (never backward).
+EXTEND_LEASE_SQL = text(
+    """
+    UPDATE jobs SET lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => :extend))
+    WHERE id = :id AND host_id = :host_id AND state IN ('assigned', 'running')
+    """
+    + RETURNING
+)
+
+# → a terminal state. `host_id` NULL means the coordinator decides (cancel, timeout, dead-letter).
+FINISH_SQL = text(
+    """
+    UPDATE jobs SET state = :to_state, error = :error, usage = COALESCE(:usage, jobs.usage),
+           output = COALESCE(CAST(:output AS text), jobs.output),
+           completed_at = now(), lease_expires_at = NULL, updated_at = now()
+    FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
+    WHERE jobs.id = old.id AND jobs.state = ANY(CAST(:from_states AS text[]))
+      AND (CAST(:host_id AS uuid) IS NULL OR jobs.host_id = CAST(:host_id AS uuid))
+    """
+    + RETURNING
+    + ", old.old_state"
+).bindparams(bindparam("usage", type_=JSONB))
+
+# Records what the settlement moved, next to the job.
+RECORD_SETTLEMENT_SQL = text(
+    """
+    UPDATE jobs SET charged = :charged, refunded = :refunded, settled_at = now()
+    WHERE id = :id AND settled_at IS NULL
+    """
+)
+
+# assigned|running → queued after a lost lease or a start timeout; the old Island is never tried again.
+REQUEUE_SQL = text(
+    """
+    UPDATE jobs SET state = 'queued', host_id = NULL, lease_expires_at = NULL, assigned_at = NULL,
+           started_at = NULL, placement = NULL, clearing_price = NULL, updated_at = now(),
+           excluded_host_ids = CASE WHEN CAST(:host_id AS text) = ANY(jobs.excluded_host_ids)
+                                    THEN jobs.excluded_host_ids
+                                    ELSE array_append(jobs.excluded_host_ids, CAST(:host_id AS text)) END
+    FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
+    WHERE jobs.id = old.id AND jobs.host_id = CAST(:host_id AS uuid) AND jobs.attempt = :attempt
+      AND jobs.state IN ('assigned', 'running')
+    """
+    + RETURNING
+    + ", old.old_state"
+)
+
+# The job as the Island message handler checks it: who it is assigned to, and in which state.
+JOB_FOR_MESSAGE_SQL = text(
+    """
+    SELECT j.id, j.user_id, j.workload_id, j.state, j.host_id, j.attempt, j.created_at,
+           j.excluded_host_ids, w.kind, w.runtime
+    FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.id = :id
+    """
+)
+
+# Jobs whose lease ran out (the Island went silent): requeue or dead-letter them.
+EXPIRED_LEASES_SQL = text(
+    """
+    SELECT id, host_id, attempt, max_attempts, state FROM jobs
+    WHERE state IN ('assigned', 'running') AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+# Jobs assigned but never started (the Island drops a malformed or lost AssignJob silently).
+START_TIMEOUTS_SQL = text(
+    """
+    SELECT id, host_id, attempt, max_attempts, state FROM jobs
+    WHERE state = 'assigned' AND assigned_at < now() - make_interval(secs => :timeout)
+    ORDER BY assigned_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+# Running jobs past their Cargo's maximum duration (by trust level, or the Cargo's own override).
+OVERDUE_SQL = text(
+    """
+    SELECT j.id, j.host_id FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.state = 'running'
+      AND j.started_at < now() - make_interval(secs => COALESCE(
+              NULLIF(w.max_duration_seconds, 0),
+              (CAST(:limits AS jsonb) ->> CAST(w.trust_level AS text))::int, 60))
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED
+    """
+).bindparams(limits=json.dumps({str(k): v for k, v in MAX_DURATION_BY_TRUST.items()}))
+
+# Known, not suspended Islands that could ever satisfy a Cargo's hard requirements (submit-time check).
+CAPABLE_HOSTS_SQL = text(
+    """
+    SELECT count(*) FROM hosts
+    WHERE status <> 'suspended' AND suspended_at IS NULL
+      AND (:runtime = ANY(supported_runtimes)
+           OR (cardinality(supported_runtimes) = 0 AND :runtime IN ('container', 'wasm')))
+      AND (:ram = 0 OR ram_mb IS NULL OR ram_mb >= :ram)
+      AND (:vram = 0 OR gpu_vram_mb >= :vram)
+      AND (:cores = 0 OR cpu_cores IS NULL OR cpu_cores >= :cores)
+      AND (CAST(:region AS text) IS NULL OR region = :region OR region LIKE :region || '-%')
+      AND NOT (CAST(id AS text) = ANY(CAST(:excluded AS text[])))
+    """
+)
+
+# How many queued jobs are ahead of this one (priority, then age) — the consumer's queue position.
+QUEUE_POSITION_SQL = text(
+    """
+    SELECT count(*) FROM jobs
+    WHERE state = 'queued' AND (priority > :priority OR (priority = :priority AND created_at < :created_at))
+    """
+)
+
+# Queued jobs that waited long enough for the retry worker to check they are still placeable.
+STALE_QUEUED_SQL = text(
+    """
+    SELECT j.id, j.user_id, j.region, j.excluded_host_ids, w.runtime, w.required_ram_mb,
+           w.required_vram_mb, w.required_cpu_cores
+    FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.state = 'queued' AND j.updated_at < now() - make_interval(secs => :age)
+    LIMIT :limit
+    """
+)
+
+# Islands that heartbeated recently according to the database (another replica's or a previous process's
+# view): warms the in-memory fleet after a restart. `age` is seconds since the last heartbeat.
+RECENT_HOSTS_SQL = text(
+    """
+    SELECT id, owner_id, status, approved, region, platform, transport, gpu_model, gpu_vram_mb, cpu_cores,
+           ram_mb, supported_runtimes, max_concurrent, active_jobs, warm_workload_ids, asking_prices,
+           rtt_ms, karma, EXTRACT(EPOCH FROM now() - last_heartbeat_at) AS age
+    FROM hosts
+    WHERE status = 'online' AND approved AND suspended_at IS NULL
+      AND last_heartbeat_at > now() - make_interval(secs => :timeout)
+    """
+)

@@ -1,0 +1,438 @@
+"""The jobs context's public API: submit (quote + charge), read, cancel, and the guarded transitions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from sqlalchemy import Row, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.accounts.models import User
+from coordinator.billing import settlement
+from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
+from coordinator.hosts.fleet import FleetView
+from coordinator.hosts.models import Host
+from coordinator.jobs import repository as sql
+from coordinator.jobs import rules
+from coordinator.jobs.events import BUS_COMPONENT, JobBus, JobRef
+from coordinator.jobs.hooks import HookRegistry, TransitionResult, registry_of
+from coordinator.jobs.models import Job
+from coordinator.jobs.penalties import penalize
+from coordinator.runtime import Runtime
+from coordinator.telemetry import metrics
+from coordinator.workloads import rules as workload_rules
+from coordinator.workloads import service as workloads
+from coordinator.workloads.models import Workload
+
+log = structlog.get_logger(__name__)
+
+FLEET_COMPONENT = "fleet"
+
+
+# ---------------------------------------------------------------- runtime wiring
+
+
+def fleet_of(runtime: Runtime) -> FleetView | None:
+    fleet = runtime.components.get(FLEET_COMPONENT)
+    return fleet if isinstance(fleet, FleetView) else None
+
+
+def bus_of(runtime: Runtime) -> JobBus | None:
+    bus: JobBus | None = runtime.components.get(BUS_COMPONENT)
+    return bus
+
+
+def hooks(runtime: Runtime) -> HookRegistry:
+    """The runtime's after-commit hook registry, with the built-in effects registered first."""
+    registry = registry_of(runtime.components)
+    if not runtime.components.get("job_hooks_builtin"):
+        runtime.components["job_hooks_builtin"] = True
+        from coordinator.jobs.effects import builtin_hooks
+
+        for hook in builtin_hooks(runtime):
+            registry.register(hook)
+    return registry
+
+
+async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
+    """A JobRef for a transition, with the Cargo's kind and runtime from a small per-process cache."""
+    kind, runtime_name = await workload_meta(runtime, result.workload_id)
+    return JobRef(
+        job_id=result.job_id,
+        user_id=result.user_id,
+        workload_id=result.workload_id,
+        workload_kind=kind,
+        runtime=runtime_name,
+        host_id=result.host_id or result.released_host_id,
+        created_at=result.created_at,
+    )
+
+
+async def workload_meta(runtime: Runtime, workload_id: int) -> tuple[str, str]:
+    cache: dict[int, tuple[str, str]] = runtime.components.setdefault("workload_meta", {})
+    if workload_id not in cache:
+        async with runtime.db.session() as session:
+            row = (
+                await session.execute(
+                    select(Workload.kind, Workload.runtime).where(Workload.id == workload_id)
+                )
+            ).one()
+        cache[workload_id] = (row[0], row[1])
+    return cache[workload_id]
+
+
+def transition_result(row: Row[Any], from_state: str | None, **extra: Any) -> TransitionResult:
+    return TransitionResult(
+        job_id=row.id,
+        user_id=row.user_id,
+        workload_id=row.workload_id,
+        from_state=from_state,
+        to_state=row.state,
+        host_id=row.host_id,
+        attempt=row.attempt,
+        created_at=row.created_at,
+        error=row.error,
+        usage=row.usage,
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------- submit
+
+
+async def quote_budget(session: AsyncSession, user: User, workload: Workload, bid: Decimal | None) -> Decimal:
+    """The amount charged at submit. The marketplace replaces this with the full resolution order
+    (job bid → saved preference → market rate × 1.05 → base price); for now: bid, else base price."""
+    return bid if bid is not None else Decimal(workload.price_per_job)
+
+
+def needs_of(
+    workload: Workload, *, region: str | None, budget: Decimal, owner_id: int | None
+) -> rules.JobNeeds:
+    return rules.JobNeeds(
+        workload_id=workload.id,
+        slug=workload.slug,
+        runtime=workload.runtime,
+        kind=workload.kind,
+        required_ram_mb=workload.required_ram_mb or 0,
+        required_vram_mb=workload.required_vram_mb or 0,
+        required_cpu_cores=workload.required_cpu_cores or 0,
+        platforms=tuple(workload.platforms or ()),
+        region=region,
+        budget=budget,
+        owner_id=owner_id,
+    )
+
+
+async def could_ever_run(
+    session: AsyncSession, fleet: FleetView | None, needs: rules.JobNeeds, excluded: Sequence[str] = ()
+) -> bool:
+    """Whether any known, not suspended Island (in the database or the live fleet) meets the hard needs."""
+    if fleet is not None:
+        for host in fleet:
+            if (
+                host.status != "suspended"
+                and str(host.id) not in excluded
+                and rules.capable(host, needs)
+                and rules.in_region(host, needs.region)
+            ):
+                return True
+    count = await session.scalar(
+        sql.CAPABLE_HOSTS_SQL,
+        {
+            "runtime": needs.runtime,
+            "ram": needs.required_ram_mb,
+            "vram": needs.required_vram_mb,
+            "cores": needs.required_cpu_cores,
+            "region": needs.region,
+            "excluded": list(excluded),
+        },
+    )
+    return bool(count)
+
+
+def _check_submission(workload: Workload, input: Any, priority: int, region: str | None) -> None:
+    if not workload.is_enabled or workload.suspended_at is not None:
+        raise ValidationFailed("Cargo is not available", {"workload": ["is disabled"]})
+    errors = workload_rules.validate_input(workload.input_schema, input)
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not (rules.PRIORITY_MIN <= priority <= rules.PRIORITY_MAX)
+    ):
+        errors["priority"] = ["must be an integer from 0 to 100"]
+    if region is not None and (not isinstance(region, str) or not 0 < len(region) <= 50):
+        errors["region"] = ["must be a region name of at most 50 characters"]
+    if errors:
+        raise ValidationFailed("Invalid input", errors)
+
+
+async def submit_job(
+    runtime: Runtime,
+    user: User,
+    workload_slug: str,
+    input: Any,
+    *,
+    priority: int = 0,
+    budget: Decimal | str | float | None = None,
+    region: str | None = None,
+    parent_id: uuid.UUID | None = None,
+    batch_index: int | None = None,
+) -> Job:
+    """Validate, quote and charge, and insert the job as `queued` — charge and row in one transaction."""
+    bid: Decimal | None = None
+    if budget is not None:
+        bid = rules.parse_budget(budget)
+        if bid is None:
+            raise ValidationFailed("Invalid input", {"budget": ["must be a positive amount of credits"]})
+    job_id = uuid.uuid4()
+    async with runtime.db.transaction() as session:
+        workload = await workloads.get_by_slug(session, workload_slug)
+        _check_submission(workload, input, priority, region)
+        price = await quote_budget(session, user, workload, bid)
+        needs = needs_of(workload, region=region, budget=price, owner_id=user.id)
+        if not await could_ever_run(session, fleet_of(runtime), needs):
+            reason = rules.unrunnable_reason(needs)
+            raise ValidationFailed(reason, {"workload": [reason]})
+        row = await session.execute(
+            sql.INSERT_JOB_SQL,
+            {
+                "id": job_id,
+                "user_id": user.id,
+                "workload_id": workload.id,
+                "input": input,
+                "priority": priority,
+                "region": region,
+                "budget": price,
+                "max_attempts": runtime.settings.job_max_attempts,
+                "parent_id": parent_id,
+                "batch_index": batch_index,
+            },
+        )
+        created_at = row.scalar_one()
+        balance = await settlement.charge_for_submission(session, user.id, job_id, price)
+        if balance is None:
+            available = await session.scalar(select(User.credits).where(User.id == user.id))
+            raise InsufficientCredits(
+                f"Insufficient credits: this job costs {price.normalize():f} credits, "
+                f"your balance is {Decimal(available or 0).normalize():f}"
+            )
+    metrics.jobs_submitted.labels(workload=workload.slug).inc()
+    await hooks(runtime).run(
+        TransitionResult(job_id, user.id, workload.id, None, rules.QUEUED, None, 0, created_at)
+    )
+    # The row as inserted, without reading it back (submit is a hot path).
+    return Job(
+        id=job_id,
+        user_id=user.id,
+        workload_id=workload.id,
+        state=rules.QUEUED,
+        input=input,
+        output=None,
+        error=None,
+        priority=priority,
+        host_id=None,
+        attempt=0,
+        max_attempts=runtime.settings.job_max_attempts,
+        region=region,
+        budget=price,
+        charged=price,
+        refunded=Decimal(0),
+        usage=None,
+        placement=None,
+        parent_id=parent_id,
+        batch_index=batch_index,
+        started_at=None,
+        completed_at=None,
+        settled_at=None,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+# ---------------------------------------------------------------- read
+
+
+def parse_job_id(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, AttributeError):
+        return None
+
+
+async def get_job(session: AsyncSession, user: User, job_id: str) -> tuple[Job, str]:
+    """The caller's job and its Cargo slug; any other id (malformed, unknown, someone else's) → 404."""
+    parsed = parse_job_id(job_id)
+    if parsed is None:
+        raise NotFound("Job not found")
+    query = select(Job, Workload.slug).join(Workload, Workload.id == Job.workload_id).where(Job.id == parsed)
+    if not user.is_admin:
+        query = query.where(Job.user_id == user.id)
+    row = (await session.execute(query)).one_or_none()
+    if row is None:
+        raise NotFound("Job not found")
+    return row[0], row[1]
+
+
+async def list_jobs(
+    session: AsyncSession, user: User, *, limit: int, offset: int
+) -> tuple[list[tuple[Job, str]], int]:
+    """The caller's jobs, newest first, and how many there are in total."""
+    total = await session.scalar(select(func.count()).select_from(Job).where(Job.user_id == user.id))
+    rows = await session.execute(
+        select(Job, Workload.slug)
+        .join(Workload, Workload.id == Job.workload_id)
+        .where(Job.user_id == user.id)
+        .order_by(Job.created_at.desc(), Job.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [(r[0], r[1]) for r in rows], int(total or 0)
+
+
+async def queue_position(session: AsyncSession, job: Job) -> int | None:
+    """1-based place in the queue of a waiting job; None once it has left the queue."""
+    if job.state != rules.QUEUED:
+        return None
+    ahead = await session.scalar(
+        sql.QUEUE_POSITION_SQL, {"priority": job.priority, "created_at": job.created_at}
+    )
+    return int(ahead or 0) + 1
+
+
+# ---------------------------------------------------------------- transitions
+
+
+async def _settle(session: AsyncSession, row: Row[Any]) -> None:
+    """Money of a terminal transition, in its transaction: success pays the clearing price, else refund."""
+    budget = Decimal(row.budget)
+    if row.state == rules.SUCCEEDED:
+        owner_id = None
+        if row.host_id is not None:
+            owner_id = await session.scalar(select(Host.owner_id).where(Host.id == row.host_id))
+        paid = await settlement.settle_success(
+            session,
+            job_id=row.id,
+            user_id=row.user_id,
+            budget=budget,
+            clearing_price=Decimal(row.clearing_price if row.clearing_price is not None else budget),
+            host_id=row.host_id,
+            host_owner_id=owner_id,
+        )
+        charged, refunded = paid.paid, paid.refunded
+    else:
+        await settlement.refund_in_full(
+            session, job_id=row.id, user_id=row.user_id, amount=budget, reason=f"job {row.state}"
+        )
+        charged, refunded = Decimal(0), budget
+    await session.execute(sql.RECORD_SETTLEMENT_SQL, {"id": row.id, "charged": charged, "refunded": refunded})
+
+
+async def finish_in(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    to_state: str,
+    *,
+    host_id: uuid.UUID | None = None,
+    error: str | None = None,
+    usage: dict[str, Any] | None = None,
+    output: str | None = None,
+) -> TransitionResult | None:
+    """Move a job to a terminal state and settle its money, inside the caller's transaction.
+
+    With `host_id`, only the Island the job is assigned to can do it. None when the move does not apply
+    (already terminal, requeued elsewhere, unknown job): a duplicate or late message changes nothing."""
+    sources = rules.sources_of(to_state)
+    row = (
+        await session.execute(
+            sql.FINISH_SQL,
+            {
+                "id": job_id,
+                "to_state": to_state,
+                "from_states": list(sources),
+                "host_id": host_id,
+                "error": error,
+                "usage": usage,
+                "output": output,
+            },
+        )
+    ).first()
+    if row is None:
+        return None
+    await _settle(session, row)
+    return transition_result(row, row.old_state, released_host_id=row.host_id)
+
+
+async def finish_job(
+    runtime: Runtime,
+    job_id: uuid.UUID,
+    to_state: str,
+    *,
+    host_id: uuid.UUID | None = None,
+    error: str | None = None,
+    usage: dict[str, Any] | None = None,
+    output: str | None = None,
+) -> TransitionResult | None:
+    async with runtime.db.transaction() as session:
+        result = await finish_in(
+            session, job_id, to_state, host_id=host_id, error=error, usage=usage, output=output
+        )
+        if result is not None and to_state == rules.FAILED and host_id is not None:
+            if rules.failure_is_islands_fault(error):
+                await penalize(session, host_id, -1, "job_failed", job_id)
+    if result is not None:
+        await hooks(runtime).run(result)
+    return result
+
+
+async def start_job(runtime: Runtime, job_id: uuid.UUID, host_id: uuid.UUID) -> TransitionResult | None:
+    """assigned → running on the Island's `started` (or `streaming`); None if it does not apply."""
+    async with runtime.db.transaction() as session:
+        row = (
+            await session.execute(
+                sql.START_SQL,
+                {"id": job_id, "host_id": host_id, "extend": runtime.settings.job_lease_seconds},
+            )
+        ).first()
+    if row is None:
+        return None
+    result = transition_result(row, rules.ASSIGNED)
+    await hooks(runtime).run(result)
+    return result
+
+
+async def extend_lease(runtime: Runtime, job_id: uuid.UUID, host_id: uuid.UUID, seconds: int) -> bool:
+    async with runtime.db.transaction() as session:
+        row = (
+            await session.execute(sql.EXTEND_LEASE_SQL, {"id": job_id, "host_id": host_id, "extend": seconds})
+        ).first()
+    return row is not None
+
+
+async def cancel_job(runtime: Runtime, user: User, job_id: str) -> tuple[Job, str]:
+    """Cancel at once (full refund) and tell the Island; a job already terminal is returned unchanged."""
+    async with runtime.db.session() as session:
+        job, _ = await get_job(session, user, job_id)
+    if not rules.is_terminal(job.state):
+        async with runtime.db.transaction() as session:
+            result = await finish_in(session, job.id, rules.CANCELLED, error="cancelled by the owner")
+        if result is not None:
+            if result.released_host_id is not None and (bus := bus_of(runtime)) is not None:
+                await best_effort(
+                    bus.publish_cancel(result.released_host_id, job.id), "publish_cancel", job.id
+                )
+            await hooks(runtime).run(result)
+    async with runtime.db.session() as session:
+        return await get_job(session, user, job_id)
+
+
+async def best_effort(awaitable: Any, what: str, job_id: uuid.UUID) -> None:
+    """A best-effort message after commit: the durable state is already right if it fails."""
+    try:
+        await awaitable
+    except Exception as exc:
+        log.warning("jobs.bus_failed", what=what, job_id=str(job_id), error=repr(exc))

@@ -1,0 +1,121 @@
+"""The JOB_STATUS durable pull consumer: `host.*.status` → job transitions, shared by every replica.
+
+Each message is acknowledged once applied (a duplicate changes nothing). A malformed one is acknowledged,
+logged and counted. A transient failure (database down) is redelivered a bounded number of times."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+
+from coordinator.nats.job_handler import intake_of, sender
+from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
+from coordinator.protocol import messages, subjects
+from coordinator.protocol.codec import ProtocolError
+from coordinator.runtime import Runtime
+from coordinator.supervisor import Child
+from coordinator.telemetry import metrics
+
+log = structlog.get_logger(__name__)
+
+MAX_DELIVER = STATUS_MAX_DELIVER
+BATCH = 100
+LONG_POLL_SECONDS = 5.0
+CONCURRENCY = 8
+
+
+def job_key(payload: bytes) -> str | None:
+    """The job a status message is about, for ordering (None when unparsable: handled on its own)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
+    """Apply one JobStatus; raises only on a transient failure worth a redelivery."""
+    metrics.nats_messages.labels(subject_class="status").inc()
+    try:
+        status = messages.parse_status(payload)
+        if not await intake_of(runtime).status(sender(subject), status.job_id, status.state, status.error):
+            raise ProtocolError(f"unknown state {status.state!r}")
+    except ProtocolError as exc:
+        metrics.nats_malformed.labels(subject_class="status").inc()
+        log.warning("nats.malformed", subject=subject, error=str(exc))
+
+
+class StatusConsumerChild(Child):
+    name = "status_consumer"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        nc = self.runtime.nats
+        if nc is None:
+            raise RuntimeError("NATS is not connected")
+        js = nc.jetstream()
+        await ensure_streams(js)
+        psub = await js.pull_subscribe(
+            subjects.STATUS_SUBJECTS,
+            durable=subjects.STATUS_CONSUMER,
+            stream=subjects.STATUS_STREAM,
+            config=status_consumer_config(),
+        )
+        ready()
+        try:
+            while True:
+                # Long-poll for one message (a batch long-poll would wait for the batch to fill), then
+                # drain whatever is already waiting with short no-wait fetches.
+                msgs = await self._fetch(psub, 1, LONG_POLL_SECONDS)
+                while msgs:
+                    await self._process_batch(msgs)
+                    msgs = await self._fetch(psub, BATCH, 0.05)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    @staticmethod
+    async def _fetch(psub: Any, batch: int, wait: float) -> list[Any]:
+        try:
+            msgs: list[Any] = await psub.fetch(batch, timeout=wait)
+        except (TimeoutError, NatsTimeout):
+            return []
+        return msgs
+
+    async def _process_batch(self, msgs: list[Any]) -> None:
+        """Messages of one job in order; different jobs concurrently (bounded by the pool)."""
+        by_job: dict[str, list[Any]] = {}
+        for index, msg in enumerate(msgs):
+            by_job.setdefault(job_key(msg.data) or f"#{index}", []).append(msg)
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def in_order(group: list[Any]) -> None:
+            async with gate:
+                for msg in group:
+                    await self._process(msg)
+
+        await asyncio.gather(*(in_order(group) for group in by_job.values()))
+
+    async def _process(self, msg: Any) -> None:
+        delivered = msg.metadata.num_delivered
+        if delivered > 1:
+            metrics.nats_redeliveries.labels(stream=subjects.STATUS_STREAM).inc()
+        try:
+            await apply_status(self.runtime, msg.subject, msg.data)
+        except Exception:
+            log.exception("nats.status_failed", subject=msg.subject, delivered=delivered)
+            if delivered < MAX_DELIVER:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1)
+                return
+        with contextlib.suppress(Exception):
+            await msg.ack()

@@ -1,0 +1,235 @@
+"""Topic fan-out: in-process subscribers with bounded queues, bridged across replicas over NATS core.
+
+Each event carries a per-topic `position` (1, 2, 3… for a job) so a consumer can replay stored events
+and then continue live without gaps or duplicates: subscribe first, replay, skip live positions ≤ the
+last replayed one, and re-read the store when a live position jumps ahead (a gap).
+
+Overflow policy: publishing never waits. A subscriber whose queue is full is dropped from its topic and
+marked `overflowed`; it keeps what is already queued, then `get()` raises `SubscriberOverflow`. The
+consumer re-subscribes and replays from its last position (the SSE stream does exactly that), so a slow
+client costs only itself.
+
+Across replicas: every replica publishes each local event once on `coordinator.pubsub.<topic-b64>` and
+delivers the events of the other replicas locally; its own echoes are recognised by the replica id header
+and dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from coordinator.runtime import Runtime
+from coordinator.supervisor import Child
+
+log = structlog.get_logger(__name__)
+
+PUBSUB_COMPONENT = "pubsub"
+SUBJECT_PREFIX = "coordinator.pubsub"
+REPLICA_HEADER = "Coordinator-Replica"
+POSITION_HEADER = "Coordinator-Position"
+DEFAULT_QUEUE_SIZE = 2048
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, raw UTF-8 — the one encoding used on the SSE wire and in the bridge."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_topic(job_id: uuid.UUID | str) -> str:
+    return f"job:{job_id}"
+
+
+def topic_subject(topic: str) -> str:
+    """A NATS subject for any topic string (base64url keeps `.`, `*`, `>` and spaces out of tokens)."""
+    token = base64.urlsafe_b64encode(topic.encode()).decode().rstrip("=")
+    return f"{SUBJECT_PREFIX}.{token}"
+
+
+def subject_topic(subject: str) -> str | None:
+    token = subject.rpartition(".")[2]
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a topic: its payload (client-facing JSON object) encoded once for every subscriber."""
+
+    topic: str
+    position: int
+    payload: dict[str, Any]
+    encoded: str
+
+    @classmethod
+    def make(cls, topic: str, position: int, payload: dict[str, Any]) -> Event:
+        return cls(topic, position, payload, dumps(payload))
+
+    @property
+    def is_final(self) -> bool:
+        return self.payload.get("type") in ("done", "error")
+
+
+class SubscriberOverflow(Exception):
+    """The subscriber fell too far behind and was dropped; re-subscribe and replay from the last position."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    topic: str
+    queue: asyncio.Queue[Event] = field(repr=False)
+    _pubsub: PubSub = field(repr=False)
+    overflowed: bool = False
+    closed: bool = False
+
+    async def get(self, wait: float | None = None) -> Event | None:
+        """The next event, or None after `wait` seconds without one."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()  # the hot path: no timer, no task
+        if self.overflowed:
+            raise SubscriberOverflow(self.topic)
+        try:
+            return await asyncio.wait_for(self._next(), wait)
+        except TimeoutError:
+            if self.overflowed and self.queue.empty():
+                raise SubscriberOverflow(self.topic) from None
+            return None
+
+    async def _next(self) -> Event:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._pubsub._remove(self)
+
+
+class PubSub:
+    """The process's topic hub. `publish` delivers locally at once and forwards to other replicas."""
+
+    def __init__(self, replica_id: str | None = None, *, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        self.replica_id = replica_id or uuid.uuid4().hex
+        self.queue_size = queue_size
+        self._topics: dict[str, set[Subscription]] = {}
+        self._nc: Any = None
+        self.overflows = 0
+        self.remote_received = 0
+
+    def subscribe(self, topic: str) -> Subscription:
+        sub = Subscription(topic, asyncio.Queue(self.queue_size), self)
+        self._topics.setdefault(topic, set()).add(sub)
+        return sub
+
+    def subscribers(self, topic: str) -> int:
+        return len(self._topics.get(topic, ()))
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._topics.get(sub.topic)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._topics[sub.topic]
+
+    def deliver(self, event: Event) -> None:
+        """Hand an event to this process's subscribers; a full queue drops that subscriber only."""
+        subs = self._topics.get(event.topic)
+        if not subs:
+            return
+        for sub in list(subs):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.overflowed = True
+                self.overflows += 1
+                self._remove(sub)
+                log.warning("pubsub.subscriber_overflow", topic=event.topic, position=event.position)
+
+    async def publish(self, event: Event) -> None:
+        self.deliver(event)
+        nc = self._nc
+        if nc is None:
+            return
+        headers = {REPLICA_HEADER: self.replica_id, POSITION_HEADER: str(event.position)}
+        try:
+            await nc.publish(topic_subject(event.topic), event.encoded.encode(), headers=headers)
+        except Exception as exc:  # the local delivery stands; remote consumers fill the gap from the store
+            log.warning("pubsub.bridge_publish_failed", topic=event.topic, error=repr(exc))
+
+    async def attach(self, nc: Any) -> Any:
+        """Bridge this hub over a NATS connection; returns the subscription (to unsubscribe on stop)."""
+
+        async def on_remote(msg: Any) -> None:
+            headers = msg.headers or {}
+            if headers.get(REPLICA_HEADER) == self.replica_id:
+                return
+            topic = subject_topic(msg.subject)
+            try:
+                position = int(headers.get(POSITION_HEADER, ""))
+                payload = json.loads(msg.data)
+            except ValueError:
+                log.warning("pubsub.malformed_remote_event", subject=msg.subject)
+                return
+            if topic is None or not isinstance(payload, dict):
+                log.warning("pubsub.malformed_remote_event", subject=msg.subject)
+                return
+            self.remote_received += 1
+            self.deliver(Event(topic, position, payload, msg.data.decode()))
+
+        sub = await nc.subscribe(f"{SUBJECT_PREFIX}.>", cb=on_remote)
+        await nc.flush()  # the server knows the interest before this replica reports itself bridged
+        self._nc = nc
+        return sub
+
+    def detach(self) -> None:
+        self._nc = None
+
+
+def pubsub_of(components: dict[str, Any]) -> PubSub:
+    """The runtime's hub (created on first use, so contexts and tests work without the supervisor)."""
+    hub = components.get(PUBSUB_COMPONENT)
+    if hub is None:
+        hub = components[PUBSUB_COMPONENT] = PubSub()
+    assert isinstance(hub, PubSub)
+    return hub
+
+
+class PubSubChild(Child):
+    """Registers the hub and, while the process's NATS connection exists, bridges it across replicas."""
+
+    name = "pubsub"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        components = self.runtime.components
+        if PUBSUB_COMPONENT not in components:
+            components[PUBSUB_COMPONENT] = PubSub(queue_size=self.runtime.settings.pubsub_queue_size)
+        hub = pubsub_of(components)
+        ready()
+        bridged: Any = None
+        try:
+            while True:
+                # The NATS connection starts later in the tree (and may be replaced): follow it.
+                nc = self.runtime.nats
+                if bridged is None and nc is not None:
+                    bridged = (nc, await hub.attach(nc))
+                elif bridged is not None and nc is not bridged[0]:
+                    hub.detach()
+                    bridged = None
+                    continue
+                await asyncio.sleep(0.05 if bridged is None else 1.0)
+        finally:
+            hub.detach()
+            if bridged is not None:
+                with contextlib.suppress(Exception):
+                    await bridged[1].unsubscribe()

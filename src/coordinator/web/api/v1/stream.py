@@ -1,0 +1,29 @@
+"""`GET /api/v1/jobs/{id}/stream`: the job's events as Server-Sent Events (client-api §7)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import StreamingResponse
+
+from coordinator.accounts.service import Principal
+from coordinator.jobs import rules
+from coordinator.jobs import service as jobs
+from coordinator.web.auth import get_runtime, require_read
+from coordinator.web.sse import job_stream_body, sse_response
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get(
+    "/api/v1/jobs/{job_id}/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 401: {}, 404: {}},
+)
+async def stream_job(
+    job_id: str, request: Request, principal: Principal = Depends(require_read)
+) -> StreamingResponse:
+    """Replay every event of the caller's job, then follow it live; closes after `done` or `error`."""
+    runtime = get_runtime(request)
+    async with runtime.db.session() as session:
+        job, _ = await jobs.get_job(session, principal.user, job_id)
+    return sse_response(job_stream_body(runtime, job.id, maybe_terminal=rules.is_terminal(job.state)))

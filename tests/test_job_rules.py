@@ -1,0 +1,162 @@
+"""Pure job rules: the state table, status mappings, placement filters and scores, ageing."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from coordinator.hosts.fleet import HostView
+from coordinator.jobs import rules
+
+ALLOWED = {
+    ("queued", "assigned"),
+    ("queued", "cancelled"),
+    ("queued", "failed"),
+    ("assigned", "running"),
+    ("assigned", "queued"),
+    ("assigned", "cancelled"),
+    ("assigned", "failed"),
+    ("running", "succeeded"),
+    ("running", "failed"),
+    ("running", "cancelled"),
+    ("running", "timeout"),
+    ("running", "queued"),
+}
+
+
+@pytest.mark.parametrize("move", list(itertools.product(rules.STATES, rules.STATES)))
+def test_every_move_of_the_state_table(move: tuple[str, str]) -> None:
+    assert rules.can_move(*move) is (move in ALLOWED)
+
+
+def test_nothing_leaves_a_terminal_state() -> None:
+    for state in rules.TERMINAL:
+        assert all(not rules.can_move(state, other) for other in rules.STATES)
+
+
+def test_sources_are_the_guard_of_each_update() -> None:
+    assert set(rules.sources_of("succeeded")) == {"running"}
+    assert set(rules.sources_of("cancelled")) == {"queued", "assigned", "running"}
+    assert set(rules.sources_of("queued")) == {"assigned", "running"}
+
+
+def test_public_status_uses_only_the_sdk_enum() -> None:
+    assert {s: rules.public_status(s) for s in rules.STATES} == {
+        "queued": "pending",
+        "assigned": "queued",
+        "running": "running",
+        "succeeded": "completed",
+        "failed": "failed",
+        "cancelled": "cancelled",
+        "timeout": "timeout",
+    }
+
+
+def test_island_states_map_with_aliases() -> None:
+    assert rules.island_state("started") == rules.island_state("streaming") == "running"
+    assert rules.island_state("succeeded") == rules.island_state("completed") == "succeeded"
+    assert rules.island_state("failed") == "failed" and rules.island_state("cancelled") == "cancelled"
+    assert rules.island_state("exploded") is None
+
+
+def test_island_fault_classification() -> None:
+    assert rules.failure_is_islands_fault("Failed to ensure container image")
+    assert rules.failure_is_islands_fault("Job x requires Docker but Docker is not available. Install Docker")
+    assert not rules.failure_is_islands_fault("Container crash: General error (application failure)")
+    assert not rules.failure_is_islands_fault(None)
+
+
+def test_ageing_lets_an_old_low_priority_job_overtake() -> None:
+    assert rules.effective_priority(0, 1010) > rules.effective_priority(100, 0)
+    assert rules.effective_priority(5, 0) == 5
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2.5", Decimal("2.5")),
+        (3, Decimal(3)),
+        (0.1, Decimal("0.1")),
+        ("0", None),
+        (-1, None),
+        ("x", None),
+        (True, None),
+        ("NaN", None),
+        ("Infinity", None),
+    ],
+)
+def test_budget_parsing(raw: object, expected: Decimal | None) -> None:
+    assert rules.parse_budget(raw) == expected
+
+
+def host(**kw: object) -> HostView:
+    values: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "status": "online",
+        "approved": True,
+        "ram_mb": 16384,
+        "cpu_cores": 8,
+        "max_concurrent": 4,
+    }
+    values.update(kw)
+    return HostView(**values)  # type: ignore[arg-type]
+
+
+NEEDS = rules.JobNeeds(
+    workload_id=7,
+    slug="llm-chat",
+    runtime="container",
+    kind="chat",
+    required_ram_mb=2048,
+    budget=Decimal(1),
+    owner_id=1,
+)
+
+
+def test_hard_filters() -> None:
+    assert rules.eligible(host(), NEEDS)
+    assert not rules.eligible(host(approved=False), NEEDS)
+    assert not rules.eligible(host(status="suspended"), NEEDS)
+    assert not rules.eligible(host(supported_runtimes=("wasm",)), NEEDS)
+    assert not rules.eligible(host(ram_mb=1024), NEEDS)
+    assert not rules.eligible(host(asking_prices={"llm-chat": Decimal(2)}), NEEDS)
+    assert rules.eligible(host(asking_prices={"_default": Decimal("0.5")}), NEEDS)
+    assert not rules.eligible(host(owner_id=1), NEEDS)  # no self-dealing on paid jobs
+    excluded = host()
+    assert not rules.eligible(
+        excluded, rules.JobNeeds(**{**NEEDS.__dict__, "excluded_host_ids": frozenset({str(excluded.id)})})
+    )
+    gpu = dataclasses.replace(NEEDS, required_vram_mb=6144)
+    assert not rules.eligible(host(gpu_vram_mb=None), gpu) and rules.eligible(host(gpu_vram_mb=8192), gpu)
+    regional = dataclasses.replace(NEEDS, region="eu")
+    assert rules.eligible(host(region="eu-west"), regional) and not rules.eligible(
+        host(region="us"), regional
+    )
+    assert not rules.eligible(host(region=None), regional)
+
+
+def test_score_terms_are_normalised_and_warm_wins() -> None:
+    cold, warm = host(), host(warm_workload_ids=frozenset({"7"}))
+    for h in (cold, warm):
+        assert all(0.0 <= v <= 1.0 for v in rules.score_terms(h, NEEDS).values())
+    chosen = rules.choose_host([cold, warm], NEEDS)
+    assert chosen is not None and chosen.host_id == warm.id and chosen.terms["warm"] == 1.0
+
+
+def test_ties_go_to_the_island_idle_longest_and_full_islands_are_skipped() -> None:
+    recent, idle = host(idle_since_monotonic=100.0), host(idle_since_monotonic=5.0)
+    full = host(warm_workload_ids=frozenset({"7"}), reserved=4)
+    chosen = rules.choose_host([recent, full, idle], NEEDS)
+    assert chosen is not None and chosen.host_id == idle.id
+    assert rules.choose_host([full], NEEDS) is None
+
+
+def test_clearing_price_is_the_ask_capped_at_the_budget() -> None:
+    assert rules.clearing_price(Decimal("0.4"), Decimal(1)) == Decimal("0.4")
+    assert rules.clearing_price(Decimal(3), Decimal(1)) == Decimal(1)
+    assert rules.clearing_price(None, Decimal(1)) == Decimal(1)
+    assert rules.asking_price(host(asking_prices={"_default": "0.7"}), "x") == Decimal("0.7")  # type: ignore[dict-item]

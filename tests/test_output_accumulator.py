@@ -1,0 +1,229 @@
+"""The output accumulator per runtime convention (island-protocol §4.7–4.9), against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+from sqlalchemy import text
+
+from coordinator.jobs.events import JobRef
+from coordinator.pubsub import Subscription, job_topic, pubsub_of
+from tests.stream_support import Stack, finish, job_of, running_job, set_runtime, stream_stack
+
+
+@pytest_asyncio.fixture
+async def stack(database_url: str) -> AsyncIterator[Stack]:
+    async with stream_stack(database_url) as s:
+        yield s
+
+
+async def drain(sub: Subscription, until_final: bool = True, wait: float = 3.0) -> list[dict[str, Any]]:
+    """Every event delivered to a subscriber (up to the final one), with its position checked."""
+    events: list[dict[str, Any]] = []
+    positions: list[int] = []
+    while True:
+        event = await sub.get(wait)
+        if event is None:
+            assert not until_final, f"no final event; got {events}"
+            break
+        positions.append(event.position)
+        events.append(event.payload)
+        if until_final and event.is_final:
+            break
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    return events
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+async def stored(stack: Stack, ref: JobRef) -> list[tuple[int, dict[str, Any]]]:
+    await stack.accumulator.flush()
+    async with stack.runtime.db.session() as session:
+        rows = await session.execute(
+            text("SELECT position, event FROM job_events WHERE job_id = :id ORDER BY position"),
+            {"id": ref.job_id},
+        )
+        return [(int(r[0]), r[1]) for r in rows]
+
+
+async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_ends_the_text(
+    stack: Stack,
+) -> None:
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic((ref := await running_job(stack)).job_id))
+    sink = stack.accumulator
+    await sink.on_output(ref, 3, "c", False)
+    await sink.on_output(ref, 1, "a", False)
+    await sink.on_output(ref, 1, "a", False)  # duplicate
+    await sink.on_output(ref, 2, "b", False)
+    await sink.on_output(ref, 4, "", True)
+    await finish(stack, ref, usage={"prompt_tokens": 4, "completion_tokens": 3})
+    events = await drain(sub)
+    assert kinds(events) == ["token", "token", "token", "status", "done"]
+    assert [e["content"] for e in events[:3]] == ["a", "b", "c"]
+    assert events[3] == {"type": "status", "content": "completed"}
+    assert events[4]["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": 3,
+        "total_tokens": 7,
+        "credits_used": 1.0,
+    }
+    job = await job_of(stack.runtime, ref.job_id)
+    assert job.output == "abc"
+    rows = await stored(stack, ref)
+    # Everything since assignment, stored in order with contiguous positions: queued, running, tokens…
+    assert [p for p, _ in rows] == list(range(1, len(rows) + 1))
+    assert [e for _, e in rows][-5:] == events
+    assert [e["content"] for _, e in rows[:2]] == ["queued", "running"]
+
+
+async def test_gguf_done_chunk_gives_usage_and_is_not_text(stack: Stack) -> None:
+    await set_runtime(stack.runtime, "llm-chat", "llmcpp")
+    ref = await running_job(stack)
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sink = stack.accumulator
+    await sink.on_output(ref, 0, "Hel", False)
+    await sink.on_output(ref, 1, "lo", False)
+    await sink.on_output(ref, 2, '{"type":"done","usage":{"completion_tokens":2}}', True)
+    await finish(stack, ref)
+    events = await drain(sub)
+    assert [e.get("content") for e in events if e["type"] == "token"] == ["Hel", "lo"]
+    assert events[-1] == {
+        "type": "done",
+        "usage": {"prompt_tokens": 0, "completion_tokens": 2, "total_tokens": 2, "credits_used": 1.0},
+    }
+    job = await job_of(stack.runtime, ref.job_id)
+    assert job.output == "Hello"
+    assert job.usage == {"completion_tokens": 2, "total_tokens": 2}
+
+
+async def test_onnx_single_final_chunk_is_the_json_result(stack: Stack) -> None:
+    ref = await running_job(stack, "sentiment", {"text": "great"})
+    result = '{"label":"LABEL_1","score":0.98,"scores":[0.02,0.98],"task":"text-classification"}'
+    await stack.accumulator.on_output(ref, 0, result, True)
+    await finish(stack, ref)
+    job = await job_of(stack.runtime, ref.job_id)
+    assert job.output == result
+    assert json.loads(job.output)["label"] == "LABEL_1"
+
+
+async def test_terminal_status_overtaking_output_waits_for_the_last_chunks(stack: Stack) -> None:
+    ref = await running_job(stack)
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sink = stack.accumulator
+    await sink.on_output(ref, 1, "one ", False)
+    await finish(stack, ref)  # `succeeded` processed before the last chunks
+    await sink.on_output(ref, 3, "three", False)
+    await sink.on_output(ref, 2, "two ", False)
+    await sink.on_output(ref, 4, "", True)
+    events = await drain(sub)
+    assert kinds(events) == ["token", "token", "token", "status", "done"]
+    assert "".join(e["content"] for e in events[:3]) == "one two three"
+    assert (await job_of(stack.runtime, ref.job_id)).output == "one two three"
+
+
+async def test_diffusers_progress_after_the_image_does_not_break_order_or_finalisation(stack: Stack) -> None:
+    await set_runtime(stack.runtime, "sdxl", "diffusers")
+    ref = await running_job(stack, "sdxl", {"prompt": "a cat"})
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sink = stack.accumulator
+    await sink.on_progress(ref, 0, 3)
+    await sink.on_progress(ref, 2, 3)  # fire-and-forget steps arrive out of order
+    await sink.on_progress(ref, 1, 3)
+    await sink.on_image(ref, "iVBORw0KGgo=", "png", 512, 512, 7)
+    await finish(stack, ref)
+    await sink.on_progress(ref, 3, 3)  # straggler after the image and `succeeded`
+    events = await drain(sub)
+    assert kinds(events) == ["progress", "progress", "progress", "image", "status", "done"]
+    assert events[3] == {
+        "type": "image",
+        "image_data": "iVBORw0KGgo=",
+        "format": "png",
+        "width": 512,
+        "height": 512,
+    }
+    assert await sub.get(0.3) is None  # nothing after `done`
+    job = await job_of(stack.runtime, ref.job_id)
+    assert json.loads(job.output or "") == {
+        "image_data": "iVBORw0KGgo=",
+        "format": "png",
+        "width": 512,
+        "height": 512,
+        "seed": 7,
+    }
+
+
+async def test_missing_final_chunk_finalises_after_the_grace_period(stack: Stack) -> None:
+    ref = await running_job(stack)
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    await stack.accumulator.on_output(ref, 1, "partial", False)
+    await stack.accumulator.on_output(ref, 3, " tail", False)  # seq 2 and the final chunk are lost
+    started = asyncio.get_running_loop().time()
+    await finish(stack, ref)
+    events = await drain(sub)
+    waited = asyncio.get_running_loop().time() - started
+    assert kinds(events) == ["token", "token", "status", "done"]
+    assert waited >= stack.runtime.settings.output_grace_seconds * 0.9
+    assert (await job_of(stack.runtime, ref.job_id)).output == "partial tail"
+
+
+async def test_failure_ends_with_an_error_event_carrying_the_islands_message(stack: Stack) -> None:
+    ref = await running_job(stack)
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    await stack.accumulator.on_output(ref, 1, "x", False)
+    await finish(stack, ref, "failed", error="Container crash: General error (application failure)")
+    await stack.accumulator.on_output(ref, 2, "late", False)
+    events = await drain(sub)
+    assert events == [
+        {"type": "token", "content": "x"},
+        {"type": "status", "content": "failed"},
+        {"type": "error", "error": "Container crash: General error (application failure)"},
+    ]
+    assert await sub.get(0.2) is None
+
+
+async def test_positions_continue_after_a_restart_of_the_accumulator(stack: Stack) -> None:
+    from coordinator.jobs.output import OutputAccumulator
+
+    ref = await running_job(stack)
+    await stack.accumulator.on_output(ref, 1, "a", False)
+    before = await stored(stack, ref)
+    fresh = OutputAccumulator(stack.runtime)
+    await fresh.on_status(ref, "running")
+    await fresh.flush()
+    after = await stored(stack, ref)
+    assert [p for p, _ in after] == list(range(1, len(before) + 2))
+    assert after[-1][1] == {"type": "status", "content": "running"}
+
+
+async def test_final_output_waits_for_the_last_chunks_when_the_status_overtook_them(stack: Stack) -> None:
+    ref = await running_job(stack)
+    sink = stack.accumulator
+    await sink.on_output(ref, 1, "to", False)
+
+    async def late_chunks() -> None:
+        await asyncio.sleep(0.1)
+        await sink.on_output(ref, 2, "day", False)
+        await sink.on_output(ref, 3, "", True)
+
+    producer = asyncio.create_task(late_chunks())
+    assert await sink.final_output(ref, 2.0) == "today"
+    await producer
+    # Without its last piece, the wait is bounded and gives what has arrived.
+    other = await running_job(stack)
+    await sink.on_output(other, 1, "half", False)
+    assert await sink.final_output(other, 0.1) == "half"
+
+
+async def test_idle_streams_are_forgotten_once_stored(stack: Stack) -> None:
+    ref = await running_job(stack)
+    await stack.accumulator.on_output(ref, 1, "a", False)
+    assert stack.accumulator.sweep_idle(0.0) == 0  # buffered events are never dropped
+    await stack.accumulator.flush()
+    assert stack.accumulator.sweep_idle(0.0) == 1
+    assert stack.accumulator.pending(ref.job_id) == []

@@ -1,0 +1,161 @@
+"""`GET /api/v1/jobs/{id}/stream` over real HTTP, read as httpx-sse (py SDK) and as the js SDK reads it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+
+from coordinator.jobs.events import JobRef
+from tests.factories import make_consumer
+from tests.stream_support import (
+    Stack,
+    finish,
+    job_of,
+    parse_like_js,
+    read_like_py,
+    read_raw,
+    running_job,
+    stream_stack,
+)
+
+
+@pytest_asyncio.fixture
+async def stack(database_url: str) -> AsyncIterator[Stack]:
+    async with stream_stack(database_url) as s:
+        yield s
+
+
+def path(ref: JobRef) -> str:
+    return f"/api/v1/jobs/{ref.job_id}/stream"
+
+
+async def produce(
+    stack: Stack, ref: JobRef, tokens: list[str], *, first_seq: int = 1, pause: float = 0
+) -> None:
+    for i, token in enumerate(tokens):
+        await stack.accumulator.on_output(ref, first_seq + i, token, False)
+        if pause:
+            await asyncio.sleep(pause)
+
+
+async def complete(stack: Stack, ref: JobRef, n_tokens: int, *, delay: float = 0) -> None:
+    if delay:
+        await asyncio.sleep(delay)
+    await stack.accumulator.on_output(ref, n_tokens + 1, "", True)
+    await finish(stack, ref, usage={"prompt_tokens": 2, "completion_tokens": n_tokens})
+
+
+def check_wire(raw: str) -> None:
+    """client-api §7.2: bare `data: ` frames with one-line JSON, comments only as keep-alives."""
+    assert "\r" not in raw
+    assert raw.endswith("\n\n")
+    for block in raw.split("\n\n")[:-1]:
+        assert block.startswith("data: {") or block == ": keepalive", block
+        assert "\n" not in block
+    for forbidden in ("event:", "id:", "retry:", "[DONE]"):
+        assert f"\n{forbidden}" not in "\n" + raw
+
+
+async def test_replays_tokens_produced_before_connecting_then_follows_live_and_closes_after_done(
+    stack: Stack,
+) -> None:
+    ref = await running_job(stack)
+    await produce(stack, ref, ["Hel", "lo"])
+    await stack.accumulator.flush()  # some stored …
+    await produce(stack, ref, [","], first_seq=3)  # … and some still only in memory
+    later = asyncio.create_task(produce(stack, ref, [" wor", "ld"], first_seq=4, pause=0.05))
+    finisher = asyncio.create_task(complete(stack, ref, 5, delay=0.4))
+    status, content_type, raw = await read_raw(stack.http, path(ref), stack.consumer.headers)
+    await later
+    await finisher
+    assert status == 200
+    assert content_type.startswith("text/event-stream")
+    check_wire(raw)
+    events = parse_like_js(raw)
+    assert [e["type"] for e in events] == [
+        "status",
+        "status",
+        "token",
+        "token",
+        "token",
+        "token",
+        "token",
+        "status",
+        "done",
+    ]
+    assert events[-1]["usage"]["total_tokens"] == 7
+    assert events[-1]["usage"]["credits_used"] == 1.0
+    tokens = "".join(e["content"] for e in events if e["type"] == "token")
+    assert tokens == "Hello, world"
+    job = await job_of(stack.runtime, ref.job_id)
+    assert tokens == job.output
+
+
+async def test_python_and_js_readers_see_the_same_events_and_ignore_keepalives(stack: Stack) -> None:
+    ref = await running_job(stack)
+    await produce(stack, ref, ["a"])
+    # 0.2 s keep-alive interval: the silence below makes the server send comments.
+    finisher = asyncio.create_task(complete(stack, ref, 1, delay=0.7))
+    status, _, raw = await read_raw(stack.http, path(ref), stack.consumer.headers)
+    await finisher
+    assert status == 200
+    assert ": keepalive\n\n" in raw
+    check_wire(raw)
+    by_js = parse_like_js(raw)
+    by_py = await read_like_py(stack.http, path(ref), stack.consumer.headers)  # terminal now: full replay
+    assert by_js == by_py
+    assert [e["type"] for e in by_py][-3:] == ["token", "status", "done"]
+
+
+async def test_a_terminal_job_replays_everything_ends_with_its_final_event_and_closes(stack: Stack) -> None:
+    ref = await running_job(stack)
+    await finish(stack, ref, "failed", error="GGUF error: out of memory")
+    status, _, raw = await read_raw(stack.http, path(ref), stack.consumer.headers)
+    assert status == 200
+    events = parse_like_js(raw)
+    assert events[-1] == {"type": "error", "error": "GGUF error: out of memory"}
+    assert [e["content"] for e in events[:-1]] == ["queued", "running", "failed"]
+
+
+async def test_a_job_cancelled_while_queued_streams_its_error_and_closes(stack: Stack) -> None:
+    from coordinator.jobs import service
+
+    job = await service.submit_job(stack.runtime, stack.consumer.user, "llm-chat", {"prompt": "Hi"})
+    await service.cancel_job(stack.runtime, stack.consumer.user, str(job.id))
+    events = await read_like_py(stack.http, f"/api/v1/jobs/{job.id}/stream", stack.consumer.headers)
+    assert events[-1]["type"] == "error"
+    assert [e["type"] for e in events].count("error") == 1
+
+
+async def test_only_the_owner_can_stream(stack: Stack) -> None:
+    ref = await running_job(stack)
+    other = await make_consumer(stack.runtime, "other@example.com")
+    response = await stack.http.get(path(ref), headers=other.headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert response.headers["content-type"].startswith("application/json")
+    response = await stack.http.get(path(ref))
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+    response = await stack.http.get("/api/v1/jobs/not-a-uuid/stream", headers=stack.consumer.headers)
+    assert response.status_code == 404
+
+
+async def test_many_concurrent_streams_each_get_every_event_once_in_order(stack: Stack) -> None:
+    ref = await running_job(stack)
+    tokens = [f"t{i} " for i in range(50)]
+
+    async def one_reader() -> list[dict[str, Any]]:
+        return parse_like_js((await read_raw(stack.http, path(ref), stack.consumer.headers))[2])
+
+    readers = [asyncio.create_task(one_reader()) for _ in range(10)]
+    await asyncio.sleep(0.2)
+    await produce(stack, ref, tokens)
+    await complete(stack, ref, len(tokens))
+    results = await asyncio.gather(*readers)
+    for events in results:
+        assert "".join(e["content"] for e in events if e["type"] == "token") == "".join(tokens)
+        assert events[-1]["type"] == "done"
