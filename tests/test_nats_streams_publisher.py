@@ -93,6 +93,7 @@ async def test_status_consumer_acks_malformed_and_delivers_valid(nc: Any) -> Non
     async def handler(host_id: str, msg: Any) -> None:
         seen.append((host_id, m.parse_status(msg.data)))
 
+    await nc.jetstream().purge_stream("JOB_STATUS")  # the session's NATS keeps other tests' reports
     before = metrics.nats_malformed.labels("status")._value.get()
     task = asyncio.create_task(subscribe_status(nc.jetstream(), handler, wait=0.2))
     await nc.publish(f"host.{host}.status", b"not json")

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 import uvicorn
 
+from coordinator.hosts.fleet import FleetView
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child, Supervisor
 
@@ -140,10 +141,26 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
         children.append(WorkerChild(runtime))
     if http:
         children.append(HttpChild(runtime))
+    fleet = FleetView(heartbeat_timeout=float(runtime.settings.heartbeat_timeout_seconds))
+    runtime.components["fleet"] = fleet
     if runtime.settings.nats_enabled:
         children.append(NatsConnectionChild(runtime))
+        children.extend(hosts_children(runtime, fleet))
         children.extend(job_children(runtime))
     return children
+
+
+def hosts_children(runtime: Runtime, fleet: FleetView) -> list[Child]:
+    """Heartbeat flusher, in-memory liveness, then the host handler (stopped first, flushed last)."""
+    from coordinator.hosts.flusher import HeartbeatFlusher
+    from coordinator.hosts.liveness import FleetLiveness
+    from coordinator.nats.host_handler import HostHandlerChild
+
+    settings = runtime.settings
+    flusher = HeartbeatFlusher(
+        runtime.db, approval_required=settings.approval_required, interval=settings.heartbeat_flush_seconds
+    )
+    return [flusher, FleetLiveness(runtime.db, fleet), HostHandlerChild(runtime, fleet, flusher)]
 
 
 def job_children(runtime: Runtime) -> list[Child]:

@@ -9,6 +9,7 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from typing import Annotated
 import typer
 
 from coordinator import __version__
+from coordinator.supervisor import Child
 
 app = typer.Typer(
     help="Archipelag coordinator: the control plane of a distributed compute network.", no_args_is_help=True
@@ -146,6 +148,38 @@ def dev(
         postgres.stop()
 
 
+class IslandChild(Child):
+    """One reference Island in the dev stack, on the embedded NATS, with a simulated 24 GiB GPU so that all
+    four seeded Cargos (llm-chat, sdxl, text-stats, sentiment) are runnable. `island` is imported lazily."""
+
+    name = "island"
+
+    def __init__(self, nats_url: str, state_dir: Path) -> None:
+        self.nats_url = nats_url
+        self.state_dir = state_dir
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        from island.agent import Island, IslandConfig
+
+        agent = Island(
+            IslandConfig(
+                nats_url=self.nats_url,
+                state_dir=self.state_dir,
+                region="local",
+                gpu_model="NVIDIA GeForce RTX 4090",
+                gpu_vram_mb=24564,
+                cpu_cores=8,  # simulated: room for 4 concurrent jobs whatever the dev machine
+                ram_mb=32768,
+            )
+        )
+        await agent.start()
+        ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await agent.stop()
+
+
 async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no-untyped-def]
     from coordinator.app import build_children, run_until_signalled
     from coordinator.runtime import Runtime
@@ -154,7 +188,9 @@ async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no
 
     runtime = Runtime.from_settings(settings)
     demo = await seed_demo(runtime, root / "demo-api-key")
-    supervisor = Supervisor(build_children(runtime, with_worker=True))
+    children = build_children(runtime, with_worker=True)
+    children.append(IslandChild(settings.nats_url, root / "island"))
+    supervisor = Supervisor(children)
 
     def announce() -> None:
         print(f"URL: {runtime.base_url}", flush=True)
@@ -170,10 +206,66 @@ async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no
 
 
 @app.command()
-def island() -> None:
-    """Run the reference Island agent (`--fleet N` for a simulated fleet). Arrives with issue 3."""
-    typer.echo("The reference Island arrives with issue 3 (Islands over NATS).", err=True)
-    raise typer.Exit(1)
+def island(
+    nats_url: Annotated[
+        str, typer.Option(envvar="NATS_URL", help="NATS server of the coordinator.")
+    ] = "nats://localhost:4222",
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where state.json (host_id, paired) is kept (default ~/.island).")
+    ] = None,
+    fleet: Annotated[int, typer.Option("--fleet", min=0, help="Simulate N Islands in this process.")] = 0,
+    heartbeat_interval: Annotated[float, typer.Option(min=0.05, help="Seconds between heartbeats.")] = 10.0,
+    token_rate: Annotated[float, typer.Option(min=0, help="Mock tokens per second (0: no delay).")] = 50.0,
+    gpu: Annotated[
+        str | None, typer.Option(help="Simulated GPU model, e.g. 'NVIDIA GeForce RTX 4090'.")
+    ] = None,
+    vram: Annotated[int | None, typer.Option(min=0, help="Simulated GPU memory in MiB.")] = None,
+    region: Annotated[str, typer.Option(help="Region reported at registration.")] = "auto",
+    process_command: Annotated[
+        str | None, typer.Option(help="A local command speaking the Cargo JSON-lines protocol.")
+    ] = None,
+) -> None:
+    """Run the reference Island agent (`--fleet N` for a simulated fleet)."""
+    from island.agent import Island, IslandConfig
+    from island.fleet import run_fleet
+    from island.runtimes import RuntimeOptions
+
+    root = (state_dir or Path.home() / ".island").expanduser()
+    config = IslandConfig(
+        nats_url=nats_url,
+        state_dir=root,
+        region=region,
+        gpu_model=gpu,
+        gpu_vram_mb=vram if gpu else None,
+        heartbeat_interval=heartbeat_interval,
+        runtime=RuntimeOptions(
+            token_rate=token_rate, cache_dir=root / "wasm-cache", process_command=process_command
+        ),
+    )
+    _logging(_settings(env="development"))
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if fleet:
+            typer.echo(f"starting {fleet} simulated Islands on {nats_url}", err=True)
+            await run_fleet(config, fleet, stop)
+            return
+        agent = Island(config)
+        await agent.start()
+        typer.echo(f"Island {agent.host_id} connected to {nats_url}", err=True)
+        if agent.pairing_code:
+            typer.echo(f"ISLAND PAIRING CODE: {agent.pairing_code}", err=True)
+        try:
+            await stop.wait()
+        finally:
+            await agent.stop()
+
+    asyncio.run(main())
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     require_host_approval: bool | None = None
     heartbeat_timeout_seconds: int = 30
     pairing_code_ttl_seconds: int = 600
+    heartbeat_flush_seconds: float = 2.0
+    # The release offered by GET /api/v1/agent/update (JSON: latest_version, download_url, signature,
+    # checksum_sha256, size_bytes?, is_critical?, release_notes?); None answers "no update".
+    agent_release: dict[str, Any] | None = None
+    # Cosign keys served at GET /api/v1/signing-keys (JSON array of {key_id, public_key, algorithm, issuer}).
+    signing_keys: list[dict[str, Any]] = []
 
     # jobs
     rate_limit_per_minute: int = 100

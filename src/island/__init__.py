@@ -1,1 +1,3 @@
-"""The reference Island agent and fleet simulator (imports only `coordinator.protocol` of the coordinator)."""
+"""The reference Island: an agent speaking the official Island's wire protocol, and a fleet simulator.
+
+It imports nothing of the coordinator but `coordinator.protocol`."""

@@ -9,7 +9,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coordinator.protocol.messages import Heartbeat
 
 
 @dataclass
@@ -39,6 +43,8 @@ class HostView:
     karma: int = 0
     last_heartbeat_monotonic: float = 0.0
     idle_since_monotonic: float = 0.0
+    agent_version: str | None = None
+    gpu_bandwidth_gb_s: float | None = None
 
     @property
     def free_slots(self) -> int:
@@ -49,6 +55,30 @@ class HostView:
 
     def can_take_work(self, now: float, timeout: float) -> bool:
         return self.approved and self.is_live(now, timeout) and self.free_slots > 0
+
+    def asking_price(self, workload_slug: str) -> Decimal | None:
+        """The Island's ask for a Cargo: its per-slug price, else its `_default`, else None."""
+        return self.asking_prices.get(workload_slug, self.asking_prices.get("_default"))
+
+
+def parse_asking_prices(raw: dict[str, str] | None) -> dict[str, Decimal]:
+    """Heartbeat asks are decimal strings; a value that is not a non-negative number is ignored."""
+    prices: dict[str, Decimal] = {}
+    for slug, value in (raw or {}).items():
+        try:
+            price = Decimal(value)
+        except (InvalidOperation, ValueError):
+            continue
+        if price.is_finite() and price >= 0:
+            prices[slug] = price
+    return prices
+
+
+def status_after_heartbeat(status: str, approved: bool) -> str:
+    """A beating Island is online, unless an admin suspended it or it still awaits approval."""
+    if status == "suspended":
+        return "suspended"
+    return "online" if approved else "pending_approval"
 
 
 class FleetView:
@@ -82,6 +112,58 @@ class FleetView:
     def notify_capacity(self) -> None:
         for listener in self._capacity_listeners:
             listener()
+
+    def apply_heartbeat(self, view: HostView, beat: Heartbeat) -> None:
+        """Fold one heartbeat into the view; wakes the dispatcher when the Island gains capacity."""
+        before = view.free_slots if view.is_live(self.clock(), self.heartbeat_timeout) else 0
+        perf = beat.performance_estimates
+        view.status = status_after_heartbeat(view.status, view.approved)
+        view.reported_active = beat.active_jobs
+        view.max_concurrent = max(1, perf.max_concurrent_containers)
+        view.supported_runtimes = tuple(perf.supported_runtimes)
+        view.warm_workload_ids = frozenset(beat.cache.warm_workload_ids)
+        view.asking_prices = parse_asking_prices(beat.asking_prices)
+        view.estimated_llm_tok_s = perf.estimated_llm_tok_s
+        view.gpu_bandwidth_gb_s = perf.gpu_bandwidth_gb_s
+        if perf.nats_rtt_ms is not None:
+            view.rtt_ms = perf.nats_rtt_ms
+        view.agent_version = beat.agent_version
+        view.last_heartbeat_monotonic = now = self.clock()
+        if view.idle_since_monotonic == 0.0:
+            view.idle_since_monotonic = now
+        if view.can_take_work(now, self.heartbeat_timeout) and view.free_slots > before:
+            self.notify_capacity()
+
+    def apply_decision(self, host_id: uuid.UUID, status: str, approved: bool, owner_id: int | None) -> None:
+        """Carry an operator's or owner's decision (approve, suspend, resume, pair) into the view; a live,
+        approved Island becomes available at once."""
+        view = self._hosts.get(host_id)
+        if view is None:
+            return
+        view.approved = approved
+        view.owner_id = owner_id
+        recent = (
+            view.last_heartbeat_monotonic > 0
+            and self.clock() - view.last_heartbeat_monotonic <= self.heartbeat_timeout
+        )
+        if status in ("suspended", "pending_approval"):
+            view.status = status
+        elif recent and approved:
+            if view.status != "online":
+                view.status = "online"
+                self.notify_capacity()
+        else:
+            view.status = "offline"
+
+    def expire_silent(self) -> list[uuid.UUID]:
+        """Mark online Islands silent for longer than the timeout offline (in memory); returns their ids."""
+        now = self.clock()
+        expired = []
+        for view in self._hosts.values():
+            if view.status == "online" and now - view.last_heartbeat_monotonic > self.heartbeat_timeout:
+                view.status = "offline"
+                expired.append(view.id)
+        return expired
 
     def available(self) -> list[HostView]:
         """Islands that may receive a job right now."""

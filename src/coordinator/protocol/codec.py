@@ -7,6 +7,8 @@ import math
 import struct
 from typing import Any
 
+import orjson
+
 
 class ProtocolError(ValueError):
     """A message that is not valid JSON or does not have the shape its subject requires."""
@@ -33,7 +35,7 @@ def f32(value: float | None) -> float | None:
 
 def loads_object(data: bytes | str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = orjson.loads(data)  # strict UTF-8 and JSON, and ~5x faster than json on the heartbeat path
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -63,7 +65,7 @@ def opt_str(obj: dict[str, Any], key: str) -> str | None:
 
 def req_int(obj: dict[str, Any], key: str, *, minimum: int | None = 0) -> int:
     value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
+    if type(value) is not int:  # bool is an int subclass and is refused
         raise ProtocolError(f"{key}: expected integer, got {_kind(value)}")
     if minimum is not None and value < minimum:
         raise ProtocolError(f"{key}: must be >= {minimum}")
@@ -71,8 +73,11 @@ def req_int(obj: dict[str, Any], key: str, *, minimum: int | None = 0) -> int:
 
 
 def opt_int(obj: dict[str, Any], key: str, *, minimum: int | None = 0) -> int | None:
-    if obj.get(key) is None:
+    value = obj.get(key)
+    if value is None:
         return None
+    if type(value) is int and (minimum is None or value >= minimum):
+        return value
     return req_int(obj, key, minimum=minimum)
 
 
@@ -115,6 +120,16 @@ def str_list(obj: dict[str, Any], key: str) -> list[str]:
     if not all(isinstance(i, str) for i in items):
         raise ProtocolError(f"{key}: expected an array of strings")
     return list(items)
+
+
+class Message:
+    """A wire message: `to_dict()` gives the keys in the Island's serialisation order."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        return dumps(self.to_dict())
 
 
 def without_none(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

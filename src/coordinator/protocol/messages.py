@@ -3,27 +3,49 @@ parsed tolerantly (unknown keys ignored, wrong types → ProtocolError)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from coordinator.protocol.codec import (
+    Message,
     ProtocolError,
     dumps,
     f32,
     loads_object,
     opt_float,
     opt_int,
-    opt_list,
     opt_object,
     opt_str,
     req_bool,
     req_int,
     req_str,
-    str_list,
     without_none,
 )
+from coordinator.protocol.heartbeat import (
+    CacheStats,
+    GpuMetrics,
+    Heartbeat,
+    PerformanceEstimates,
+    SystemMetrics,
+    parse_heartbeat,
+)
+from coordinator.protocol.reports import (
+    ISLAND_STATES,
+    JobImage,
+    JobOutput,
+    JobProgress,
+    JobStatus,
+    LeaseRenewal,
+    parse_image,
+    parse_lease,
+    parse_output,
+    parse_progress,
+    parse_status,
+)
 
+# Every message type and parser is importable from here (heartbeat and job reports live in their modules).
 __all__ = [
+    "ISLAND_STATES",
     "AssignJob",
     "CacheStats",
     "CancelJob",
@@ -35,6 +57,7 @@ __all__ = [
     "JobProgress",
     "JobStatus",
     "LeaseRenewal",
+    "Message",
     "PairingRequest",
     "PairingResponse",
     "PerformanceEstimates",
@@ -45,25 +68,26 @@ __all__ = [
     "build_assign_job",
     "choose_runtime_type",
     "dumps",
+    "parse_assign_job",
+    "parse_cancel",
+    "parse_heartbeat",
+    "parse_image",
+    "parse_lease",
+    "parse_output",
+    "parse_pairing_request",
+    "parse_pairing_response",
+    "parse_preload",
+    "parse_progress",
+    "parse_register",
+    "parse_status",
 ]
-
-# Job states an Island may report (`completed` is the node-agent alias of `succeeded`).
-ISLAND_STATES = ("started", "streaming", "succeeded", "failed", "cancelled", "completed")
-
-
-class _Message:
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def encode(self) -> bytes:
-        return dumps(self.to_dict())
 
 
 # --- registration and pairing (§4.1, §4.2) ----------------------------------------------------------------
 
 
 @dataclass
-class Capabilities(_Message):
+class Capabilities(Message):
     gpu_model: str | None = None
     gpu_vram_mb: int | None = None
     cpu_cores: int = 0
@@ -82,7 +106,7 @@ class Capabilities(_Message):
 
 
 @dataclass
-class RegisterHost(_Message):
+class RegisterHost(Message):
     host_id: str
     capabilities: Capabilities
     version: str = "0.4.0"
@@ -108,7 +132,7 @@ def parse_register(data: bytes) -> RegisterHost:
 
 
 @dataclass
-class PairingRequest(_Message):
+class PairingRequest(Message):
     host_id: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,7 +144,7 @@ def parse_pairing_request(data: bytes) -> PairingRequest:
 
 
 @dataclass
-class PairingResponse(_Message):
+class PairingResponse(Message):
     success: bool
     code: str | None = None
     expires_in_seconds: int | None = None
@@ -155,191 +179,11 @@ def parse_pairing_response(data: bytes) -> PairingResponse:
     )
 
 
-# --- heartbeat (§4.3) ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SystemMetrics(_Message):
-    cpu_percent: float = 0.0
-    memory_used_mb: int = 0
-    memory_total_mb: int = 0
-    disk_used_gb: int = 0
-    disk_total_gb: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cpu_percent": f32(self.cpu_percent),
-            "memory_used_mb": self.memory_used_mb,
-            "memory_total_mb": self.memory_total_mb,
-            "disk_used_gb": self.disk_used_gb,
-            "disk_total_gb": self.disk_total_gb,
-        }
-
-
-@dataclass
-class GpuMetrics(_Message):
-    index: int = 0
-    utilization_percent: int = 0
-    memory_used_mb: int = 0
-    memory_total_mb: int = 0
-    temperature_c: int = 0
-    power_draw_w: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "utilization_percent": self.utilization_percent,
-            "memory_used_mb": self.memory_used_mb,
-            "memory_total_mb": self.memory_total_mb,
-            "temperature_c": self.temperature_c,
-            "power_draw_w": f32(self.power_draw_w),
-        }
-
-
-@dataclass
-class CacheStats(_Message):
-    cached_image_count: int = 0
-    cached_size_mb: int = 0
-    warm_workload_ids: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cached_image_count": self.cached_image_count,
-            "cached_size_mb": self.cached_size_mb,
-            "warm_workload_count": len(self.warm_workload_ids),
-            "warm_workload_ids": list(self.warm_workload_ids),
-        }
-
-
-@dataclass
-class PerformanceEstimates(_Message):
-    gpu_bandwidth_gb_s: float | None = None
-    estimated_llm_tok_s: float | None = None
-    max_concurrent_containers: int = 1
-    wasm_memory_limit_mb: int = 0
-    supported_runtimes: list[str] = field(default_factory=lambda: ["container", "wasm"])
-    nats_rtt_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "gpu_bandwidth_gb_s": f32(self.gpu_bandwidth_gb_s),
-            "estimated_llm_tok_s": f32(self.estimated_llm_tok_s),
-            "max_concurrent_containers": self.max_concurrent_containers,
-            "wasm_memory_limit_mb": self.wasm_memory_limit_mb,
-            "supported_runtimes": list(self.supported_runtimes),
-        }
-        if self.nats_rtt_ms is not None:
-            out["nats_rtt_ms"] = f32(self.nats_rtt_ms)
-        return out
-
-
-@dataclass
-class Heartbeat(_Message):
-    host_id: str
-    active_jobs: int = 0
-    timestamp: int = 0
-    agent_version: str = "0.4.0"
-    system: SystemMetrics = field(default_factory=SystemMetrics)
-    gpus: list[GpuMetrics] | None = None
-    cache: CacheStats = field(default_factory=CacheStats)
-    performance_estimates: PerformanceEstimates = field(default_factory=PerformanceEstimates)
-    asking_prices: dict[str, str] | None = None
-    status: str = "online"
-
-    def to_dict(self) -> dict[str, Any]:
-        return without_none(
-            [
-                ("host_id", self.host_id),
-                ("status", self.status),
-                ("active_jobs", self.active_jobs),
-                ("timestamp", self.timestamp),
-                ("agent_version", self.agent_version),
-                ("system", self.system.to_dict()),
-                ("gpus", [g.to_dict() for g in self.gpus] if self.gpus else None),
-                ("cache", self.cache.to_dict()),
-                ("performance_estimates", self.performance_estimates.to_dict()),
-                ("asking_prices", dict(self.asking_prices) if self.asking_prices else None),
-            ]
-        )
-
-
-def _parse_gpus(items: list[Any] | None) -> list[GpuMetrics] | None:
-    if not items:
-        return None
-    gpus = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise ProtocolError("gpus: expected objects")
-        gpus.append(
-            GpuMetrics(
-                index=opt_int(item, "index") or 0,
-                utilization_percent=opt_int(item, "utilization_percent") or 0,
-                memory_used_mb=opt_int(item, "memory_used_mb") or 0,
-                memory_total_mb=opt_int(item, "memory_total_mb") or 0,
-                temperature_c=opt_int(item, "temperature_c") or 0,
-                power_draw_w=opt_float(item, "power_draw_w") or 0.0,
-            )
-        )
-    return gpus
-
-
-def _parse_prices(obj: dict[str, Any]) -> dict[str, str] | None:
-    prices = opt_object(obj, "asking_prices")
-    if prices is None:
-        return None
-    out: dict[str, str] = {}
-    for slug, value in prices.items():
-        # Strings per spec; numbers tolerated (older tooling), anything else refused.
-        if isinstance(value, str):
-            out[slug] = value
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[slug] = str(value)
-        else:
-            raise ProtocolError(f"asking_prices.{slug}: expected string")
-    return out
-
-
-def parse_heartbeat(data: bytes) -> Heartbeat:
-    obj = loads_object(data)
-    system = opt_object(obj, "system") or {}
-    cache = opt_object(obj, "cache") or {}
-    perf = opt_object(obj, "performance_estimates") or {}
-    return Heartbeat(
-        host_id=req_str(obj, "host_id"),
-        status=opt_str(obj, "status") or "online",
-        active_jobs=opt_int(obj, "active_jobs") or 0,
-        timestamp=opt_int(obj, "timestamp") or 0,
-        agent_version=opt_str(obj, "agent_version") or "unknown",
-        system=SystemMetrics(
-            cpu_percent=opt_float(system, "cpu_percent") or 0.0,
-            memory_used_mb=opt_int(system, "memory_used_mb") or 0,
-            memory_total_mb=opt_int(system, "memory_total_mb") or 0,
-            disk_used_gb=opt_int(system, "disk_used_gb") or 0,
-            disk_total_gb=opt_int(system, "disk_total_gb") or 0,
-        ),
-        gpus=_parse_gpus(opt_list(obj, "gpus")),
-        cache=CacheStats(
-            cached_image_count=opt_int(cache, "cached_image_count") or 0,
-            cached_size_mb=opt_int(cache, "cached_size_mb") or 0,
-            warm_workload_ids=str_list(cache, "warm_workload_ids"),
-        ),
-        performance_estimates=PerformanceEstimates(
-            gpu_bandwidth_gb_s=opt_float(perf, "gpu_bandwidth_gb_s"),
-            estimated_llm_tok_s=opt_float(perf, "estimated_llm_tok_s"),
-            max_concurrent_containers=opt_int(perf, "max_concurrent_containers") or 1,
-            wasm_memory_limit_mb=opt_int(perf, "wasm_memory_limit_mb") or 0,
-            supported_runtimes=str_list(perf, "supported_runtimes") or ["container", "wasm"],
-            nats_rtt_ms=opt_float(perf, "nats_rtt_ms"),
-        ),
-        asking_prices=_parse_prices(obj),
-    )
-
-
 # --- jobs, coordinator → Island (§4.5, §4.11, §4.12) -----------------------------------------------------
 
 
 @dataclass
-class AssignJob(_Message):
+class AssignJob(Message):
     job_id: str
     input: Any
     lease_expires: int
@@ -470,7 +314,7 @@ def build_assign_job(
 
 
 @dataclass
-class CancelJob(_Message):
+class CancelJob(Message):
     job_id: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -482,7 +326,7 @@ def parse_cancel(data: bytes) -> CancelJob:
 
 
 @dataclass
-class PreloadRecommendation(_Message):
+class PreloadRecommendation(Message):
     workload_slug: str
     runtime_type: str
     type: str = "preload"
@@ -522,121 +366,3 @@ def parse_preload(data: bytes) -> PreloadRecommendation:
         demand_score=opt_int(obj, "demand_score"),
         priority=opt_str(obj, "priority"),
     )
-
-
-# --- job reports, Island → coordinator (§4.6–4.10) -------------------------------------------------------
-
-
-@dataclass
-class JobStatus(_Message):
-    job_id: str
-    state: str
-    timestamp: int
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return without_none(
-            [
-                ("job_id", self.job_id),
-                ("state", self.state),
-                ("error", self.error),
-                ("timestamp", self.timestamp),
-            ]
-        )
-
-
-def parse_status(data: bytes) -> JobStatus:
-    obj = loads_object(data)
-    state = req_str(obj, "state")
-    if state not in ISLAND_STATES:
-        raise ProtocolError(f"state: unknown {state!r}")
-    return JobStatus(
-        job_id=req_str(obj, "job_id"),
-        state=state,
-        error=opt_str(obj, "error"),
-        timestamp=opt_int(obj, "timestamp", minimum=None) or 0,
-    )
-
-
-@dataclass
-class JobOutput(_Message):
-    job_id: str
-    seq: int
-    chunk: str
-    is_final: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "seq": self.seq, "chunk": self.chunk, "is_final": self.is_final}
-
-
-def parse_output(data: bytes) -> JobOutput:
-    obj = loads_object(data)
-    return JobOutput(
-        job_id=req_str(obj, "job_id"),
-        seq=req_int(obj, "seq"),
-        chunk=req_str(obj, "chunk"),
-        is_final=req_bool(obj, "is_final"),
-    )
-
-
-@dataclass
-class JobProgress(_Message):
-    job_id: str
-    step: int
-    total: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "step": self.step, "total": self.total}
-
-
-def parse_progress(data: bytes) -> JobProgress:
-    obj = loads_object(data)
-    return JobProgress(job_id=req_str(obj, "job_id"), step=req_int(obj, "step"), total=req_int(obj, "total"))
-
-
-@dataclass
-class JobImage(_Message):
-    job_id: str
-    image_data: str
-    format: str
-    width: int
-    height: int
-    seed: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return without_none(
-            [
-                ("job_id", self.job_id),
-                ("image_data", self.image_data),
-                ("format", self.format),
-                ("width", self.width),
-                ("height", self.height),
-                ("seed", self.seed),
-            ]
-        )
-
-
-def parse_image(data: bytes) -> JobImage:
-    obj = loads_object(data)
-    return JobImage(
-        job_id=req_str(obj, "job_id"),
-        image_data=req_str(obj, "image_data"),
-        format=req_str(obj, "format"),
-        width=req_int(obj, "width"),
-        height=req_int(obj, "height"),
-        seed=opt_int(obj, "seed"),
-    )
-
-
-@dataclass
-class LeaseRenewal(_Message):
-    job_id: str
-    extend_seconds: int = 60
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "extend_seconds": self.extend_seconds}
-
-
-def parse_lease(data: bytes) -> LeaseRenewal:
-    obj = loads_object(data)
-    return LeaseRenewal(job_id=req_str(obj, "job_id"), extend_seconds=opt_int(obj, "extend_seconds") or 60)

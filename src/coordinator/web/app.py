@@ -7,10 +7,30 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from coordinator import __version__
 from coordinator.runtime import Runtime
-from coordinator.web.api.v1 import account, api_keys, auth, health, jobs, workloads
+from coordinator.web.api.v1 import (
+    account,
+    admin_hosts,
+    api_keys,
+    auth,
+    health,
+    hosts,
+    island,
+    jobs,
+    workloads,
+)
 from coordinator.web.errors import install_error_handlers
 
-ROUTERS = [health.router, account.router, workloads.router, api_keys.router, auth.router, jobs.router]
+ROUTERS = [
+    health.router,
+    account.router,
+    workloads.router,
+    api_keys.router,
+    auth.router,
+    hosts.router,
+    admin_hosts.router,
+    island.router,
+    jobs.router,
+]
 
 
 def create_app(runtime: Runtime) -> FastAPI:

@@ -1,0 +1,33 @@
+"""Pure rules of the hosts context: pairing codes, initial status, and what a viewer may see of an Island."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+# No I, O, 1 or 0: codes are read off a terminal and typed by hand (domain-rules, Islands).
+PAIRING_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+PAIRING_CODE_LENGTH = 6
+ALREADY_PAIRED = "Island already paired"
+
+
+def new_pairing_code(choice: Callable[[str], str] = secrets.choice) -> str:
+    return "".join(choice(PAIRING_ALPHABET) for _ in range(PAIRING_CODE_LENGTH))
+
+
+def normalize_pairing_code(raw: str) -> str | None:
+    """Accept what a person types (`abc-234`, ` ABC 234 `); None when it cannot be a code."""
+    code = "".join(c for c in raw.upper() if c not in " -")
+    if len(code) != PAIRING_CODE_LENGTH or any(c not in PAIRING_ALPHABET for c in code):
+        return None
+    return code
+
+
+def initial_status(approval_required: bool) -> tuple[str, bool]:
+    """(status, approved) of an Island seen for the first time."""
+    return ("pending_approval", False) if approval_required else ("online", True)
+
+
+def visible_to(status: str, approved: bool, owner_id: int | None, viewer_id: int, is_admin: bool) -> bool:
+    """The hosts list is public to any key for online, approved Islands; owners and admins see the rest."""
+    return is_admin or owner_id == viewer_id or (status == "online" and approved)

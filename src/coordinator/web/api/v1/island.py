@@ -1,0 +1,87 @@
+"""HTTP endpoints the Island calls without authentication: update check, preload hints, cosign keys, and
+the seeded WASM Cargo. Each answers fast: the Island awaits them inline in its main loop (§5, §11.14)."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from coordinator.hosts.recommendations import queued_demand
+from coordinator.hosts.service import parse_host_id
+from coordinator.web.auth import get_runtime
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["island"])
+
+RECOMMENDATIONS_BUDGET_SECONDS = 2.0
+STATIC = Path(__file__).resolve().parents[2] / "static"
+
+
+def _newer(latest: str, current: str) -> bool:
+    def key(version: str) -> tuple[int, ...]:
+        parts = []
+        for part in version.lstrip("v").split("."):
+            digits = "".join(c for c in part if c.isdigit())
+            parts.append(int(digits) if digits else 0)
+        return tuple(parts)
+
+    return key(latest) > key(current)
+
+
+@router.get("/api/v1/agent/update")
+async def agent_update(request: Request, version: str = "0.0.0") -> dict[str, Any]:
+    release = get_runtime(request).settings.agent_release
+    latest = str(release.get("latest_version", "")) if release else ""
+    if not release or not latest or not release.get("download_url") or not _newer(latest, version):
+        return {"update_available": False, "current_version": version}
+    answer: dict[str, Any] = {"update_available": True, "current_version": version, "latest_version": latest}
+    for key in ("is_critical", "download_url", "signature", "checksum_sha256", "size_bytes", "release_notes"):
+        if release.get(key) is not None:
+            answer[key] = release[key]
+    return answer
+
+
+@router.get("/api/v1/island/recommendations")
+async def island_recommendations(request: Request, host_id: str | None = None) -> dict[str, Any]:
+    runtime = get_runtime(request)
+    fleet = runtime.components.get("fleet")
+    parsed = parse_host_id(host_id) if host_id else None
+    view = fleet.get(parsed) if fleet is not None and parsed is not None else None
+
+    async def compute() -> list[dict[str, Any]]:
+        async with runtime.db.session() as session:
+            recs = await queued_demand(session, view.supported_runtimes if view else None)
+        return [r.to_dict() for r in recs]
+
+    try:
+        items = await asyncio.wait_for(compute(), RECOMMENDATIONS_BUDGET_SECONDS)
+    except Exception:
+        # A slow or failing database must not freeze the Island's main loop: no hints this time.
+        log.warning("island.recommendations_unavailable", host_id=host_id)
+        items = []
+    return {"recommendations": items}
+
+
+@router.get("/api/v1/signing-keys")
+async def signing_keys(request: Request) -> list[dict[str, Any]]:
+    return list(get_runtime(request).settings.signing_keys)
+
+
+@lru_cache(maxsize=1)
+def text_stats_wasm() -> bytes:
+    """The text-stats Cargo, compiled from its WAT source on first use."""
+    import wasmtime
+
+    return bytes(wasmtime.wat2wasm((STATIC / "text-stats.wat").read_text()))
+
+
+@router.get("/cargos/text-stats.wasm")
+async def text_stats_module() -> Response:
+    wasm = await asyncio.to_thread(text_stats_wasm)
+    return Response(wasm, media_type="application/wasm", headers={"Cache-Control": "public, max-age=3600"})
