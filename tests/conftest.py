@@ -92,7 +92,7 @@ def pg_server(tmp_root: Path) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_root: Path) -> Iterator[str]:
+def nats_server_url(tmp_root: Path) -> Iterator[str]:
     external = os.environ.get("NATS_URL")
     if external:
         yield external
@@ -103,6 +103,30 @@ def nats_url(tmp_root: Path) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+async def _drop_coordinator_streams(url: str) -> None:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for stream in ("JOBS", "JOB_STATUS"):
+            try:
+                await js.delete_stream(stream)
+            except NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+@pytest_asyncio.fixture
+async def nats_url(nats_server_url: str) -> str:
+    """The NATS server with the coordinator's streams removed: each test starts with no stored jobs or
+    status messages left by another test (the coordinator recreates the streams when it starts)."""
+    await _drop_coordinator_streams(nats_server_url)
+    return nats_server_url
 
 
 @pytest.fixture

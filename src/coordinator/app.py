@@ -140,12 +140,13 @@ class HttpChild(Child):
 
 
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
-    """The tree in start order: telemetry, database, pub/sub, output accumulator and batch hook, metric
-    collectors (with HTTP, which serves them), background jobs, HTTP (or, without it, the bare metrics
+    """The tree in start order: telemetry, database, metric collectors (with HTTP, which serves them),
+    pub/sub, output accumulator and batch hook, background jobs, HTTP (or, without it, the bare metrics
     endpoint if a port is set), then (if configured) the NATS subtree: hosts, then the job pipeline."""
-    children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime), *streaming_children(runtime)]
+    children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime)]
     if http and runtime.settings.metrics_collectors:
         children.append(MetricsCollector(runtime))
+    children.extend(streaming_children(runtime))
     if with_worker:
         children.append(WorkerChild(runtime))
     if http:
