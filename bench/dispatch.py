@@ -33,6 +33,8 @@ from coordinator.repo.migrate import upgrade
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 
+LATENCY_SAMPLES = 100
+
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -68,12 +70,15 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
     consumer = await make_consumer(runtime, credits=Decimal(10_000_000))
     assigned_at: dict[uuid.UUID, float] = {}
     finished_at: dict[uuid.UUID, float] = {}
+    not_succeeded: list[str] = []
 
     async def record(result: TransitionResult) -> None:
         if result.to_state == "assigned":
             assigned_at[result.job_id] = time.perf_counter()
-        elif result.to_state == "succeeded":
+        elif result.to_state in ("succeeded", "failed", "cancelled", "timeout"):
             finished_at[result.job_id] = time.perf_counter()
+            if result.to_state != "succeeded":
+                not_succeeded.append(result.to_state)
 
     service.hooks(runtime).register(record)
     fleet = service.fleet_of(runtime)
@@ -84,13 +89,13 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
 
     # 1. Latency: one job at a time on an idle fleet (submit returns → AssignJob published).
     latencies = []
-    for _ in range(200):
+    for _ in range(LATENCY_SAMPLES):
         started = time.perf_counter()
         job = await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})
         while job.id not in assigned_at:  # noqa: ASYNC110 - polling a hook's record is the measurement
             await asyncio.sleep(0.0005)
         latencies.append((assigned_at[job.id] - started) * 1000)
-    while len(finished_at) < 200:  # noqa: ASYNC110
+    while len(finished_at) < LATENCY_SAMPLES:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
     # 2. Throughput: a burst of jobs submitted concurrently; time until all are assigned / finished.
@@ -100,6 +105,7 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
         async with gate:
             return (await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})).id
 
+    print("latency measured; burst...", file=sys.stderr, flush=True)
     burst_start = time.perf_counter()
     ids = await asyncio.gather(*(submit() for _ in range(jobs)))
     submitted = time.perf_counter()
@@ -118,6 +124,7 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
         "burst_submit_per_s": round(jobs / (submitted - burst_start), 1),
         "burst_assigned_per_s": round(jobs / (all_assigned - burst_start), 1),
         "burst_completed_per_s": round(jobs / (all_done - burst_start), 1),
+        "burst_not_succeeded": len(not_succeeded),
         "islands": islands,
         "slots_per_island": slots,
     }
