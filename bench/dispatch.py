@@ -24,9 +24,10 @@ from tests.factories import make_consumer, seed_cargos
 from tests.fake_island import FakeIsland
 from tests.job_support import make_island
 
-from coordinator.app import NatsConnectionChild, job_children
+from coordinator.app import NatsConnectionChild, hosts_children, job_children
 from coordinator.config import Settings
 from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port
+from coordinator.hosts.fleet import FleetView
 from coordinator.jobs import service
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.repo.migrate import upgrade
@@ -52,7 +53,10 @@ async def run(jobs: int, islands: int, slots: int) -> dict[str, Any]:
             env="test", secret_key="bench", database_url=url, nats_url=nats_server.url, port=free_port()
         )
         runtime = Runtime.from_settings(settings)
-        supervisor = Supervisor([NatsConnectionChild(runtime), *job_children(runtime)])
+        fleet = FleetView(heartbeat_timeout=float(settings.heartbeat_timeout_seconds))
+        runtime.components["fleet"] = fleet
+        children = [NatsConnectionChild(runtime), *hosts_children(runtime, fleet), *job_children(runtime)]
+        supervisor = Supervisor(children)
         await supervisor.start()
         try:
             return await measure(runtime, nats_server.url, jobs, islands, slots)
@@ -82,10 +86,16 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
 
     service.hooks(runtime).register(record)
     fleet = service.fleet_of(runtime)
-    fleet_islands = [FakeIsland(nats_url, chunks=("ok",)) for _ in range(islands)]
+    assert fleet is not None
+    fleet_islands = [
+        FakeIsland(nats_url, chunks=("ok",), heartbeat_every=1.0, max_concurrent=slots)
+        for _ in range(islands)
+    ]
     for island in fleet_islands:
-        await make_island(runtime, host_id=island.host_id, max_concurrent=slots, fleet=fleet)
+        await make_island(runtime, host_id=island.host_id, max_concurrent=slots)
         await island.start()
+    while len(fleet.available()) < islands:  # noqa: ASYNC110 - the first heartbeats fill the fleet
+        await asyncio.sleep(0.05)
 
     # 1. Latency: one job at a time on an idle fleet (submit returns → AssignJob published).
     latencies = []
