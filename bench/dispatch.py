@@ -24,14 +24,17 @@ from tests.factories import make_consumer, seed_cargos
 from tests.fake_island import FakeIsland
 from tests.job_support import make_island
 
-from coordinator.app import NatsConnectionChild, job_children
+from coordinator.app import NatsConnectionChild, hosts_children, job_children
 from coordinator.config import Settings
 from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port
+from coordinator.hosts.fleet import FleetView
 from coordinator.jobs import service
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.repo.migrate import upgrade
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
+
+LATENCY_SAMPLES = 100
 
 
 def pct(values: list[float], q: float) -> float:
@@ -50,7 +53,10 @@ async def run(jobs: int, islands: int, slots: int) -> dict[str, Any]:
             env="test", secret_key="bench", database_url=url, nats_url=nats_server.url, port=free_port()
         )
         runtime = Runtime.from_settings(settings)
-        supervisor = Supervisor([NatsConnectionChild(runtime), *job_children(runtime)])
+        fleet = FleetView(heartbeat_timeout=float(settings.heartbeat_timeout_seconds))
+        runtime.components["fleet"] = fleet
+        children = [NatsConnectionChild(runtime), *hosts_children(runtime, fleet), *job_children(runtime)]
+        supervisor = Supervisor(children)
         await supervisor.start()
         try:
             return await measure(runtime, nats_server.url, jobs, islands, slots)
@@ -68,29 +74,38 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
     consumer = await make_consumer(runtime, credits=Decimal(10_000_000))
     assigned_at: dict[uuid.UUID, float] = {}
     finished_at: dict[uuid.UUID, float] = {}
+    not_succeeded: list[str] = []
 
     async def record(result: TransitionResult) -> None:
         if result.to_state == "assigned":
             assigned_at[result.job_id] = time.perf_counter()
-        elif result.to_state == "succeeded":
+        elif result.to_state in ("succeeded", "failed", "cancelled", "timeout"):
             finished_at[result.job_id] = time.perf_counter()
+            if result.to_state != "succeeded":
+                not_succeeded.append(result.to_state)
 
     service.hooks(runtime).register(record)
     fleet = service.fleet_of(runtime)
-    fleet_islands = [FakeIsland(nats_url, chunks=("ok",)) for _ in range(islands)]
+    assert fleet is not None
+    fleet_islands = [
+        FakeIsland(nats_url, chunks=("ok",), heartbeat_every=1.0, max_concurrent=slots)
+        for _ in range(islands)
+    ]
     for island in fleet_islands:
-        await make_island(runtime, host_id=island.host_id, max_concurrent=slots, fleet=fleet)
+        await make_island(runtime, host_id=island.host_id, max_concurrent=slots)
         await island.start()
+    while len(fleet.available()) < islands:  # noqa: ASYNC110 - the first heartbeats fill the fleet
+        await asyncio.sleep(0.05)
 
     # 1. Latency: one job at a time on an idle fleet (submit returns → AssignJob published).
     latencies = []
-    for _ in range(200):
+    for _ in range(LATENCY_SAMPLES):
         started = time.perf_counter()
         job = await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})
         while job.id not in assigned_at:  # noqa: ASYNC110 - polling a hook's record is the measurement
             await asyncio.sleep(0.0005)
         latencies.append((assigned_at[job.id] - started) * 1000)
-    while len(finished_at) < 200:  # noqa: ASYNC110
+    while len(finished_at) < LATENCY_SAMPLES:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
     # 2. Throughput: a burst of jobs submitted concurrently; time until all are assigned / finished.
@@ -100,6 +115,7 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
         async with gate:
             return (await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})).id
 
+    print("latency measured; burst...", file=sys.stderr, flush=True)
     burst_start = time.perf_counter()
     ids = await asyncio.gather(*(submit() for _ in range(jobs)))
     submitted = time.perf_counter()
@@ -118,6 +134,7 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
         "burst_submit_per_s": round(jobs / (submitted - burst_start), 1),
         "burst_assigned_per_s": round(jobs / (all_assigned - burst_start), 1),
         "burst_completed_per_s": round(jobs / (all_done - burst_start), 1),
+        "burst_not_succeeded": len(not_succeeded),
         "islands": islands,
         "slots_per_island": slots,
     }

@@ -35,6 +35,10 @@ class FakeIsland:
     behaviour: str = "succeed"
     chunks: tuple[str, ...] = ("Hel", "lo")
     delay: float = 0.0
+    # Publish an EnhancedHeartbeat (§4.3) this often; None sends none (the test fills the fleet itself).
+    heartbeat_every: float | None = None
+    max_concurrent: int = 4
+    active: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     _nc: Any = None
@@ -64,6 +68,43 @@ class FakeIsland:
 
         await self._nc.subscribe(f"host.{self.id}.cancel", cb=on_cancel)
         self._tasks.append(asyncio.create_task(self._pull(psub)))
+        if self.heartbeat_every is not None:
+            self._tasks.append(asyncio.create_task(self._beat(self.heartbeat_every)))
+
+    def heartbeat(self) -> dict[str, Any]:
+        return {
+            "host_id": self.id,
+            "status": "online",
+            "active_jobs": self.active,
+            "timestamp": now_ms(),
+            "agent_version": "0.4.0",
+            "system": {
+                "cpu_percent": 0.0,
+                "memory_used_mb": 6021,
+                "memory_total_mb": 15935,
+                "disk_used_gb": 112,
+                "disk_total_gb": 468,
+            },
+            "cache": {
+                "cached_image_count": 0,
+                "cached_size_mb": 0,
+                "warm_workload_count": 0,
+                "warm_workload_ids": [],
+            },
+            "performance_estimates": {
+                "gpu_bandwidth_gb_s": None,
+                "estimated_llm_tok_s": None,
+                "max_concurrent_containers": self.max_concurrent,
+                "wasm_memory_limit_mb": 11951,
+                "supported_runtimes": ["container", "wasm"],
+                "nats_rtt_ms": 0.412,
+            },
+        }
+
+    async def _beat(self, every: float) -> None:
+        while True:
+            await self.publish("heartbeat", self.heartbeat())
+            await asyncio.sleep(every)
 
     async def _pull(self, psub: Any) -> None:
         while True:
@@ -94,6 +135,13 @@ class FakeIsland:
         await self.publish("status", payload)
 
     async def _run(self, job: dict[str, Any]) -> None:
+        self.active += 1
+        try:
+            await self._play(job)
+        finally:
+            self.active -= 1
+
+    async def _play(self, job: dict[str, Any]) -> None:
         job_id = job["job_id"]
         if self.behaviour == "silent":
             return

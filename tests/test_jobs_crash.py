@@ -97,17 +97,6 @@ async def counts(runtime: Runtime) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in rows}
 
 
-async def keep_heartbeating(runtime: Runtime, ids: list[str]) -> None:
-    # Stands in for the heartbeat flusher of the hosts context: the Islands stay "recently seen".
-    while True:
-        async with runtime.db.transaction() as session:
-            await session.execute(
-                text("UPDATE hosts SET last_heartbeat_at = now() WHERE CAST(id AS text) = ANY(:ids)"),
-                {"ids": ids},
-            )
-        await asyncio.sleep(1)
-
-
 async def test_sigkill_mid_dispatch_loses_no_job_and_charges_none_twice(
     database_url: str, nats_url: str, tmp_path: Path
 ) -> None:
@@ -116,10 +105,12 @@ async def test_sigkill_mid_dispatch_loses_no_job_and_charges_none_twice(
     async with runtime.db.transaction() as session:
         await session.execute(text("UPDATE workloads SET cold_start_seconds = 0"))
     consumer = await make_consumer(runtime)
-    fleet = [FakeIsland(nats_url, delay=0.2) for _ in range(ISLANDS)]
+    fleet = [
+        FakeIsland(nats_url, delay=0.2, heartbeat_every=1.0, max_concurrent=SLOTS_PER_ISLAND)
+        for _ in range(ISLANDS)
+    ]
     for island in fleet:
         await make_island(runtime, host_id=island.host_id, max_concurrent=SLOTS_PER_ISLAND)
-    heartbeats = asyncio.create_task(keep_heartbeating(runtime, [i.id for i in fleet]))
     port, log = free_port(), tmp_path / "coordinator.log"
     proc = start_coordinator(database_url, nats_url, port, log)
     try:
@@ -166,9 +157,6 @@ async def test_sigkill_mid_dispatch_loses_no_job_and_charges_none_twice(
         assert earnings == len(ids)
         await assert_money_conserved(runtime)
     finally:
-        heartbeats.cancel()
-        with contextlib.suppress(BaseException):
-            await heartbeats
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -193,17 +193,9 @@ async def test_malformed_messages_are_acknowledged_counted_and_harmless(
         job_id = await submit(stack, consumer)
         await wait_status(stack, consumer, job_id, "completed")
         assert malformed._value.get() - before == 5
-        # Acknowledged, not redelivered: the status consumer ends with nothing pending.
-        nc = await nats.connect(nats_url)
-
-        async def drained() -> bool:
-            info = await nc.jetstream().consumer_info("JOB_STATUS", "coordinator-status")
-            return info.num_ack_pending == 0 and info.num_pending == 0
-
-        try:
-            await eventually(drained)
-        finally:
-            await nc.close()
+        # Acknowledged, not redelivered: a nak'd message would come back within a second and count again.
+        await asyncio.sleep(1.5)
+        assert malformed._value.get() - before == 5
     finally:
         await island.stop()
 
