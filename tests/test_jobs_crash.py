@@ -41,6 +41,8 @@ def start_coordinator(database_url: str, nats_url: str, port: int, log: Path) ->
         "COORDINATOR_LOG_FORMAT": "console",
         "COORDINATOR_JOB_START_TIMEOUT_SECONDS": "3",
         "COORDINATOR_LEASE_SWEEP_INTERVAL_SECONDS": "0.5",
+        # A few hundred submits in seconds from one key: far above the per-key quota on purpose.
+        "COORDINATOR_RATE_LIMIT_PER_MINUTE": "100000",
     }
     out = log.open("ab")
     return subprocess.Popen(
