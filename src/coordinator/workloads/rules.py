@@ -33,6 +33,14 @@ def validate_input(schema: dict[str, Any] | None, value: Any) -> dict[str, list[
     if not schema:
         return errors
     for err in Draft202012Validator(schema).iter_errors(value):
+        if err.validator == "anyOf" and not err.absolute_path:
+            # e.g. chat accepts `prompt` or `messages`: name the first alternative's missing fields.
+            first = next((alt for alt in err.validator_value if "required" in alt), None)
+            for name in (first or {}).get("required", []):
+                if name not in value:
+                    errors.setdefault(f"input.{name}", []).append("is required")
+            if first:
+                continue
         if err.validator == "required":
             missing = err.message.split("'")[1] if "'" in err.message else "?"
             path = ".".join(["input", *[str(p) for p in err.absolute_path], missing])
