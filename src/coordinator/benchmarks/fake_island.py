@@ -96,7 +96,7 @@ class FakeFleet:
     _active: dict[str, int] = field(default_factory=dict)
 
     async def start(self) -> None:
-        self._nc = await nats.connect(self.nats_url, name="bench-fleet", max_pending_size=256 * 1024 * 1024)
+        self._nc = await nats.connect(self.nats_url, name="bench-fleet", pending_size=256 * 1024 * 1024)
         self.host_ids = [str(uuid.uuid4()) for _ in range(self.size)]
         for host_id in self.host_ids:
             self._active[host_id] = 0

@@ -73,6 +73,12 @@ def _db_checks(database_url: str, submitted: list[str]) -> dict[str, int]:
     }
 
 
+def _host_count(database_url: str) -> int:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        row = conn.execute("SELECT count(*) FROM hosts WHERE last_heartbeat_at IS NOT NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
 async def _submit(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[str | None, float]:
     started = time.perf_counter()
     response = await client.post("/api/v1/jobs", json=CHAT, headers=headers)
@@ -84,7 +90,7 @@ async def _submit(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[s
 
 @scenario("submit_to_assign", "submit → AssignJob received by the Island, idle fleet")
 async def submit_to_assign(env: BenchEnv) -> Result:
-    count = 50 if env.quick else 300
+    count = 30 if env.quick else 300
     assigned: dict[str, float] = {}
     async with stack(env, "s_assign") as s:
         fleet = FakeFleet(env.nats_url, 4, on_assigned=lambda job, t: assigned.__setitem__(job, t))
@@ -116,7 +122,7 @@ async def submit_to_assign(env: BenchEnv) -> Result:
 
 @scenario("dispatcher", "dispatcher alone: a backlog of queued jobs → assigned + published")
 async def dispatcher(env: BenchEnv) -> Result:
-    count = 500 if env.quick else 3000
+    count = 300 if env.quick else 3000
     assigned: dict[str, float] = {}
     async with stack(env, "s_dispatch") as s:
         # Islands with no free slot: every job waits in the queue.
@@ -159,7 +165,7 @@ async def dispatcher(env: BenchEnv) -> Result:
 
 @scenario("lifecycle", "full lifecycle: HTTP submit → charge → dispatch → 20 tokens → settle")
 async def lifecycle(env: BenchEnv) -> Result:
-    duration = 10.0 if env.quick else 30.0
+    duration = 6.0 if env.quick else 30.0
     async with stack(env, "s_lifecycle") as s:
         fleet = FakeFleet(env.nats_url, 8, max_concurrent=256, behaviour=JobBehaviour(tokens=20))
         await fleet.start()
@@ -201,7 +207,7 @@ async def lifecycle(env: BenchEnv) -> Result:
 
 @scenario("hot_account", "one account, 32 concurrent submitters")
 async def hot_account(env: BenchEnv) -> Result:
-    per_submitter = 20 if env.quick else 100
+    per_submitter = 8 if env.quick else 60
     async with stack(env, "s_hot") as s:
         fleet = FakeFleet(env.nats_url, 8, max_concurrent=512, behaviour=JobBehaviour(tokens=1))
         await fleet.start()
@@ -291,13 +297,17 @@ async def sse_streaming(env: BenchEnv) -> Result:
 
 @scenario("heartbeats", "heartbeat ingestion: Islands beating every 10 s; CPU and RSS per 1,000 Islands")
 async def heartbeats(env: BenchEnv) -> Result:
-    islands = 2000 if env.quick else 10000
-    duration = 15.0 if env.quick else 40.0
+    islands = 1000 if env.quick else 10000
+    duration = 10.0 if env.quick else 40.0
     async with stack(env, "s_heartbeats") as s:
         fleet = FakeFleet(env.nats_url, islands, consume=False)
         rss_before = s.coordinator.rss_mb()
         await fleet.start()
-        await asyncio.sleep(3)
+        # Measure steady-state beats only: wait until every registration has been stored.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _host_count(s.database_url) < islands:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
         cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
         sent = await heartbeat_flood(env.nats_url, fleet.host_ids, duration)
         cpu = s.coordinator.cpu_seconds() - cpu_before
