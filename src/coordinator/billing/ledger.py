@@ -6,8 +6,11 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from coordinator.telemetry import metrics
 
 # Adds to a balance and records the movement; the idempotency key makes a retried call a no-op.
 CREDIT_SQL = text(
@@ -44,6 +47,25 @@ DEBIT_SQL = text(
 )
 
 
+_UNCOMMITTED = "ledger_uncommitted_moves"
+
+
+def _count(session: AsyncSession, type: str, amount: Decimal) -> None:
+    """Count a movement in `credits_moved` once its transaction commits (a rollback forgets it)."""
+    session.info.setdefault(_UNCOMMITTED, []).append((type, amount))
+
+
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    for type, amount in session.info.pop(_UNCOMMITTED, ()):
+        metrics.credits_moved.labels(type=type).inc(float(abs(amount)))
+
+
+@event.listens_for(Session, "after_rollback")
+def _rolled_back(session: Session) -> None:
+    session.info.pop(_UNCOMMITTED, None)
+
+
 async def credit(
     session: AsyncSession,
     user_id: int,
@@ -70,7 +92,10 @@ async def credit(
             },
         )
     ).first()
-    return None if row is None else Decimal(row[0])
+    if row is None:
+        return None
+    _count(session, type, amount)
+    return Decimal(row[0])
 
 
 async def debit(
@@ -97,7 +122,10 @@ async def debit(
             },
         )
     ).first()
-    return None if row is None else Decimal(row[0])
+    if row is None:
+        return None
+    _count(session, type, amount)
+    return Decimal(row[0])
 
 
 async def grant(session: AsyncSession, user_id: int, amount: Decimal, description: str) -> Decimal | None:

@@ -28,7 +28,7 @@ from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
-from coordinator.telemetry import metrics
+from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -238,6 +238,10 @@ class Dispatcher(LoopService):
             self._failed.append(result)
 
     async def _publish(self, assignment: Assignment) -> None:
+        with context.bind(job_id=assignment.job_id, host_id=assignment.host_id):
+            await self._publish_bound(assignment)
+
+    async def _publish_bound(self, assignment: Assignment) -> None:
         bus = service.bus_of(self.runtime)
         try:
             if bus is None:
@@ -249,7 +253,9 @@ class Dispatcher(LoopService):
             log.warning("dispatcher.publish_failed", job_id=str(assignment.job_id), error=repr(exc))
             await self._undo(assignment)
             return
-        metrics.dispatch_latency.observe(max(0.0, time.time() - assignment.created_at.timestamp()))
+        latency = max(0.0, time.time() - assignment.created_at.timestamp())
+        metrics.dispatch_latency.observe(latency)
+        log.info("job.assigned", attempt=assignment.attempt, dispatch_seconds=round(latency, 4))
         await service.hooks(self.runtime).run(assignment.result)
 
     async def _undo(self, assignment: Assignment) -> None:

@@ -10,7 +10,7 @@ from coordinator.jobs import rules
 from coordinator.jobs.events import DISPATCHER_COMPONENT, OUTPUT_COMPONENT, OutputSink
 from coordinator.jobs.hooks import Hook, TransitionResult
 from coordinator.runtime import Runtime
-from coordinator.telemetry import metrics
+from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +26,18 @@ def output_of(runtime: Runtime) -> OutputSink:
     return sink
 
 
+def transition_event(result: TransitionResult) -> str | None:
+    """The log event of a transition (`job.started`, `job.succeeded`, `job.requeued`…); None for those
+    logged where they happen (`job.submitted` at submit, `job.assigned` at publish)."""
+    if result.from_state is None or result.to_state == rules.ASSIGNED:
+        return None
+    if result.to_state == rules.RUNNING:
+        return "job.started"
+    if result.to_state == rules.QUEUED:
+        return "job.requeued"
+    return f"job.{result.to_state}"
+
+
 def builtin_hooks(runtime: Runtime) -> list[Hook]:
     from coordinator.jobs import service
 
@@ -33,6 +45,10 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
         metrics.job_transitions.labels(
             from_state=result.from_state or "submitted", to_state=result.to_state
         ).inc()
+        event = transition_event(result)
+        if event is not None:
+            with context.bind(job_id=result.job_id, host_id=result.host_id or result.released_host_id):
+                log.info(event, from_state=result.from_state, to_state=result.to_state, error=result.error)
 
     async def free_capacity(result: TransitionResult) -> None:
         fleet = service.fleet_of(runtime)

@@ -15,6 +15,7 @@ from coordinator.jobs import repository as sql
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
+from coordinator.telemetry import context
 
 log = structlog.get_logger(__name__)
 
@@ -63,28 +64,31 @@ async def _requeue_or_dead_letter(
 async def _lost_and_silent(runtime: Runtime, outcome: SweepOutcome) -> None:
     async with runtime.db.transaction() as session:
         for row in (await session.execute(sql.EXPIRED_LEASES_SQL, {"limit": SWEEP_LIMIT})).all():
-            await _requeue_or_dead_letter(
-                session, row, outcome, penalty=penalties.LEASE_EXPIRED, reason="lease_expired"
-            )
+            with context.bind(job_id=row.id, host_id=row.host_id):
+                await _requeue_or_dead_letter(
+                    session, row, outcome, penalty=penalties.LEASE_EXPIRED, reason="lease_expired"
+                )
     async with runtime.db.transaction() as session:
         timeout = runtime.settings.job_start_timeout_seconds
         for row in (
             await session.execute(sql.START_TIMEOUTS_SQL, {"timeout": timeout, "limit": SWEEP_LIMIT})
         ).all():
             # Not started in time: the AssignJob was lost or unparsable; no penalty, it may be ours.
-            await _requeue_or_dead_letter(session, row, outcome, penalty=None, reason="start_timeout")
+            with context.bind(job_id=row.id, host_id=row.host_id):
+                await _requeue_or_dead_letter(session, row, outcome, penalty=None, reason="start_timeout")
 
 
 async def _overdue(runtime: Runtime, outcome: SweepOutcome) -> None:
     async with runtime.db.transaction() as session:
         for row in (await session.execute(sql.OVERDUE_SQL, {"limit": SWEEP_LIMIT})).all():
-            error = "Timeout: job exceeded the Cargo's maximum duration"
-            result = await service.finish_in(session, row.id, rules.TIMEOUT, error=error)
-            if result is None:
-                continue
-            outcome.timed_out.append(result)
-            if row.host_id is not None:
-                await penalties.penalize(session, row.host_id, penalties.TIMEOUT, "timeout", row.id)
+            with context.bind(job_id=row.id, host_id=row.host_id):
+                error = "Timeout: job exceeded the Cargo's maximum duration"
+                result = await service.finish_in(session, row.id, rules.TIMEOUT, error=error)
+                if result is None:
+                    continue
+                outcome.timed_out.append(result)
+                if row.host_id is not None:
+                    await penalties.penalize(session, row.host_id, penalties.TIMEOUT, "timeout", row.id)
 
 
 async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
@@ -101,7 +105,8 @@ async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
                 )
     registry = service.hooks(runtime)
     for result in [*outcome.requeued, *outcome.dead_lettered, *outcome.timed_out]:
-        await registry.run(result)
+        with context.bind(job_id=result.job_id, host_id=result.released_host_id):
+            await registry.run(result)
 
 
 async def sweep(runtime: Runtime) -> dict[str, int]:

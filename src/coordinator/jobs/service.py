@@ -23,7 +23,7 @@ from coordinator.jobs.hooks import HookRegistry, TransitionResult, registry_of
 from coordinator.jobs.models import Job
 from coordinator.jobs.penalties import penalize
 from coordinator.runtime import Runtime
-from coordinator.telemetry import metrics
+from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
 from coordinator.workloads import service as workloads
 from coordinator.workloads.models import Workload
@@ -221,10 +221,12 @@ async def submit_job(
                 f"Insufficient credits: this job costs {price.normalize():f} credits, "
                 f"your balance is {Decimal(available or 0).normalize():f}"
             )
-    metrics.jobs_submitted.labels(workload=workload.slug).inc()
-    await hooks(runtime).run(
-        TransitionResult(job_id, user.id, workload.id, None, rules.QUEUED, None, 0, created_at)
-    )
+    with context.bind(job_id=job_id, workload_id=workload.id, user_id=user.id):
+        log.info("job.submitted", workload=workload.slug, priority=priority, budget=str(price))
+        metrics.jobs_submitted.labels(workload=workload.slug).inc()
+        await hooks(runtime).run(
+            TransitionResult(job_id, user.id, workload.id, None, rules.QUEUED, None, 0, created_at)
+        )
     # The row as inserted, without reading it back (submit is a hot path).
     return Job(
         id=job_id,

@@ -21,7 +21,7 @@ from coordinator.protocol import messages, subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
-from coordinator.telemetry import metrics
+from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -55,13 +55,15 @@ class HostHandler:
     def _guard(self, subject_class: str, handler: Handler) -> Handler:
         async def guarded(msg: Any) -> None:
             metrics.nats_messages.labels(subject_class).inc()
-            try:
-                await handler(msg)
-            except ProtocolError as exc:
-                metrics.nats_malformed.labels(subject_class).inc()
-                log.warning("nats.malformed", subject=msg.subject, error=str(exc))
-            except Exception:
-                log.exception("nats.handler_failed", subject=msg.subject)
+            host_id = context.clean_id(subjects.host_id_from_subject(msg.subject))
+            with context.bind_from_nats(msg, host_id=host_id):
+                try:
+                    await handler(msg)
+                except ProtocolError as exc:
+                    metrics.nats_malformed.labels(subject_class).inc()
+                    log.warning("nats.malformed", subject=msg.subject, error=str(exc))
+                except Exception:
+                    log.exception("nats.handler_failed", subject=msg.subject)
 
         return guarded
 

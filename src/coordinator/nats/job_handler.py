@@ -17,7 +17,7 @@ from coordinator.protocol import messages, subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
-from coordinator.telemetry import metrics
+from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -52,16 +52,20 @@ async def handle_core_message(runtime: Runtime, subject: str, payload: bytes) ->
         host_id = sender(subject)
         if kind == "output":
             out = messages.parse_output(payload)
-            await intake.output(host_id, out.job_id, out.seq, out.chunk, out.is_final)
+            with context.bind(host_id=host_id, job_id=context.clean_id(out.job_id)):
+                await intake.output(host_id, out.job_id, out.seq, out.chunk, out.is_final)
         elif kind == "progress":
             progress = messages.parse_progress(payload)
-            await intake.progress(host_id, progress.job_id, progress.step, progress.total)
+            with context.bind(host_id=host_id, job_id=context.clean_id(progress.job_id)):
+                await intake.progress(host_id, progress.job_id, progress.step, progress.total)
         elif kind == "image":
             image = messages.parse_image(payload)
-            await intake.image(host_id, image.job_id, image)
+            with context.bind(host_id=host_id, job_id=context.clean_id(image.job_id)):
+                await intake.image(host_id, image.job_id, image)
         elif kind == "lease":
             lease = messages.parse_lease(payload)
-            await intake.lease(host_id, lease.job_id, lease.extend_seconds)
+            with context.bind(host_id=host_id, job_id=context.clean_id(lease.job_id)):
+                await intake.lease(host_id, lease.job_id, lease.extend_seconds)
     except ProtocolError as exc:
         metrics.nats_malformed.labels(subject_class=kind).inc()
         log.warning("nats.malformed", subject=subject, error=str(exc))
@@ -86,7 +90,8 @@ class JobHandlerChild(Child):
 
         def callback() -> Callable[[Any], Awaitable[None]]:
             async def on_message(msg: Any) -> None:
-                await handle_core_message(self.runtime, msg.subject, msg.data)
+                with context.bind_from_nats(msg):
+                    await handle_core_message(self.runtime, msg.subject, msg.data)
 
             return on_message
 

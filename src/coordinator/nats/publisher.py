@@ -9,6 +9,7 @@ import structlog
 
 from coordinator.protocol import subjects
 from coordinator.protocol.messages import AssignJob, CancelJob, PreloadRecommendation
+from coordinator.telemetry import context
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +38,7 @@ class Publisher:
             subjects.host_subject(host_id, "jobs"),
             job.encode(),
             stream=subjects.JOBS_STREAM,
-            headers={"Nats-Msg-Id": msg_id},
+            headers=context.nats_headers({"Nats-Msg-Id": msg_id}),
         )
         return int(ack.seq)
 

@@ -20,7 +20,7 @@ from coordinator.protocol import messages, subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
-from coordinator.telemetry import metrics
+from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -109,13 +109,15 @@ class StatusConsumerChild(Child):
         delivered = msg.metadata.num_delivered
         if delivered > 1:
             metrics.nats_redeliveries.labels(stream=subjects.STATUS_STREAM).inc()
-        try:
-            await apply_status(self.runtime, msg.subject, msg.data)
-        except Exception:
-            log.exception("nats.status_failed", subject=msg.subject, delivered=delivered)
-            if delivered < MAX_DELIVER:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1)
-                return
+        host_id = context.clean_id(subjects.host_id_from_subject(msg.subject))
+        with context.bind_from_nats(msg, host_id=host_id, job_id=context.clean_id(job_key(msg.data))):
+            try:
+                await apply_status(self.runtime, msg.subject, msg.data)
+            except Exception:
+                log.exception("nats.status_failed", subject=msg.subject, delivered=delivered)
+                if delivered < MAX_DELIVER:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1)
+                    return
         with contextlib.suppress(Exception):
             await msg.ack()

@@ -10,6 +10,7 @@ from coordinator.accounts import service as accounts
 from coordinator.accounts.service import Principal
 from coordinator.errors import Forbidden, Unauthorized
 from coordinator.runtime import Runtime
+from coordinator.telemetry import context
 from coordinator.web import ratelimit
 
 SESSION_COOKIE = "coordinator_session"
@@ -38,6 +39,8 @@ async def current_principal(request: Request) -> Principal | None:
                 session, runtime.settings.secret_key, cookie, ttl_days=runtime.settings.session_ttl_days
             )
     request.state.principal = principal
+    if principal is not None:
+        context.add(user_id=principal.user.id)
     return principal
 
 

@@ -20,6 +20,7 @@ from coordinator.jobs import service as jobs
 from coordinator.jobs.models import Job
 from coordinator.jobs.views import usage_of
 from coordinator.runtime import Runtime
+from coordinator.telemetry import context, metrics
 from coordinator.web.auth import get_runtime, require_write
 from coordinator.web.sse import data_frame, job_events, sse_response
 from coordinator.workloads import service as workloads
@@ -159,20 +160,24 @@ def _chunk(job: Job, slug: str, delta: dict[str, Any], finish: str | None, **ext
 
 async def _chunks(runtime: Runtime, job: Job, slug: str) -> AsyncIterator[bytes]:
     """OpenAI chunks: the role, one per token, a last one with `finish_reason` and usage, `[DONE]`."""
-    yield _chunk(job, slug, {"role": "assistant", "content": ""}, None)
-    async for event in job_events(runtime, job.id, maybe_terminal=False):
-        if event is None:
-            yield KEEPALIVE
-            continue
-        payload = event.payload
-        if payload["type"] == "token" and payload.get("content"):
-            yield _chunk(job, slug, {"content": payload["content"]}, None)
-        elif payload["type"] == "done":
-            done = await _load(runtime, job.id)
-            yield _chunk(job, slug, {}, "stop", usage=token_usage(done))
-        elif payload["type"] == "error":
-            yield _chunk(job, slug, {}, "error", error={"message": payload.get("error", "failed")})
-    yield DONE_FRAME
+    metrics.open_streams.labels(kind="sse").inc()
+    try:
+        yield _chunk(job, slug, {"role": "assistant", "content": ""}, None)
+        async for event in job_events(runtime, job.id, maybe_terminal=False):
+            if event is None:
+                yield KEEPALIVE
+                continue
+            payload = event.payload
+            if payload["type"] == "token" and payload.get("content"):
+                yield _chunk(job, slug, {"content": payload["content"]}, None)
+            elif payload["type"] == "done":
+                done = await _load(runtime, job.id)
+                yield _chunk(job, slug, {}, "stop", usage=token_usage(done))
+            elif payload["type"] == "error":
+                yield _chunk(job, slug, {}, "error", error={"message": payload.get("error", "failed")})
+        yield DONE_FRAME
+    finally:
+        metrics.open_streams.labels(kind="sse").dec()
 
 
 @router.post("/api/v1/chat/completions", responses={402: {}, 422: {}, 502: {}, 504: {}})
@@ -183,6 +188,7 @@ async def chat_completions(
     input = chat_input(body)
     slug = await chat_cargo(runtime, body.model)
     job = await jobs.submit_job(runtime, principal.user, slug, input)
+    context.add(job_id=job.id)  # the streamed or awaited response's lines carry the job
     if body.stream:
         response: StreamingResponse = sse_response(_chunks(runtime, job, slug))
         return response

@@ -8,6 +8,7 @@ from starlette.responses import StreamingResponse
 from coordinator.accounts.service import Principal
 from coordinator.jobs import rules
 from coordinator.jobs import service as jobs
+from coordinator.telemetry import context
 from coordinator.web.auth import get_runtime, require_read
 from coordinator.web.sse import job_stream_body, sse_response
 
@@ -26,4 +27,5 @@ async def stream_job(
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
         job, _ = await jobs.get_job(session, principal.user, job_id)
+    context.add(job_id=job.id)  # the stream's lines (it runs in a task copied from this context) too
     return sse_response(job_stream_body(runtime, job.id, maybe_terminal=rules.is_terminal(job.state)))
