@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 import httpx
 import psycopg
+import structlog
 
 from coordinator.benchmarks.baselines import run_sse_fanout
 from coordinator.benchmarks.fake_island import FakeFleet, JobBehaviour, heartbeat_flood
 from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, latency_summary, scenario
 from coordinator.benchmarks.system import CoordinatorProcess, make_account
 from coordinator.config import libpq_url
+
+log = structlog.get_logger(__name__)
 
 CHAT = {"workload": "llm-chat", "input": {"prompt": "hello"}}
 
@@ -84,6 +87,7 @@ async def _submit(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[s
     response = await client.post("/api/v1/jobs", json=CHAT, headers=headers)
     elapsed = time.perf_counter() - started
     if response.status_code not in (200, 201):
+        log.warning("bench.submit_refused", status=response.status_code, body=response.text[:200])
         return None, elapsed
     return str(response.json()["data"]["id"]), elapsed
 
@@ -256,6 +260,8 @@ async def sse_streaming(env: BenchEnv) -> Result:
             await asyncio.sleep(1.0)
             async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
                 job_ids = [j for j in [(await _submit(client, s.headers))[0] for _ in range(jobs)] if j]
+            if not job_ids:
+                raise RuntimeError("no job was accepted; see bench.submit_refused")
             while len(fleet.held) < len(job_ids):
                 await asyncio.sleep(0.05)
             rss_before = s.coordinator.rss_mb()
