@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import ledger
+from coordinator.telemetry import metrics
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,12 @@ async def charge_for_submission(
     session: AsyncSession, user_id: int, job_id: uuid.UUID, amount: Decimal
 ) -> Decimal | None:
     """Debit the job's budget. Returns the new balance, or None when the balance does not cover it."""
-    return await ledger.debit(
+    balance = await ledger.debit(
         session, user_id, amount, type="charge", job_id=job_id, idempotency_key=f"charge:{job_id}"
     )
+    if balance is not None:
+        metrics.credits_moved.labels(type="charge").inc(float(amount))
+    return balance
 
 
 # Records an Island's earning once per job; the unique job_id makes a second call a no-op.
@@ -84,6 +88,8 @@ async def settle_success(
             RECORD_EARNING_SQL,
             {"host_id": host_id, "owner_id": host_owner_id, "job_id": job_id, "amount": earned},
         )
+    metrics.credits_moved.labels(type="refund").inc(float(refund))
+    metrics.credits_moved.labels(type="earning").inc(float(earned))
     return Settlement(paid=paid, refunded=refund, earned=earned)
 
 
@@ -102,4 +108,7 @@ async def refund_in_full(
         idempotency_key=f"refund:{job_id}",
         description=reason,
     )
-    return balance is not None
+    if balance is None:
+        return False
+    metrics.credits_moved.labels(type="refund").inc(float(amount))
+    return True
