@@ -198,7 +198,8 @@ async def submit_job(
     async with runtime.db.transaction() as session:
         workload = await workloads.get_by_slug(session, workload_slug)
         _check_submission(workload, input, priority, region)
-        price = await market.resolve_budget(session, user.id, workload, bid)
+        markup = Decimal(str(runtime.settings.market_rate_markup))
+        price = await market.resolve_budget(session, user.id, workload, bid, markup=markup)
         if parent_id is None:  # a batch counts once, through its parent
             await quotas.check_submit_quota(
                 session, user, price, limits=quotas.QuotaLimits.from_settings(runtime.settings)
