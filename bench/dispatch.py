@@ -50,7 +50,14 @@ async def run(jobs: int, islands: int, slots: int) -> dict[str, Any]:
         url = pg.ensure_database("bench")
         upgrade(url)
         settings = Settings(
-            env="test", secret_key="bench", database_url=url, nats_url=nats_server.url, port=free_port()
+            env="test",
+            secret_key="bench",
+            database_url=url,
+            nats_url=nats_server.url,
+            port=free_port(),
+            # One unverified account submits the whole burst: lift its quotas (not the defaults).
+            active_jobs_unverified=10**8,
+            daily_spend_unverified=1e12,
         )
         runtime = Runtime.from_settings(settings)
         fleet = FleetView(heartbeat_timeout=float(settings.heartbeat_timeout_seconds))

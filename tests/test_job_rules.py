@@ -155,8 +155,15 @@ def test_ties_go_to_the_island_idle_longest_and_full_islands_are_skipped() -> No
     assert rules.choose_host([full], NEEDS) is None
 
 
-def test_clearing_price_is_the_ask_capped_at_the_budget() -> None:
-    assert rules.clearing_price(Decimal("0.4"), Decimal(1)) == Decimal("0.4")
-    assert rules.clearing_price(Decimal(3), Decimal(1)) == Decimal(1)
-    assert rules.clearing_price(None, Decimal(1)) == Decimal(1)
-    assert rules.asking_price(host(asking_prices={"_default": "0.7"}), "x") == Decimal("0.7")  # type: ignore[dict-item]
+def test_clearing_price_is_the_ask_times_surge_capped_at_the_budget() -> None:
+    cheap = host(asking_prices={"_default": Decimal("0.4")})
+    assert rules.clearing_price(cheap, NEEDS, Decimal(1)) == Decimal("0.4")
+    assert rules.clearing_price(cheap, NEEDS, Decimal("1.25")) == Decimal("0.5")
+    assert rules.clearing_price(host(asking_prices={"_default": Decimal(3)}), NEEDS, Decimal(1)) == 1
+    # Without a posted ask the exchange's fallback applies: base price × hardware tier (CPU-only ×0.5).
+    based = dataclasses.replace(NEEDS, price_per_job=Decimal("0.8"))
+    assert rules.asking_price(host(), based) == Decimal("0.4")
+    assert rules.clearing_price(host(), based, Decimal(1)) == Decimal("0.4")
+    # The placement filter uses the same function: an RTX 4090 (×2.0) asks 1.6 > budget 1.
+    assert not rules.eligible(host(gpu_model="RTX 4090", gpu_vram_mb=24_576), based)
+    assert rules.eligible(host(gpu_model="RTX 4090", gpu_vram_mb=24_576), NEEDS)  # base price 0

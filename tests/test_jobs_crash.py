@@ -43,6 +43,9 @@ def start_coordinator(database_url: str, nats_url: str, port: int, log: Path) ->
         "COORDINATOR_LEASE_SWEEP_INTERVAL_SECONDS": "0.5",
         # A few hundred submits in seconds from one key: far above the per-key quota on purpose.
         "COORDINATOR_RATE_LIMIT_PER_MINUTE": "100000",
+        # ... and above the unverified account's active-job and daily-spend quotas, for the same reason.
+        "COORDINATOR_ACTIVE_JOBS_UNVERIFIED": "100000",
+        "COORDINATOR_DAILY_SPEND_UNVERIFIED": "100000000",
     }
     out = log.open("ab")
     return subprocess.Popen(

@@ -50,7 +50,7 @@ DEBIT_SQL = text(
 _UNCOMMITTED = "ledger_uncommitted_moves"
 
 
-def _count(session: AsyncSession, type: str, amount: Decimal) -> None:
+def count_on_commit(session: AsyncSession, type: str, amount: Decimal) -> None:
     """Count a movement in `credits_moved` once its transaction commits (a rollback forgets it)."""
     session.info.setdefault(_UNCOMMITTED, []).append((type, amount))
 
@@ -94,7 +94,7 @@ async def credit(
     ).first()
     if row is None:
         return None
-    _count(session, type, amount)
+    count_on_commit(session, type, amount)
     return Decimal(row[0])
 
 
@@ -124,7 +124,7 @@ async def debit(
     ).first()
     if row is None:
         return None
-    _count(session, type, amount)
+    count_on_commit(session, type, amount)
     return Decimal(row[0])
 
 

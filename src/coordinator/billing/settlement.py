@@ -28,9 +28,10 @@ async def charge_for_submission(
     session: AsyncSession, user_id: int, job_id: uuid.UUID, amount: Decimal
 ) -> Decimal | None:
     """Debit the job's budget. Returns the new balance, or None when the balance does not cover it."""
-    return await ledger.debit(
+    balance = await ledger.debit(
         session, user_id, amount, type="charge", job_id=job_id, idempotency_key=f"charge:{job_id}"
     )
+    return balance
 
 
 # Records an Island's earning once per job; the unique job_id makes a second call a no-op.
@@ -84,6 +85,9 @@ async def settle_success(
             RECORD_EARNING_SQL,
             {"host_id": host_id, "owner_id": host_owner_id, "job_id": job_id, "amount": earned},
         )
+    if earned > 0:
+        # Earnings are not a ledger movement (host_earnings); counted on commit like the ledger's.
+        ledger.count_on_commit(session, "earning", earned)
     return Settlement(paid=paid, refunded=refund, earned=earned)
 
 

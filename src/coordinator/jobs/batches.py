@@ -25,11 +25,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
+from coordinator.billing import quotas
 from coordinator.errors import DomainError, InsufficientCredits, NotFound, ValidationFailed
 from coordinator.jobs import rules, service
 from coordinator.jobs.batch_rules import BatchSpec, batch_state, merge_outputs, parent_outcome
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.models import Job
+from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child as SupervisedChild
 from coordinator.workloads import rules as workload_rules
@@ -120,7 +122,11 @@ async def submit_batch(runtime: Runtime, user: User, spec: BatchSpec) -> uuid.UU
     async with runtime.db.transaction() as session:
         workload = await workloads.get_by_slug(session, spec.workload)
         _validate_inputs(workload.input_schema, spec.inputs)
-        price = spec.budget if spec.budget is not None else Decimal(workload.price_per_job)
+        price = await market.resolve_budget(session, user.id, workload, spec.budget)
+        # The batch counts as one active job (its children are not counted, see billing.quotas).
+        await quotas.check_submit_quota(
+            session, user, price * len(spec.inputs), limits=quotas.QuotaLimits.from_settings(runtime.settings)
+        )
         balance = Decimal(await session.scalar(select(User.credits).where(User.id == user.id)) or 0)
         if balance < price * len(spec.inputs):
             raise InsufficientCredits(

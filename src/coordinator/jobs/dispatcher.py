@@ -186,6 +186,7 @@ class Dispatcher(LoopService):
             platforms=tuple(row.platforms or ()),
             region=row.region,
             budget=budget,
+            price_per_job=Decimal(row.price_per_job),
             owner_id=row.user_id,
             excluded_host_ids=frozenset(row.excluded_host_ids or ()),
         )
@@ -200,7 +201,7 @@ class Dispatcher(LoopService):
         except ProtocolError as exc:
             await self._undispatchable(session, row.id, str(exc))
             return None
-        clearing = rules.clearing_price(placement.ask, budget)
+        clearing = rules.clearing_price(host, needs, await service.current_surge(self.runtime, session))
         done = (
             await session.execute(
                 sql.ASSIGN_SQL,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from coordinator.jobs import penalties, rules, service
 from coordinator.jobs import repository as sql
+from coordinator.jobs import rules, service
 from coordinator.jobs.effects import output_of
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
@@ -91,15 +91,8 @@ class JobIntake:
             return
         self._penalized.add((host_id, job_id))
         async with self.runtime.db.transaction() as session:
-            await penalties.penalize(
-                session,
-                host_id,
-                penalties.IMPERSONATION,
-                "impersonation",
-                existing,
-                flag=True,
-                details={"job_id": job_id, "subject_class": subject_class},
-            )
+            await service.penalize_host(session, host_id, "impersonation", existing)
+        service.apply_karma(self.runtime, session)
 
     async def _touch(self, ref: JobRef, seconds: int | None = None) -> None:
         """Extend the lease: always for an explicit renewal, at most every few seconds otherwise."""

@@ -10,8 +10,8 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.jobs import penalties, rules, service
 from coordinator.jobs import repository as sql
+from coordinator.jobs import rules, service
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
@@ -38,7 +38,7 @@ class SweepOutcome:
 
 
 async def _requeue_or_dead_letter(
-    session: AsyncSession, row: Any, outcome: SweepOutcome, *, penalty: int | None, reason: str
+    session: AsyncSession, row: Any, outcome: SweepOutcome, *, penalty: str | None, reason: str
 ) -> None:
     old_host: uuid.UUID | None = row.host_id
     if row.attempt >= row.max_attempts:
@@ -58,7 +58,7 @@ async def _requeue_or_dead_letter(
     if old_host is not None:
         outcome.purge_hosts.add(old_host)
         if penalty is not None:
-            await penalties.penalize(session, old_host, penalty, reason, row.id)
+            await service.penalize_host(session, old_host, penalty, row.id)
 
 
 async def _lost_and_silent(runtime: Runtime, outcome: SweepOutcome) -> None:
@@ -66,8 +66,9 @@ async def _lost_and_silent(runtime: Runtime, outcome: SweepOutcome) -> None:
         for row in (await session.execute(sql.EXPIRED_LEASES_SQL, {"limit": SWEEP_LIMIT})).all():
             with context.bind(job_id=row.id, host_id=row.host_id):
                 await _requeue_or_dead_letter(
-                    session, row, outcome, penalty=penalties.LEASE_EXPIRED, reason="lease_expired"
+                    session, row, outcome, penalty="lease_expired", reason="lease_expired"
                 )
+    service.apply_karma(runtime, session)
     async with runtime.db.transaction() as session:
         timeout = runtime.settings.job_start_timeout_seconds
         for row in (
@@ -88,7 +89,8 @@ async def _overdue(runtime: Runtime, outcome: SweepOutcome) -> None:
                     continue
                 outcome.timed_out.append(result)
                 if row.host_id is not None:
-                    await penalties.penalize(session, row.host_id, penalties.TIMEOUT, "timeout", row.id)
+                    await service.penalize_host(session, row.host_id, "timeout", row.id)
+    service.apply_karma(runtime, session)
 
 
 async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:

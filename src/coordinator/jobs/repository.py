@@ -13,7 +13,8 @@ from coordinator.workloads.rules import MAX_DURATION_BY_TRUST
 # Columns every transition returns: enough to build a JobRef and settle money without another read.
 RETURNING = """
     RETURNING jobs.id, jobs.user_id, jobs.workload_id, jobs.state, jobs.host_id, jobs.attempt,
-              jobs.max_attempts, jobs.budget, jobs.clearing_price, jobs.created_at, jobs.error, jobs.usage
+              jobs.max_attempts, jobs.budget, jobs.clearing_price, jobs.created_at, jobs.error, jobs.usage,
+              jobs.started_at, jobs.completed_at
 """
 
 # A new paid job, waiting for an Island.
@@ -33,7 +34,8 @@ CLAIM_QUEUED_SQL = text(
     SELECT j.id, j.user_id, j.workload_id, j.input, j.region, j.budget, j.excluded_host_ids, j.created_at,
            j.attempt, w.slug, w.runtime, w.kind, w.required_ram_mb, w.required_vram_mb,
            w.required_cpu_cores, w.platforms, w.cold_start_seconds, w.container_image, w.image_digest,
-           w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level
+           w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level,
+           w.price_per_job
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
     WHERE j.state = 'queued'
     ORDER BY j.priority + EXTRACT(EPOCH FROM now() - j.created_at) / {rules.AGEING_SECONDS_PER_POINT} DESC,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from coordinator.hosts.fleet import HostView
+from coordinator.marketplace import rules as market_rules
 
 QUEUED, ASSIGNED, RUNNING = "queued", "assigned", "running"
 SUCCEEDED, FAILED, CANCELLED, TIMEOUT = "succeeded", "failed", "cancelled", "timeout"
@@ -118,15 +119,15 @@ def parse_price(raw: object) -> Decimal | None:
     return price if price.is_finite() and price >= 0 else None
 
 
-def asking_price(host: HostView, slug: str) -> Decimal | None:
-    """The Island's ask for a Cargo: its per-slug price, else its `_default`, else None (no ask)."""
-    prices = host.asking_prices or {}
-    return parse_price(prices.get(slug, prices.get("_default")))
+def asking_price(host: HostView, needs: JobNeeds) -> Decimal:
+    """The Island's ask for the job's Cargo — the exchange's one asking-price function (posted ask, else
+    base price × hardware tier)."""
+    return market_rules.asking_price(host, needs)
 
 
-def clearing_price(ask: Decimal | None, budget: Decimal) -> Decimal:
-    """What the consumer pays on success: the chosen Island's ask capped at the budget, else the budget."""
-    return budget if ask is None else min(ask, budget)
+def clearing_price(host: HostView, needs: JobNeeds, surge: Decimal) -> Decimal:
+    """What the consumer pays on success: the chosen Island's ask × surge, capped at the budget."""
+    return min(market_rules.clearing_price_for(host, needs, surge), needs.budget)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class JobNeeds:
     platforms: tuple[str, ...] = ()
     region: str | None = None
     budget: Decimal = Decimal(0)
+    price_per_job: Decimal = Decimal(0)  # the Cargo's base price (fallback asks)
     owner_id: int | None = None
     excluded_host_ids: frozenset[str] = frozenset()
 
@@ -210,8 +212,7 @@ def eligible(host: HostView, needs: JobNeeds) -> bool:
         return False
     if not capable(host, needs) or not in_region(host, needs.region):
         return False
-    ask = asking_price(host, needs.slug)
-    if ask is not None and ask > needs.budget:
+    if asking_price(host, needs) > needs.budget:
         return False
     # No self-dealing on paid jobs: an owner's job never runs on the owner's own Island.
     return not (needs.budget > 0 and host.owner_id is not None and host.owner_id == needs.owner_id)
@@ -232,8 +233,8 @@ def score_terms(host: HostView, needs: JobNeeds) -> dict[str, float]:
     else:
         speed = min(1.0, (host.cpu_cores or 1) / 32.0)
     capacity = max(1, host.max_concurrent)
-    ask = asking_price(host, needs.slug)
-    price = 1.0 if ask is None or needs.budget <= 0 else max(0.0, 1.0 - float(ask / needs.budget))
+    ask = asking_price(host, needs)
+    price = 1.0 if needs.budget <= 0 else max(0.0, 1.0 - float(ask / needs.budget))
     return {
         "warm": 1.0 if str(needs.workload_id) in host.warm_workload_ids else 0.0,
         "speed": speed,
@@ -271,7 +272,7 @@ def choose_host(
         score = weighted_score(host, needs, terms, weights)
         key = (round(score, 9), -host.idle_since_monotonic)
         if best is None or key > best[:2]:
-            best = (key[0], key[1], Placement(host.id, score, terms, asking_price(host, needs.slug)))
+            best = (key[0], key[1], Placement(host.id, score, terms, asking_price(host, needs)))
     return None if best is None else best[2]
 
 

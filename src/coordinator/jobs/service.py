@@ -12,7 +12,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
-from coordinator.billing import settlement
+from coordinator.billing import quotas, settlement
 from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.models import Host
@@ -21,7 +21,8 @@ from coordinator.jobs import rules
 from coordinator.jobs.events import BUS_COMPONENT, JobBus, JobRef
 from coordinator.jobs.hooks import HookRegistry, TransitionResult, registry_of
 from coordinator.jobs.models import Job
-from coordinator.jobs.penalties import penalize
+from coordinator.karma import service as karma
+from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
@@ -31,6 +32,7 @@ from coordinator.workloads.models import Workload
 log = structlog.get_logger(__name__)
 
 FLEET_COMPONENT = "fleet"
+SURGE_COMPONENT = "surge"
 
 
 # ---------------------------------------------------------------- runtime wiring
@@ -39,6 +41,14 @@ FLEET_COMPONENT = "fleet"
 def fleet_of(runtime: Runtime) -> FleetView | None:
     fleet = runtime.components.get(FLEET_COMPONENT)
     return fleet if isinstance(fleet, FleetView) else None
+
+
+async def current_surge(runtime: Runtime, session: AsyncSession) -> Decimal:
+    """The exchange's surge factor, from the runtime's 30-second `SurgeCache`."""
+    cache = runtime.components.get(SURGE_COMPONENT)
+    if not isinstance(cache, market.SurgeCache):
+        cache = runtime.components[SURGE_COMPONENT] = market.SurgeCache()
+    return await cache.get(lambda: market.compute_surge(session))
 
 
 def bus_of(runtime: Runtime) -> JobBus | None:
@@ -104,12 +114,6 @@ def transition_result(row: Row[Any], from_state: str | None, **extra: Any) -> Tr
 # ---------------------------------------------------------------- submit
 
 
-async def quote_budget(session: AsyncSession, user: User, workload: Workload, bid: Decimal | None) -> Decimal:
-    """The amount charged at submit. The marketplace replaces this with the full resolution order
-    (job bid → saved preference → market rate × 1.05 → base price); for now: bid, else base price."""
-    return bid if bid is not None else Decimal(workload.price_per_job)
-
-
 def needs_of(
     workload: Workload, *, region: str | None, budget: Decimal, owner_id: int | None
 ) -> rules.JobNeeds:
@@ -124,6 +128,7 @@ def needs_of(
         platforms=tuple(workload.platforms or ()),
         region=region,
         budget=budget,
+        price_per_job=Decimal(workload.price_per_job),
         owner_id=owner_id,
     )
 
@@ -193,7 +198,12 @@ async def submit_job(
     async with runtime.db.transaction() as session:
         workload = await workloads.get_by_slug(session, workload_slug)
         _check_submission(workload, input, priority, region)
-        price = await quote_budget(session, user, workload, bid)
+        markup = Decimal(str(runtime.settings.market_rate_markup))
+        price = await market.resolve_budget(session, user.id, workload, bid, markup=markup)
+        if parent_id is None:  # a batch counts once, through its parent
+            await quotas.check_submit_quota(
+                session, user, price, limits=quotas.QuotaLimits.from_settings(runtime.settings)
+            )
         needs = needs_of(workload, region=region, budget=price, owner_id=user.id)
         if not await could_ever_run(session, fleet_of(runtime), needs):
             reason = rules.unrunnable_reason(needs)
@@ -366,7 +376,40 @@ async def finish_in(
     if row is None:
         return None
     await _settle(session, row)
+    if row.state == rules.SUCCEEDED and row.host_id is not None:
+        # In the success transition's transaction: the guarded UPDATE above applies once, and karma_events
+        # refuses a second job_succeeded for the same Island and job.
+        seconds = 0.0 if row.started_at is None else (row.completed_at - row.started_at).total_seconds()
+        change = await karma.record_success(session, row.host_id, row.id, max(seconds, 0.0))
+        karma_changes(session).append(change)
     return transition_result(row, row.old_state, released_host_id=row.host_id)
+
+
+async def penalize_host(
+    session: AsyncSession, host_id: uuid.UUID, event_type: str, job_id: uuid.UUID | None
+) -> None:
+    """Take karma from an Island by the karma rules (lease_expired −2, timeout −1, job_failed −1,
+    impersonation −5 + review flag); an unknown Island changes nothing."""
+    try:
+        change = await karma.penalize(session, host_id, event_type, job_id=job_id)
+    except NotFound:
+        return
+    karma_changes(session).append(change)
+
+
+def karma_changes(session: AsyncSession) -> list[karma.KarmaChange]:
+    """Karma changes made in this session's transaction, for the fleet view after commit."""
+    changes: list[karma.KarmaChange] = session.info.setdefault("karma_changes", [])
+    return changes
+
+
+def apply_karma(runtime: Runtime, session: AsyncSession) -> None:
+    """After commit: copy the transaction's new karma balances into the fleet view (placement scores them)."""
+    fleet = fleet_of(runtime)
+    for change in session.info.pop("karma_changes", []):
+        view = fleet.get(change.host_id) if fleet is not None else None
+        if view is not None:
+            view.karma = change.karma
 
 
 async def finish_job(
@@ -385,7 +428,8 @@ async def finish_job(
         )
         if result is not None and to_state == rules.FAILED and host_id is not None:
             if rules.failure_is_islands_fault(error):
-                await penalize(session, host_id, -1, "job_failed", job_id)
+                await penalize_host(session, host_id, "job_failed", job_id)
+    apply_karma(runtime, session)
     if result is not None:
         await hooks(runtime).run(result)
     return result
