@@ -19,7 +19,7 @@ from coordinator.jobs import repository as sql
 from coordinator.jobs import service
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.models import Job
-from coordinator.jobs.output import OutputAccumulator
+from coordinator.jobs.output import OutputAccumulator, accumulator_of
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child, Supervisor
 from tests.conftest import make_settings
@@ -38,7 +38,7 @@ class Stack:
 
     @property
     def accumulator(self) -> OutputAccumulator:
-        sink = self.runtime.components["output"]
+        sink = accumulator_of(self.runtime)  # this replica's, also under the cross-replica router
         assert isinstance(sink, OutputAccumulator)
         return sink
 

@@ -186,16 +186,18 @@ def streaming_children(runtime: Runtime) -> list[Child]:
 
 
 def job_children(runtime: Runtime) -> list[Child]:
-    """The job pipeline over NATS: bus (streams, wake-ups), Island job messages, status consumer,
-    dispatcher and the fast lease sweeper."""
+    """The job pipeline over NATS: bus (streams, wake-ups), the cross-replica stream router, Island job
+    messages, status consumer, dispatcher and the fast lease sweeper."""
     from coordinator.jobs.dispatcher import Dispatcher
     from coordinator.jobs.recovery import LeaseSweeper
     from coordinator.nats.job_bus import JobBusChild
     from coordinator.nats.job_handler import JobHandlerChild
     from coordinator.nats.status_consumer import StatusConsumerChild
+    from coordinator.nats.stream_router import StreamRouterChild
 
     return [
         JobBusChild(runtime),
+        StreamRouterChild(runtime),
         JobHandlerChild(runtime),
         StatusConsumerChild(runtime),
         Dispatcher(runtime),

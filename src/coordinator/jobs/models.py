@@ -50,6 +50,8 @@ class Job(Base):
     parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     batch_index: Mapped[int | None] = mapped_column(Integer)
     batch_config: Mapped[dict[str, Any] | None]
+    # The replica that owns the job's event stream (docs/decisions/multi-replica-streaming.md).
+    stream_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
     assigned_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]

@@ -308,6 +308,7 @@ async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> 
 
 def accumulator_of(runtime: Runtime) -> OutputAccumulator | None:
     sink = runtime.components.get(OUTPUT_COMPONENT)
+    sink = getattr(sink, "local", sink)  # under a cross-replica router, this replica's accumulator
     return sink if isinstance(sink, OutputAccumulator) else None
 
 
@@ -326,7 +327,8 @@ class OutputAccumulatorChild(Child):
             self.accumulator = OutputAccumulator(self.runtime)
         accumulator = self.accumulator
         accumulator.wake = self._wake.set
-        self.runtime.components[OUTPUT_COMPONENT] = accumulator
+        if getattr(self.runtime.components.get(OUTPUT_COMPONENT), "local", None) is not accumulator:
+            self.runtime.components[OUTPUT_COMPONENT] = accumulator  # (keeps a router wrapping it)
         ready()
         interval = self.runtime.settings.output_flush_interval_seconds
         last_sweep = time.monotonic()

@@ -78,6 +78,7 @@ class JobHandlerChild(Child):
 
     name = "job_handler"
     SUFFIXES = ("output", "progress", "image", "lease")
+    QUEUE = "coordinator-job-messages"
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -95,7 +96,11 @@ class JobHandlerChild(Child):
 
             return on_message
 
-        subs = [await nc.subscribe(f"host.*.{suffix}", cb=callback()) for suffix in self.SUFFIXES]
+        # One replica of the queue group takes each message; the stream router forwards it to the job's owner.
+        subs = [
+            await nc.subscribe(f"host.*.{suffix}", queue=self.QUEUE, cb=callback())
+            for suffix in self.SUFFIXES
+        ]
         ready()
         try:
             await asyncio.Event().wait()
