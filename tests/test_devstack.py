@@ -69,6 +69,20 @@ def test_dev_stack_serves_the_demo_account_and_keeps_its_data(tmp_path: Path) ->
         demo = account.json()["data"]
         assert demo["email"] == "demo@archipelag.local" and demo["credits"] > 0
         assert httpx.get(f"{first['URL']}/readyz").json()["checks"] == {"database": "ok", "nats": "ok"}
+        # The demo Island runs a chat job end to end.
+        headers = {"Authorization": f"Bearer {first['API key']}"}
+        job = httpx.post(
+            f"{first['URL']}/api/v1/jobs",
+            headers=headers,
+            json={"workload": "llm-chat", "input": {"prompt": "Hello demo"}},
+        ).json()["data"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job = httpx.get(f"{first['URL']}/api/v1/jobs/{job['id']}", headers=headers).json()["data"]
+            if job["status"] in ("completed", "failed", "cancelled", "timeout"):
+                break
+            time.sleep(0.2)
+        assert job["status"] == "completed" and "Hello demo" in job["output"]
     finally:
         assert _stop(proc) == 0
 

@@ -170,6 +170,9 @@ class IslandChild(Child):
                 gpu_vram_mb=24564,
                 cpu_cores=8,  # simulated: room for 4 concurrent jobs whatever the dev machine
                 ram_mb=32768,
+                # Without an ask, a top-tier GPU asks the Cargo's base price × 2.0, above the default
+                # budget (the base price): the demo Island asks the cheapest seeded price instead.
+                asking_prices={"_default": "0.1"},
             )
         )
         await agent.start()

@@ -67,6 +67,8 @@ def heartbeat_message(host_id: str, *, active: int, max_concurrent: int, gpu: bo
                 "supported_runtimes": ["container", "wasm", "diffusers"],
                 "nats_rtt_ms": 0.4,
             },
+            # An ask below every seeded base price, so the default budget always clears.
+            "asking_prices": {"_default": "0.1"},
         }
     )
 
