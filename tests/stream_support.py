@@ -99,14 +99,8 @@ async def assign(stack: Stack, job_id: uuid.UUID, *, start: bool = True) -> JobR
     async with stack.runtime.db.transaction() as session:
         row = (
             await session.execute(
-                sql.ASSIGN_SQL,
-                {
-                    "id": job_id,
-                    "host_id": stack.host_id,
-                    "lease_seconds": 600,
-                    "placement": None,
-                    "clearing_price": None,
-                },
+                sql.ASSIGN_MANY_SQL,
+                sql.assign_many_params([sql.AssignRow(job_id, stack.host_id, 600)], None),
             )
         ).one()
     result = service.transition_result(row, "queued")

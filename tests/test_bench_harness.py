@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from coordinator.benchmarks.harness import Result, latency_summary, machine_description, percentile
+from coordinator.benchmarks.harness import BenchEnv, Result, latency_summary, machine_description, percentile
+from coordinator.benchmarks.profile import Sampler, summarise
 from coordinator.benchmarks.report import write_report
+from coordinator.benchmarks.runner import run_one
 
 
 def test_percentiles_interpolate() -> None:
@@ -31,3 +35,60 @@ def test_report_has_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "| scenario_y | rate ≥ 4 | yes |" in text
     png = next(tmp_path.glob("*-baseline_x.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_summary_attributes_samples_by_library_and_function() -> None:
+    collapsed = "\n".join(
+        [
+            "main (/app/coordinator/cli.py:1);submit_job (/app/coordinator/jobs/service.py:9);"
+            "execute (/venv/sqlalchemy/orm/session.py:5) 6",
+            "main (/app/coordinator/cli.py:1);submit_job (/app/coordinator/jobs/service.py:9);"
+            "_send (/venv/psycopg/_cursor_base.py:3) 3",
+            "run (/usr/lib/python3.11/asyncio/base_events.py:7) 1",
+        ]
+    )
+    summary = summarise(collapsed)
+    assert summary["samples"] == 10
+    assert summary["by_category_pct"] == {
+        "SQLAlchemy": 60.0,
+        "database driver (psycopg)": 30.0,
+        "event loop (asyncio, uvloop)": 10.0,
+    }
+    # the entry point is left out; a function counts once per sample however deep it appears
+    assert summary["coordinator_functions_pct"] == {"submit_job (jobs/service.py:9)": 90.0}
+
+
+def test_sampler_profiles_a_real_process(tmp_path: Path) -> None:
+    """py-spy attached from outside finds the function a process spends its time in."""
+    program = tmp_path / "busy.py"
+    program.write_text(
+        "import time\n"
+        "def spin_here():\n"
+        "    end = time.time() + 1.5\n"
+        "    while time.time() < end:\n"
+        "        sum(range(1000))\n"
+        "spin_here()\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(program)])
+    sampler = Sampler(proc.pid, tmp_path / "profile.txt", rate=200)
+    sampler.start()
+    proc.wait()
+    sampler.wait()
+    summary = summarise(sampler.output.read_text())
+    assert int(summary["samples"]) > 50  # type: ignore[call-overload]
+    assert any("spin_here" in frame for frame in summary["hottest_frames_pct"])  # type: ignore[attr-defined]
+
+
+def test_report_shows_the_profile_and_a_failed_scenario_does_not_stop_the_run(tmp_path: Path) -> None:
+    async def broken(env: BenchEnv) -> Result:
+        raise RuntimeError("no Island answered")
+
+    failed = run_one("broken", broken, None)  # type: ignore[arg-type]
+    assert failed.met is False and "no Island answered" in failed.metrics["error"]
+    ok = Result("scenario_z", {}, {"rate": 1.0}, target="t", met=False)
+    ok.profile = {"s_z": summarise("f (/app/coordinator/jobs/dispatcher.py:3);g (/venv/nats/aio/client.py:1) 4")}
+    _, md_path = write_report([failed, ok], machine_description(), tmp_path, quick=True)
+    text = md_path.read_text()
+    assert "| broken | (did not finish) | **no** | error RuntimeError('no Island answered')" in text
+    assert "| `NATS client` | 100.0 |" in text
+    assert "| `f (jobs/dispatcher.py:3)` | 100.0 |" in text

@@ -56,10 +56,8 @@ async def test_any_message_order_ends_in_one_terminal_state_with_money_conserved
     intake: JobIntake = runtime.components["intake"]
     job = await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}, budget="2")
     async with runtime.db.transaction() as session:
-        await session.execute(
-            sql.ASSIGN_SQL,
-            {"id": job.id, "host_id": island.id, "lease_seconds": 60, "placement": {}, "clearing_price": 1},
-        )
+        move = sql.AssignRow(job.id, island.id, 60, {}, Decimal(1))
+        await session.execute(sql.ASSIGN_MANY_SQL, sql.assign_many_params([move], None))
     for event in events:
         if event == "owner_cancel":
             await service.cancel_job(runtime, consumer.user, str(job.id))

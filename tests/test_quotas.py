@@ -19,6 +19,8 @@ from coordinator.runtime import Runtime
 from coordinator.web import ratelimit
 from tests.factories import make_consumer
 
+COUNT_SQL = text("SELECT count FROM rate_limit_counters WHERE bucket = :bucket")
+
 
 @pytest.fixture
 def tight(runtime: Runtime) -> Runtime:
@@ -64,17 +66,52 @@ async def test_the_101st_request_gets_429_with_an_integer_retry_after(
 
 
 async def test_the_counter_is_shared_by_replicas(tight: Runtime) -> None:
-    """Two replicas are two connection pools on one database: the count is the database's."""
+    """Two replicas count in memory and meet in PostgreSQL: after a flush each sees the other's requests."""
+    now = [1_800_000_000.0]  # a window start, so the test cannot straddle a minute
+    a, b = quotas.RateCounter(lambda: now[0]), quotas.RateCounter(lambda: now[0])
     second = Runtime.from_settings(tight.settings)
+
+    async def flush(counter: quotas.RateCounter, rt: Runtime) -> None:
+        async with rt.db.transaction() as session:
+            await counter.flush(session)
+
     try:
-        seen = []
-        for rt in (tight, second, tight, second):
-            async with rt.db.transaction() as session:
-                seen.append((await quotas.hit(session, "key:shared", 3)).count)
+        assert [a.hit("key:shared", 3).count for _ in range(2)] == [1, 2]
+        assert b.hit("key:shared", 3).count == 1  # B has not heard of A's requests yet
+        await flush(a, tight)
+        await flush(b, second)
+        assert b.hit("key:shared", 3).count == 4  # A's two, B's flushed one, this one
+        assert b.hit("key:shared", 3).exceeded
+        assert a.hit("key:shared", 3).count == 3  # A learns B's count at its next flush
+        await flush(a, tight)
+        assert a.hit("key:shared", 3).count == 5  # B's last two requests are still pending in B
+        async with tight.db.session() as session:
+            stored = await session.scalar(COUNT_SQL, {"bucket": "key:shared"})
+        assert stored == 4  # every request flushed so far, each once
+        now[0] += 60  # a new minute starts from zero
+        assert a.hit("key:shared", 3).count == 1
     finally:
         await second.db.dispose()
-    assert seen[-1] - seen[0] == 3  # one window (barring a minute boundary between hits)
-    assert sorted(seen) == seen
+
+
+async def test_requests_counted_during_a_flush_are_not_lost(tight: Runtime) -> None:
+    counter = quotas.RateCounter(lambda: 1_800_000_000.0)
+    counter.hit("key:k", 100)
+
+    class Racing:
+        """A session whose statement lets another request in while it runs."""
+
+        async def execute(self, statement: object, params: object = None) -> object:
+            if statement is quotas.ADD_COUNTS_SQL:
+                counter.hit("key:k", 100)
+            async with tight.db.transaction() as session:
+                return await session.execute(statement, params)  # type: ignore[arg-type]
+
+    await counter.flush(Racing())  # type: ignore[arg-type]
+    assert counter.hit("key:k", 100).count == 3
+    async with tight.db.transaction() as session:
+        await counter.flush(session)
+        assert await session.scalar(COUNT_SQL, {"bucket": "key:k"}) == 3
 
 
 def _request(method: str, path: str, runtime: Runtime) -> Request:

@@ -150,7 +150,11 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
     if with_worker:
         children.append(WorkerChild(runtime))
     if http:
-        children.append(HttpChild(runtime))
+        from coordinator.billing.quotas import RateCounterSync
+        from coordinator.web.ratelimit import rate_counter
+
+        interval = runtime.settings.rate_limit_sync_seconds
+        children += [RateCounterSync(runtime.db, rate_counter(runtime), interval), HttpChild(runtime)]
     elif runtime.settings.metrics_port:
         children.append(MetricsEndpointChild(runtime))
     fleet = FleetView(heartbeat_timeout=float(runtime.settings.heartbeat_timeout_seconds))

@@ -9,10 +9,10 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -22,8 +22,20 @@ from coordinator.supervisor import Child
 app = typer.Typer(
     help="Archipelag coordinator: the control plane of a distributed compute network.", no_args_is_help=True
 )
+T = TypeVar("T")
 admin_app = typer.Typer(help="Operator tasks.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a long-lived process's event loop on uvloop where it is installed (it ships with
+    `uvicorn[standard]` on Linux and macOS), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _settings(**overrides: object):  # type: ignore[no-untyped-def]
@@ -82,7 +94,7 @@ def serve(
     """Run the HTTP API, the NATS handlers and the dispatcher (one replica)."""
     settings = _settings()
     _logging(settings)
-    asyncio.run(_serve(settings, with_worker=with_worker))
+    run_loop(_serve(settings, with_worker=with_worker))
 
 
 @app.command()
@@ -90,7 +102,7 @@ def worker() -> None:
     """Run the background-job worker (maintenance, payouts, security scans)."""
     settings = _settings()
     _logging(settings)
-    asyncio.run(_serve(settings, with_worker=True, http=False))
+    run_loop(_serve(settings, with_worker=True, http=False))
 
 
 def _port_free(port: int) -> bool:
@@ -142,7 +154,7 @@ def dev(
         )
         _logging(settings)
         upgrade(settings.database_url)
-        asyncio.run(_dev(settings, root, started))
+        run_loop(_dev(settings, root, started))
     finally:
         nats_server.stop()
         postgres.stop()
@@ -278,11 +290,14 @@ def bench(
         bool, typer.Option("--quick", help="Small sizes: the whole run in under 3 minutes.")
     ] = False,
     output: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("bench/results"),
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Sample the coordinator with py-spy; report where its CPU went.")
+    ] = False,
 ) -> None:
     """Run the benchmark suite against embedded PostgreSQL and NATS and write a report."""
     from coordinator.benchmarks.runner import run
 
-    results, report = run(list(scenarios or []), quick=quick, output=output)
+    results, report = run(list(scenarios or []), quick=quick, output=output, profile=profile)
     for result in results:
         typer.echo(f"{result.name}: {result.metrics}")
     typer.echo(f"report: {report}")

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         "postgresql+psycopg://postgres@localhost/coordinator",
         validation_alias=AliasChoices("DATABASE_URL", "COORDINATOR_DATABASE_URL"),
     )
-    db_pool_size: int = 10
+    db_pool_size: int = 20
     db_max_overflow: int = 10
 
     nats_url: str | None = Field(None, validation_alias=AliasChoices("NATS_URL", "COORDINATOR_NATS_URL"))
@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = 5.0
     lease_sweep_interval_seconds: float = 2.0
     poll_rate_limit_per_minute: int = 600
+    # How often a replica adds its in-memory request counts to the shared PostgreSQL counter.
+    rate_limit_sync_seconds: float = 1.0
 
     # karma (metro_settings rows override the first three per region)
     karma_minutes_per_karma: int = 60

@@ -46,6 +46,7 @@ class Principal:
     user: User
     scopes: frozenset[str]
     api_key_id: uuid.UUID | None = None
+    key_use_due: bool = False  # the key's last_used_at is older than LAST_USED_RESOLUTION
 
     @property
     def is_admin(self) -> bool:
@@ -119,7 +120,8 @@ async def create_api_key(
 
 
 async def authenticate_api_key(session: AsyncSession, secret_key: str, token: str) -> Principal | None:
-    """The principal a bearer key stands for, or None if it is unknown, revoked or expired."""
+    """The principal a bearer key stands for, or None if it is unknown, revoked or expired. Read-only:
+    `touch_api_key` records the use when `Principal.key_use_due` says so."""
     if not token.startswith(API_KEY_PREFIX) or len(token) > 200:
         return None
     row = (
@@ -135,12 +137,14 @@ async def authenticate_api_key(session: AsyncSession, secret_key: str, token: st
     now = utcnow()
     if key.expires_at is not None and key.expires_at <= now:
         return None
-    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        # Informational only: no need to wait for the WAL flush.
-        await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-        await session.commit()
-    return Principal(user=user, scopes=frozenset(key.scopes), api_key_id=key.id)
+    due = key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION
+    return Principal(user=user, scopes=frozenset(key.scopes), api_key_id=key.id, key_use_due=due)
+
+
+async def touch_api_key(session: AsyncSession, key_id: uuid.UUID) -> None:
+    """Record that a key was used now (informational: no need to wait for the WAL flush)."""
+    await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
 async def list_api_keys(session: AsyncSession, user_id: int) -> list[ApiKey]:

@@ -196,7 +196,9 @@ class FakeFleet:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._nc is not None:
-            await self._nc.drain()
+            # Close, not drain: draining waits out every outstanding pull request (up to 30 s).
+            await self._nc.flush()
+            await self._nc.close()
 
 
 async def heartbeat_flood(nats_url: str, host_ids: list[str], duration: float, interval: float = 10.0) -> int:

@@ -51,6 +51,9 @@ class Result:
     target: str | None = None
     met: bool | None = None
     notes: str = ""
+    seconds: float = 0.0  # wall time of the scenario, set by the runner
+    # With `--profile`: where the coordinator's CPU went, per coordinator process the scenario started.
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,11 +67,15 @@ class BenchEnv:
     nats_url: str = ""
     quick: bool = False
     baselines: dict[str, Result] = field(default_factory=dict)
+    # With `--profile`: each coordinator process is sampled; its summary lands here under its stack's name.
+    profile: bool = False
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, quick: bool) -> BenchEnv:
+    def start(cls, quick: bool, profile: bool = False) -> BenchEnv:
         root = Path(tempfile.mkdtemp(prefix="coordinator-bench-"))
         env = cls(root, EmbeddedPostgres(root / "postgres"), EmbeddedNats(root / "nats"), quick=quick)
+        env.profile = profile
         env.postgres.start()
         env.database_url = env.postgres.ensure_database("bench")
         upgrade(env.database_url)

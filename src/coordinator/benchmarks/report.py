@@ -37,6 +37,21 @@ def _plot(result: Result, folder: Path, stamp: str) -> str | None:
     return name
 
 
+def _profile_lines(process: str, summary: dict[str, Any]) -> list[str]:
+    """Where one coordinator process spent its CPU (py-spy samples), as Markdown."""
+    lines = [f"CPU profile of the coordinator (`{process}`, {summary.get('samples', 0)} samples):", ""]
+    for title, key in (
+        ("by library (leaf frame)", "by_category_pct"),
+        ("coordinator functions on the stack", "coordinator_functions_pct"),
+    ):
+        rows = summary.get(key) or {}
+        if rows:
+            lines += [f"| {title} | % of samples |", "|---|---|"]
+            lines += [f"| `{name}` | {pct} |" for name, pct in rows.items()]
+            lines.append("")
+    return lines
+
+
 def write_report(
     results: list[Result], machine: dict[str, Any], folder: Path, *, quick: bool
 ) -> tuple[Path, Path]:
@@ -56,13 +71,13 @@ def write_report(
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         "",
-        "| scenario | target | met | key metrics |",
-        "|---|---|---|---|",
+        "| scenario | target | met | key metrics | seconds |",
+        "|---|---|---|---|---|",
     ]
     for r in results:
         met = "—" if r.met is None else ("yes" if r.met else "**no**")
         metrics = "; ".join(f"{k} {v}" for k, v in r.metrics.items())
-        lines.append(f"| {r.name} | {r.target or 'baseline'} | {met} | {metrics} |")
+        lines.append(f"| {r.name} | {r.target or 'baseline'} | {met} | {metrics} | {r.seconds} |")
     lines.append("")
     for r in results:
         lines += [f"## {r.name}", "", f"Parameters: `{json.dumps(r.params, default=str)}`", ""]
@@ -70,5 +85,7 @@ def write_report(
             lines += [r.notes, ""]
         if (plot := _plot(r, folder, stamp)) is not None:
             lines += [f"![{r.name}]({plot})", ""]
+        for process, summary in r.profile.items():
+            lines += _profile_lines(process, summary)
     md_path.write_text("\n".join(lines))
     return json_path, md_path

@@ -16,6 +16,7 @@ import structlog
 from coordinator.benchmarks.baselines import run_sse_fanout
 from coordinator.benchmarks.fake_island import FakeFleet, JobBehaviour, heartbeat_flood
 from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, latency_summary, scenario
+from coordinator.benchmarks.profile import Sampler, summarise
 from coordinator.benchmarks.system import CoordinatorProcess, make_account
 from coordinator.config import libpq_url
 
@@ -43,10 +44,18 @@ async def stack(env: BenchEnv, name: str) -> AsyncIterator[Stack]:
         conn.execute("UPDATE users SET verification_status = 'verified'")
     coordinator = CoordinatorProcess(database_url, env.nats_url)
     await coordinator.start()
+    sampler = None
+    if env.profile and coordinator.proc is not None:
+        sampler = Sampler(coordinator.proc.pid, env.root / f"profile-{name}.txt")
+        sampler.start()
     try:
         yield Stack(coordinator, key, database_url)
     finally:
         coordinator.stop()
+        if sampler is not None:
+            sampler.wait()
+            if sampler.output.exists():
+                env.profiles[name] = summarise(sampler.output.read_text())
 
 
 def _db_checks(database_url: str, submitted: list[str]) -> dict[str, int]:
@@ -82,6 +91,23 @@ def _host_count(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def http_client(s: Stack) -> httpx.AsyncClient:
+    """Keep-alive connections for every concurrent submitter (httpx's default keeps 20: a 21st submitter
+    would open and close a connection per request and measure that instead)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(base_url=s.coordinator.url, timeout=60, limits=limits)
+
+
+async def start_fleet(s: Stack, fleet: FakeFleet) -> None:
+    """Start the fleet and wait (up to a minute) until the coordinator has stored every Island's heartbeat."""
+    await fleet.start()
+    deadline = time.monotonic() + 60
+    while (stored := _host_count(s.database_url)) < fleet.size:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the coordinator stored {stored} of {fleet.size} Islands")
+        await asyncio.sleep(0.1)
+
+
 async def _submit(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[str | None, float]:
     started = time.perf_counter()
     response = await client.post("/api/v1/jobs", json=CHAT, headers=headers)
@@ -98,10 +124,9 @@ async def submit_to_assign(env: BenchEnv) -> Result:
     assigned: dict[str, float] = {}
     async with stack(env, "s_assign") as s:
         fleet = FakeFleet(env.nats_url, 4, on_assigned=lambda job, t: assigned.__setitem__(job, t))
-        await fleet.start()
-        await asyncio.sleep(1.0)
+        await start_fleet(s, fleet)
         latencies: list[float] = []
-        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=30) as client:
+        async with http_client(s) as client:
             for _ in range(count):
                 started = time.perf_counter()
                 job_id, _ = await _submit(client, s.headers)
@@ -133,10 +158,9 @@ async def dispatcher(env: BenchEnv) -> Result:
         fleet = FakeFleet(
             env.nats_url, 8, max_concurrent=0, on_assigned=lambda j, t: assigned.__setitem__(j, t)
         )
-        await fleet.start()
-        await asyncio.sleep(1.0)
+        await start_fleet(s, fleet)
         sem = asyncio.Semaphore(32)
-        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+        async with http_client(s) as client:
 
             async def one() -> str | None:
                 async with sem:
@@ -172,12 +196,11 @@ async def lifecycle(env: BenchEnv) -> Result:
     duration = 6.0 if env.quick else 30.0
     async with stack(env, "s_lifecycle") as s:
         fleet = FakeFleet(env.nats_url, 8, max_concurrent=256, behaviour=JobBehaviour(tokens=20))
-        await fleet.start()
-        await asyncio.sleep(1.0)
+        await start_fleet(s, fleet)
         submitted: list[str] = []
         per_second: list[float] = []
         stop_at = time.monotonic() + duration
-        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+        async with http_client(s) as client:
 
             async def submitter() -> None:
                 while time.monotonic() < stop_at:
@@ -214,11 +237,10 @@ async def hot_account(env: BenchEnv) -> Result:
     per_submitter = 8 if env.quick else 60
     async with stack(env, "s_hot") as s:
         fleet = FakeFleet(env.nats_url, 8, max_concurrent=512, behaviour=JobBehaviour(tokens=1))
-        await fleet.start()
-        await asyncio.sleep(1.0)
+        await start_fleet(s, fleet)
         latencies: list[float] = []
         failures = 0
-        async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+        async with http_client(s) as client:
 
             async def submitter() -> None:
                 nonlocal failures
@@ -256,9 +278,8 @@ async def sse_streaming(env: BenchEnv) -> Result:
         async with stack(env, f"s_sse_{clients}") as s:
             behaviour = JobBehaviour(hold=True, timestamp_tokens=True)
             fleet = FakeFleet(env.nats_url, 2, max_concurrent=64, behaviour=behaviour)
-            await fleet.start()
-            await asyncio.sleep(1.0)
-            async with httpx.AsyncClient(base_url=s.coordinator.url, timeout=60) as client:
+            await start_fleet(s, fleet)
+            async with http_client(s) as client:
                 job_ids = [j for j in [(await _submit(client, s.headers))[0] for _ in range(jobs)] if j]
             if not job_ids:
                 raise RuntimeError("no job was accepted; see bench.submit_refused")

@@ -46,8 +46,9 @@ class CoordinatorProcess:
             "COORDINATOR_LOG_LEVEL": "WARNING",
             "COORDINATOR_RATE_LIMIT_PER_MINUTE": "100000000",
             "COORDINATOR_POLL_RATE_LIMIT_PER_MINUTE": "100000000",
-            # The load generator is one unverified account: lift its active-job and daily-spend quotas.
+            # The load generator is one account: lift its active-job and daily-spend quotas.
             "COORDINATOR_ACTIVE_JOBS_UNVERIFIED": "100000000",
+            "COORDINATOR_ACTIVE_JOBS_VERIFIED": "100000000",
             "COORDINATOR_DAILY_SPEND_UNVERIFIED": "1000000000000",
             **env_overrides,
         }

@@ -1,19 +1,26 @@
-"""Quotas: request rate per API key (a counter per minute in PostgreSQL, shared by every replica), active
-jobs per user and the daily spending cap of unverified accounts."""
+"""Quotas: request rate per API key (counted in memory per minute and shared by every replica through
+PostgreSQL), active jobs per user and the daily spending cap of unverified accounts."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
 from coordinator.config import Settings
 from coordinator.errors import RateLimited
+from coordinator.repo.database import Database
+from coordinator.supervisor import LoopService
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,28 +50,102 @@ class RateWindow:
         }
 
 
-# Counts one request in the bucket's current minute; one statement, atomic across replicas.
-HIT_SQL = text(
+# Adds each bucket's requests counted in memory since the last flush; one statement for every bucket,
+# atomic across replicas; returns each bucket's total for its window.
+ADD_COUNTS_SQL = text(
     """
     INSERT INTO rate_limit_counters AS c (bucket, window_start, count)
-    VALUES (:bucket, date_trunc('minute', now()), 1)
-    ON CONFLICT (bucket, window_start) DO UPDATE SET count = c.count + 1
-    RETURNING c.count, extract(epoch FROM c.window_start + interval '1 minute')::bigint
+    SELECT b, to_timestamp(w), n
+    FROM unnest(CAST(:buckets AS text[]), CAST(:windows AS bigint[]), CAST(:counts AS int[])) AS t(b, w, n)
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = c.count + excluded.count
+    RETURNING c.bucket, extract(epoch FROM c.window_start)::bigint, c.count
     """
 )
 
-# Forgets the bucket's finished windows (run on the first hit of a new window, so the table stays small).
-PRUNE_SQL = text(
-    "DELETE FROM rate_limit_counters WHERE bucket = :bucket AND window_start < date_trunc('minute', now())"
-)
+# Forgets finished windows (the flush runs it once a minute, so the table stays small).
+PRUNE_SQL = text("DELETE FROM rate_limit_counters WHERE window_start < now() - interval '2 minutes'")
+
+WINDOW_SECONDS = 60
 
 
-async def hit(session: AsyncSession, bucket: str, limit: int) -> RateWindow:
-    """Count a request against `bucket` (fixed one-minute windows). The caller decides what to refuse."""
-    count, reset = (await session.execute(HIT_SQL, {"bucket": bucket})).one()
-    if count == 1:
-        await session.execute(PRUNE_SQL, {"bucket": bucket})
-    return RateWindow(limit=limit, count=int(count), reset_epoch=int(reset))
+@dataclass
+class _Slot:
+    known: int = 0  # the bucket's total in PostgreSQL at the last flush (every replica's requests)
+    pending: int = 0  # this replica's requests not yet added to it
+
+
+class RateCounter:
+    """Requests per bucket and fixed one-minute window, counted in memory and added to PostgreSQL by
+    `flush` (about once a second), so a request costs no database write and replicas still share one count.
+
+    A bucket's count is its database total at the last flush plus this replica's requests since. With one
+    replica it is exact; with N, a key can overshoot by what the other replicas let through within one flush
+    interval. A crash forgets at most one interval of counts (quota, not money)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._pruned_window = 0
+
+    def hit(self, bucket: str, limit: int) -> RateWindow:
+        """Count one request against `bucket`'s current window. The caller decides what to refuse."""
+        window = int(self.clock()) // WINDOW_SECONDS * WINDOW_SECONDS
+        slot = self._slots.get((bucket, window))
+        if slot is None:
+            slot = self._slots[(bucket, window)] = _Slot()
+        slot.pending += 1
+        return RateWindow(limit=limit, count=slot.known + slot.pending, reset_epoch=window + WINDOW_SECONDS)
+
+    async def flush(self, session: AsyncSession) -> None:
+        """Add the pending counts to PostgreSQL and learn each bucket's total; drop finished windows."""
+        sent = [(b, w, slot.pending) for (b, w), slot in self._slots.items() if slot.pending > 0]
+        if sent:
+            rows = await session.execute(
+                ADD_COUNTS_SQL,
+                {
+                    "buckets": [b for b, _, _ in sent],
+                    "windows": [w for _, w, _ in sent],
+                    "counts": [n for _, _, n in sent],
+                },
+            )
+            totals = {(bucket, int(window)): int(count) for bucket, window, count in rows}
+            for bucket, window, n in sent:
+                slot = self._slots[(bucket, window)]
+                slot.pending -= n  # requests counted while the statement ran stay pending
+                slot.known = max(slot.known, totals.get((bucket, window), slot.known + n))
+        current = int(self.clock()) // WINDOW_SECONDS * WINDOW_SECONDS
+        for key in [k for k, slot in self._slots.items() if k[1] < current and not slot.pending]:
+            del self._slots[key]
+        if current != self._pruned_window:
+            self._pruned_window = current
+            await session.execute(PRUNE_SQL)
+
+
+class RateCounterSync(LoopService):
+    """Flushes this replica's `RateCounter` to PostgreSQL every `interval` seconds (and once at stop)."""
+
+    name = "rate-limit-sync"
+
+    def __init__(self, db: Database, counter: RateCounter, interval: float = 1.0) -> None:
+        super().__init__()
+        self.db = db
+        self.counter = counter
+        self.interval = interval
+
+    async def run_once(self) -> None:
+        try:
+            async with self.db.transaction() as session:
+                # A count lost in a crash costs a second of quota: no need to wait for the WAL flush.
+                await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                await self.counter.flush(session)
+        except Exception:
+            log.exception("rate_limit.flush_failed")
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        try:
+            await super().run(ready)
+        finally:
+            await self.run_once()
 
 
 @dataclass(frozen=True)

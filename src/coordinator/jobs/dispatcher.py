@@ -26,6 +26,7 @@ from coordinator.jobs.events import DISPATCHER_COMPONENT
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob
+from coordinator.pubsub import pubsub_of
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
 from coordinator.telemetry import context, metrics
@@ -34,6 +35,13 @@ log = structlog.get_logger(__name__)
 
 # How often the fleet view is topped up from the database (see `hydrate_fleet`).
 HYDRATE_EVERY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    move: sql.AssignRow
+    message: AssignJob
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -156,13 +164,15 @@ class Dispatcher(LoopService):
             if not rows:
                 return 0
             hosts = await self._lock_capacity(session, candidates)
-            planned = [a for row in rows if (a := await self._assign(session, row, hosts)) is not None]
-        if planned:
-            await asyncio.gather(*(self._publish(a) for a in planned))
+            surge = await service.current_surge(self.runtime, session)
+            plans = [p for row in rows if (p := await self._plan(session, row, hosts, surge)) is not None]
+            assignments = await self._assign(session, plans)
+        if assignments:
+            await asyncio.gather(*(self._publish(a) for a in assignments))
         failed, self._failed = self._failed, []
         for result in failed:
             await service.hooks(self.runtime).run(result)
-        return len(planned)
+        return len(assignments)
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
         ids = [h.id for h in candidates]
@@ -173,7 +183,11 @@ class Dispatcher(LoopService):
             host.reserved = counts.get(host.id, 0)
         return hosts
 
-    async def _assign(self, session: AsyncSession, row: Any, hosts: list[HostView]) -> Assignment | None:
+    async def _plan(
+        self, session: AsyncSession, row: Any, hosts: list[HostView], surge: Decimal
+    ) -> Plan | None:
+        """Where one claimed job goes (reserving the slot for the rest of the pass), or None to leave it
+        queued; a job no AssignJob can express is failed here."""
         budget = Decimal(row.budget)
         needs = rules.JobNeeds(
             workload_id=row.workload_id,
@@ -201,33 +215,28 @@ class Dispatcher(LoopService):
         except ProtocolError as exc:
             await self._undispatchable(session, row.id, str(exc))
             return None
-        clearing = rules.clearing_price(host, needs, await service.current_surge(self.runtime, session))
-        done = (
-            await session.execute(
-                sql.ASSIGN_SQL,
-                {
-                    "id": row.id,
-                    "host_id": placement.host_id,
-                    "lease_seconds": lease_seconds,
-                    "placement": placement.record(clearing),
-                    "clearing_price": clearing,
-                },
-            )
-        ).first()
-        if done is None:
-            return None
         host.reserved += 1
-        result = TransitionResult(
-            row.id,
-            row.user_id,
-            row.workload_id,
-            rules.QUEUED,
-            rules.ASSIGNED,
-            placement.host_id,
-            done.attempt,
-            row.created_at,
-        )
-        return Assignment(row.id, placement.host_id, done.attempt, message, row.created_at, result)
+        clearing = rules.clearing_price(host, needs, surge)
+        move = sql.AssignRow(row.id, host.id, lease_seconds, placement.record(clearing), clearing)
+        return Plan(move, message, row.created_at)
+
+    async def _assign(self, session: AsyncSession, plans: list[Plan]) -> list[Assignment]:
+        """Every planned move in one guarded UPDATE; the jobs' streams are owned by this replica."""
+        if not plans:
+            return []
+        owner = pubsub_of(self.runtime.components).replica_id
+        params = sql.assign_many_params([p.move for p in plans], owner)
+        done = {row.id: row for row in await session.execute(sql.ASSIGN_MANY_SQL, params)}
+        assignments = []
+        for plan in plans:
+            row = done.get(plan.move.job_id)
+            if row is None:
+                continue
+            result = service.transition_result(row, rules.QUEUED, stream_owner=row.stream_owner)
+            assignments.append(
+                Assignment(row.id, row.host_id, row.attempt, plan.message, row.created_at, result)
+            )
+        return assignments
 
     async def _undispatchable(self, session: AsyncSession, job_id: uuid.UUID, reason: str) -> None:
         """A Cargo no AssignJob can express (no image, no module): fail the job now, with a refund."""

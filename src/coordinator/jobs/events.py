@@ -26,6 +26,8 @@ class JobRef:
     runtime: str  # container, wasm, llmcpp, onnx, diffusers, coreml
     host_id: uuid.UUID | None
     created_at: datetime
+    # The replica producing the job's events, when known without a look-up (see nats.stream_router).
+    stream_owner: str | None = None
 
 
 @runtime_checkable

@@ -31,6 +31,8 @@ class TransitionResult:
     usage: dict[str, Any] | None = None
     # The Island the job just left (requeue, terminal): its capacity is free again.
     released_host_id: uuid.UUID | None = None
+    # The replica producing the job's events, when the transition already knows it (the dispatcher's).
+    stream_owner: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -58,15 +63,45 @@ ACTIVE_PER_HOST_SQL = text(
 )
 
 # queued → assigned: binds the job to an Island with a lease; the attempt counter counts assignments.
-ASSIGN_SQL = text(
+ASSIGN_MANY_SQL = text(
     """
-    UPDATE jobs SET state = 'assigned', host_id = :host_id, attempt = attempt + 1, assigned_at = now(),
-           lease_expires_at = now() + make_interval(secs => :lease_seconds), placement = :placement,
-           clearing_price = :clearing_price, updated_at = now()
-    WHERE id = :id AND state = 'queued'
+    UPDATE jobs SET state = 'assigned', host_id = a.host_id, attempt = jobs.attempt + 1, assigned_at = now(),
+           lease_expires_at = now() + make_interval(secs => a.lease_seconds), placement = a.placement,
+           clearing_price = a.clearing_price, updated_at = now(),
+           stream_owner = COALESCE(jobs.stream_owner, CAST(:stream_owner AS text))
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:host_ids AS uuid[]), CAST(:lease_seconds AS int[]),
+                CAST(CAST(:placements AS text[]) AS jsonb[]), CAST(:clearing_prices AS numeric[]))
+         AS a(id, host_id, lease_seconds, placement, clearing_price)
+    WHERE jobs.id = a.id AND jobs.state = 'queued'
     """
     + RETURNING
-).bindparams(bindparam("placement", type_=JSONB))
+    + ", jobs.stream_owner"
+)
+
+
+@dataclass(frozen=True)
+class AssignRow:
+    """One queued → assigned move of `ASSIGN_MANY_SQL`."""
+
+    job_id: uuid.UUID
+    host_id: uuid.UUID
+    lease_seconds: int
+    placement: dict[str, Any] | None = None
+    clearing_price: Decimal | None = None
+
+
+def assign_many_params(rows: Sequence[AssignRow], stream_owner: str | None) -> dict[str, Any]:
+    """The parameters of `ASSIGN_MANY_SQL`: the whole dispatch pass in one statement. The stream owner (the
+    replica that will produce the jobs' events) is kept if the job already has one (a retry)."""
+    return {
+        "ids": [r.job_id for r in rows],
+        "host_ids": [r.host_id for r in rows],
+        "lease_seconds": [r.lease_seconds for r in rows],
+        "placements": [None if r.placement is None else json.dumps(r.placement) for r in rows],
+        "clearing_prices": [r.clearing_price for r in rows],
+        "stream_owner": stream_owner,
+    }
+
 
 # assigned → queued after a failed AssignJob publish: the attempt was never made, so it is given back.
 UNDO_ASSIGN_SQL = text(

@@ -79,6 +79,7 @@ async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
         runtime=runtime_name,
         host_id=result.host_id or result.released_host_id,
         created_at=result.created_at,
+        stream_owner=result.stream_owner,
     )
 
 

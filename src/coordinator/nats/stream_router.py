@@ -107,8 +107,9 @@ class StreamRouter:
         self.replica_id = replica_id
         self._owners: dict[uuid.UUID, str] = {}
 
-    async def owner(self, job_id: uuid.UUID) -> str:
-        owner = self._owners.get(job_id)
+    async def owner(self, job_id: uuid.UUID, known: str | None = None) -> str:
+        """The job's stream owner: cached, else `known` (from the transition that set it), else claimed."""
+        owner = self._owners.get(job_id) or known
         if owner is None:
             for _ in range(3):
                 async with self.runtime.db.transaction() as session:
@@ -116,6 +117,7 @@ class StreamRouter:
                 if owner is not None:
                     break
             owner = owner or self.replica_id  # an unknown job (tests' bare refs): handle it here
+        if job_id not in self._owners:
             if len(self._owners) >= CACHE_LIMIT:
                 self._owners.clear()
             self._owners[job_id] = owner
@@ -130,8 +132,9 @@ class StreamRouter:
     async def _route(
         self, op: str, ref: JobRef, args: list[Any], wait: float = REQUEST_TIMEOUT_SECONDS
     ) -> Any:
+        known = ref.stream_owner
         for _ in range(3):
-            owner = await self.owner(ref.job_id)
+            owner = await self.owner(ref.job_id, known)
             nc = self.runtime.nats
             if owner == self.replica_id or nc is None:
                 return await call_local(self.local, op, ref, args)
@@ -140,6 +143,7 @@ class StreamRouter:
                 reply = await nc.request(sink_subject(owner), body, timeout=wait)
             except NoRespondersError:
                 await self._take_over(ref.job_id, owner)
+                known = None
                 continue
             answer = json.loads(reply.data)
             if "error" in answer:

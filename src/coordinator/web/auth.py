@@ -29,12 +29,16 @@ async def current_principal(request: Request) -> Principal | None:
     principal: Principal | None = None
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    async with runtime.db.session() as session:
-        if scheme.lower() == "bearer" and token.strip():
+    if scheme.lower() == "bearer" and token.strip():
+        async with runtime.db.read() as session:
             principal = await accounts.authenticate_api_key(
                 session, runtime.settings.secret_key, token.strip()
             )
-        elif not header and (cookie := request.cookies.get(SESSION_COOKIE)):
+        if principal is not None and principal.key_use_due and principal.api_key_id is not None:
+            async with runtime.db.transaction() as session:
+                await accounts.touch_api_key(session, principal.api_key_id)
+    elif not header and (cookie := request.cookies.get(SESSION_COOKIE)):
+        async with runtime.db.session() as session:
             principal = await accounts.authenticate_session(
                 session, runtime.settings.secret_key, cookie, ttl_days=runtime.settings.session_ttl_days
             )

@@ -9,7 +9,6 @@ import re
 import time
 
 from fastapi import Request
-from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator.accounts.service import Principal
@@ -18,6 +17,7 @@ from coordinator.errors import RateLimited
 from coordinator.runtime import Runtime
 
 STATE_KEY = "rate_limit"
+COUNTER_COMPONENT = "rate_counter"
 # Polling one's own job (SDKs poll every 1–2 s) has its own, larger allowance.
 _POLL_PATH = re.compile(r"^/api/v1/jobs/[^/]+(/batch-status)?$")
 
@@ -28,6 +28,14 @@ def bucket_for(request: Request, principal: Principal) -> tuple[str, bool]:
     return (f"poll:{who}" if poll else who), poll
 
 
+def rate_counter(runtime: Runtime) -> quotas.RateCounter:
+    """This replica's request counter (flushed to PostgreSQL by `RateCounterSync` in the HTTP subtree)."""
+    counter = runtime.components.get(COUNTER_COMPONENT)
+    if counter is None:
+        counter = runtime.components[COUNTER_COMPONENT] = quotas.RateCounter()
+    return counter  # type: ignore[no-any-return]
+
+
 async def enforce(request: Request, principal: Principal) -> None:
     """Count this request; raise 429 (integer Retry-After) once the key's minute is used up."""
     if getattr(request.state, STATE_KEY, None) is not None:
@@ -36,11 +44,7 @@ async def enforce(request: Request, principal: Principal) -> None:
     bucket, poll = bucket_for(request, principal)
     settings = runtime.settings
     limit = settings.poll_rate_limit_per_minute if poll else settings.rate_limit_per_minute
-    async with runtime.db.transaction() as session:
-        # A counter lost in a crash costs one request of quota; waiting for its WAL flush on every
-        # request would serialise a busy key behind the disk.
-        await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        window = await quotas.hit(session, bucket, limit)
+    window = rate_counter(runtime).hit(bucket, limit)
     setattr(request.state, STATE_KEY, window)
     if window.exceeded:
         raise RateLimited(

@@ -38,7 +38,7 @@ async def submit(body: SubmitJob, request: Request, principal: Principal = Depen
         budget=body.budget,
         region=body.region,
     )
-    async with get_runtime(request).db.session() as session:
+    async with get_runtime(request).db.read() as session:
         position = await jobs.queue_position(session, job)
     return JSONResponse({"data": public_job(job, body.workload, queue_position=position)}, status_code=201)
 
@@ -50,7 +50,7 @@ async def list_jobs(
     offset: int = Query(0, ge=0),
     principal: Principal = Depends(require_read),
 ) -> dict[str, Any]:
-    async with get_runtime(request).db.session() as session:
+    async with get_runtime(request).db.read() as session:
         rows, total = await jobs.list_jobs(session, principal.user, limit=limit, offset=offset)
         data = [
             public_job(job, slug, queue_position=await jobs.queue_position(session, job))
@@ -63,7 +63,7 @@ async def list_jobs(
 async def get_job(
     job_id: str, request: Request, principal: Principal = Depends(require_read)
 ) -> dict[str, Any]:
-    async with get_runtime(request).db.session() as session:
+    async with get_runtime(request).db.read() as session:
         job, slug = await jobs.get_job(session, principal.user, job_id)
         position = await jobs.queue_position(session, job)
     return {"data": public_job(job, slug, queue_position=position)}
@@ -81,7 +81,7 @@ async def cancel_job(
 async def job_output(
     job_id: str, request: Request, principal: Principal = Depends(require_read)
 ) -> dict[str, Any]:
-    async with get_runtime(request).db.session() as session:
+    async with get_runtime(request).db.read() as session:
         job, _ = await jobs.get_job(session, principal.user, job_id)
     view = public_job(job, "")
     return {"data": {"id": view["id"], "status": view["status"], "output": job.output, "error": job.error}}
