@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from coordinator.jobs import rules, service
 from coordinator.marketplace import service as market
-from coordinator.marketplace.service import SurgeCache
+from coordinator.marketplace.service import TtlCache
 from coordinator.telemetry import metrics
 from coordinator.workloads import service as workloads
 from tests.factories import make_consumer, seed_cargos
@@ -40,6 +40,9 @@ def counted(kind: str) -> float:
 async def test_submit_budget_is_the_saved_bid_then_the_market_rate_with_markup(stack: JobStack) -> None:
     await make_island(stack.runtime)  # registered but not live: the jobs stay queued
     consumer = await make_consumer(stack.runtime)
+    now = [0.0]
+    rates = TtlCache[Decimal | None](ttl=10, clock=lambda: now[0])
+    stack.runtime.components[service.MARKET_RATES_COMPONENT] = rates
     async with stack.runtime.db.transaction() as session:
         workload = await workloads.get_by_slug(session, "llm-chat")
         base = Decimal(workload.price_per_job)
@@ -54,6 +57,12 @@ async def test_submit_budget_is_the_saved_bid_then_the_market_rate_with_markup(s
             ),
             {"id": first.id},
         )
+    # The market rate is recomputed at most every 10 s per Cargo.
+    cached = await job_row(stack.runtime, await submit(stack, consumer))
+    assert cached.budget == base
+    async with stack.runtime.db.transaction() as session:  # out of the way of the active-job quota
+        await session.execute(text("UPDATE jobs SET state = 'cancelled' WHERE id = :id"), {"id": cached.id})
+    now[0] += 10
     market_job = await job_row(stack.runtime, await submit(stack, consumer))
     assert market_job.budget == Decimal("0.84")
     async with stack.runtime.db.transaction() as session:
@@ -91,7 +100,7 @@ async def test_submit_over_the_daily_spend_of_an_unverified_user_is_429(stack: J
 
 async def test_success_pays_ask_times_surge_and_credits_karma_once(stack: JobStack, nats_url: str) -> None:
     # Surge is high right now (primed through the cache's own API; it holds for 30 s).
-    surge = SurgeCache()
+    surge = TtlCache[Decimal]()
 
     async def high() -> Decimal:
         return Decimal("1.25")
@@ -122,7 +131,7 @@ async def test_success_pays_ask_times_surge_and_credits_karma_once(stack: JobSta
 
 
 async def test_clearing_price_is_capped_at_the_budget(stack: JobStack, nats_url: str) -> None:
-    surge = SurgeCache()
+    surge = TtlCache[Decimal]()
 
     async def high() -> Decimal:
         return Decimal("1.25")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from coordinator.marketplace import rules
-from coordinator.marketplace.service import SurgeCache
+from coordinator.marketplace.service import TtlCache
 
 
 @dataclass
@@ -84,12 +85,31 @@ async def test_surge_cache_recomputes_after_ttl_only() -> None:
         calls += 1
         return next(values)
 
-    cache = SurgeCache(ttl=30, clock=lambda: now[0])
+    cache = TtlCache[Decimal](ttl=30, clock=lambda: now[0])
     assert await cache.get(compute) == 1
     now[0] += 29.9
     assert await cache.get(compute) == 1 and calls == 1
     now[0] += 0.1
     assert await cache.get(compute) == Decimal("1.25") and calls == 2
+
+
+async def test_market_rates_are_cached_per_cargo() -> None:
+    now = [0.0]
+    computed: list[int] = []
+
+    def rate_of(workload_id: int) -> Callable[[], Awaitable[Decimal]]:
+        async def compute() -> Decimal:
+            computed.append(workload_id)
+            return Decimal(workload_id)
+
+        return compute
+
+    cache = TtlCache[Decimal](ttl=10, clock=lambda: now[0])
+    assert await cache.get(rate_of(1), 1) == 1 and await cache.get(rate_of(2), 2) == 2
+    now[0] += 9
+    assert await cache.get(rate_of(1), 1) == 1 and computed == [1, 2]
+    now[0] += 1
+    assert await cache.get(rate_of(2), 2) == 2 and computed == [1, 2, 2]
 
 
 def test_clearing_price_for_an_island_is_its_ask_times_surge() -> None:

@@ -293,11 +293,14 @@ def bench(
     profile: Annotated[
         bool, typer.Option("--profile", help="Sample the coordinator with py-spy; report where its CPU went.")
     ] = False,
+    repeat: Annotated[
+        int, typer.Option(min=1, help="Run each scenario this many times and report the median run.")
+    ] = 1,
 ) -> None:
     """Run the benchmark suite against embedded PostgreSQL and NATS and write a report."""
     from coordinator.benchmarks.runner import run
 
-    results, report = run(list(scenarios or []), quick=quick, output=output, profile=profile)
+    results, report = run(list(scenarios or []), quick=quick, output=output, profile=profile, repeat=repeat)
     for result in results:
         typer.echo(f"{result.name}: {result.metrics}")
     typer.echo(f"report: {report}")

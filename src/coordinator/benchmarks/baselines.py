@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import subprocess
 import sys
 import time
@@ -11,6 +12,8 @@ from collections.abc import Awaitable, Callable
 import httpx
 import nats
 import psycopg
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from coordinator.benchmarks.clients import SseCounter, sse_client
 from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, latency_summary, scenario
@@ -103,6 +106,67 @@ async def baseline_debit(env: BenchEnv) -> Result:
         metrics[f"{label}_p99_ms"] = summary["p99_ms"]
         series[f"{label} debit latency (ms)"] = [x * 1000 for x in latencies]
     return Result("baseline_debit", {"writers": writers, "per_writer": per_worker}, metrics, series)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@scenario(
+    "baseline_statement",
+    "CPU of one primary-key SELECT through each database layer: raw psycopg, SQLAlchemy Core, ORM session",
+    baseline=True,
+)
+async def baseline_statement(env: BenchEnv) -> Result:
+    """What a statement costs the coordinator's process before any of its own code runs: the numbers that
+    turn "statements per job" into CPU per job."""
+    count = 1000 if env.quick else 5000
+    conninfo = libpq_url(env.database_url)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_lookup (id int PRIMARY KEY)")
+        await conn.execute("INSERT INTO bench_lookup VALUES (1) ON CONFLICT DO NOTHING")
+    query = text("SELECT id FROM bench_lookup WHERE id = :id")
+    metrics: dict[str, float] = {}
+
+    async def measure(label: str, n: int, body: Callable[[], Awaitable[None]]) -> None:
+        for _ in range(20):  # warm caches and prepared statements
+            await body()
+        started = _cpu_seconds()
+        for _ in range(n):
+            await body()
+        metrics[label] = round((_cpu_seconds() - started) / n * 1e6, 1)
+
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+
+        async def raw() -> None:
+            await (await conn.execute("SELECT id FROM bench_lookup WHERE id = %s", (1,))).fetchall()
+
+        await measure("psycopg_us_per_statement", count, raw)
+    engine = create_async_engine(env.database_url)
+    sessions = async_sessionmaker(engine)
+    try:
+        async with engine.connect() as connection:
+
+            async def core() -> None:
+                (await connection.execute(query, {"id": 1})).all()
+
+            await measure("sqlalchemy_core_us_per_statement", count, core)
+        async with sessions() as session:
+
+            async def in_session() -> None:
+                (await session.execute(query, {"id": 1})).all()
+
+            await measure("sqlalchemy_session_us_per_statement", count, in_session)
+
+        async def transaction() -> None:
+            async with sessions() as session, session.begin():
+                (await session.execute(query, {"id": 1})).all()
+
+        await measure("sqlalchemy_transaction_us", count // 4, transaction)
+    finally:
+        await engine.dispose()
+    return Result("baseline_statement", {"statements": count, "transactions": count // 4}, metrics)
 
 
 @scenario("baseline_jetstream", "raw JetStream publish, awaited one by one and windowed", baseline=True)

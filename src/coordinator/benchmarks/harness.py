@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -52,6 +53,8 @@ class Result:
     met: bool | None = None
     notes: str = ""
     seconds: float = 0.0  # wall time of the scenario, set by the runner
+    # The metric the target is judged on; with `--repeat`, the run with its median is reported.
+    primary: str | None = None
     # With `--profile`: where the coordinator's CPU went, per coordinator process the scenario started.
     profile: dict[str, Any] = field(default_factory=dict)
 
@@ -67,15 +70,16 @@ class BenchEnv:
     nats_url: str = ""
     quick: bool = False
     baselines: dict[str, Result] = field(default_factory=dict)
-    # With `--profile`: each coordinator process is sampled; its summary lands here under its stack's name.
-    profile: bool = False
+    # With `--profile`: each coordinator process is sampled into this folder (py-spy's collapsed stacks, for
+    # flame-graph tools), and its summary lands in `profiles` under its stack's name.
+    profile_dir: Path | None = None
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, quick: bool, profile: bool = False) -> BenchEnv:
+    def start(cls, quick: bool, profile_dir: Path | None = None) -> BenchEnv:
         root = Path(tempfile.mkdtemp(prefix="coordinator-bench-"))
         env = cls(root, EmbeddedPostgres(root / "postgres"), EmbeddedNats(root / "nats"), quick=quick)
-        env.profile = profile
+        env.profile_dir = profile_dir
         env.postgres.start()
         env.database_url = env.postgres.ensure_database("bench")
         upgrade(env.database_url)
@@ -90,6 +94,7 @@ class BenchEnv:
     def stop(self) -> None:
         self.nats.stop()
         self.postgres.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 Runner = Callable[[BenchEnv], Coroutine[Any, Any, Result]]

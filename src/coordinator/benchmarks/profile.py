@@ -13,17 +13,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Leaf frames are attributed to the first category whose marker appears in the frame's file path.
+# A leaf frame is attributed to the first category owning its file (py-spy names files from their package,
+# "sqlalchemy/orm/session.py", or with their full path when outside one).
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("database driver (psycopg)", ("/psycopg/", "/psycopg_binary/", "/psycopg_pool/")),
-    ("SQLAlchemy", ("/sqlalchemy/", "/greenlet/")),
-    ("HTTP (uvicorn, Starlette, FastAPI)", ("/uvicorn/", "/starlette/", "/fastapi/", "/httptools/", "/h11/")),
-    ("NATS client", ("/nats/",)),
-    ("logging (structlog)", ("/structlog/", "/logging/")),
-    ("metrics (prometheus_client)", ("/prometheus_client/",)),
-    ("validation and JSON", ("/pydantic/", "/pydantic_core/", "/json/", "/orjson", "/jsonschema/")),
-    ("coordinator", ("/coordinator/",)),
-    ("event loop (asyncio, uvloop)", ("/asyncio/", "/uvloop/", "/selectors.py", "/socket.py")),
+    ("database driver (psycopg)", ("psycopg", "psycopg_binary", "psycopg_pool")),
+    ("SQLAlchemy", ("sqlalchemy", "greenlet")),
+    ("HTTP (uvicorn, Starlette, FastAPI)", ("uvicorn", "starlette", "fastapi", "httptools", "h11")),
+    ("NATS client", ("nats",)),
+    ("logging (structlog)", ("structlog", "logging")),
+    ("metrics (prometheus_client)", ("prometheus_client",)),
+    ("validation and JSON", ("pydantic", "pydantic_core", "json", "orjson", "jsonschema")),
+    ("coordinator", ("coordinator",)),
+    ("event loop (asyncio, uvloop)", ("asyncio", "uvloop", "selectors.py", "socket.py")),
 )
 OTHER = "other"
 
@@ -65,10 +66,20 @@ class Sampler:
             self.proc.wait()
 
 
+def _file_of(frame: str) -> str:
+    """'submit (coordinator/jobs/service.py:12)' → 'coordinator/jobs/service.py'."""
+    inside = frame.rpartition(" (")[2]
+    return inside.rpartition(":")[0] or inside
+
+
 def category_of(frame: str) -> str:
-    for name, markers in CATEGORIES:
-        if any(marker in frame for marker in markers):
-            return name
+    path = _file_of(frame)
+    for name, packages in CATEGORIES:
+        for package in packages:
+            if path.startswith(package + "/") or f"/{package}/" in path or path.endswith("/" + package):
+                return name
+            if package.endswith(".py") and (path == package or path.endswith("/" + package)):
+                return name
     return OTHER
 
 
@@ -88,8 +99,9 @@ def summarise(collapsed: str, top: int = 12) -> dict[str, object]:
         frames = stack.split(";")
         by_category[category_of(frames[-1])] += n
         leaves[frames[-1]] += n
-        for frame in {f for f in frames if "/coordinator/" in f and "cli.py" not in f}:
-            ours[frame.split(" (")[0] + " (" + frame.split("/coordinator/")[-1]] += n
+        for frame in {f for f in frames if category_of(f) == "coordinator" and "cli.py" not in f}:
+            function, _, where = frame.rpartition(" (")
+            ours[f"{function} ({where.split('coordinator/', 1)[-1]}"] += n
     if total == 0:
         return {"samples": 0}
 

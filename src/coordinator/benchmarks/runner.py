@@ -16,7 +16,9 @@ from coordinator.benchmarks.harness import SCENARIOS, BenchEnv, Result, Runner, 
 from coordinator.benchmarks.report import write_report
 
 
-def run(names: list[str], *, quick: bool, output: Path, profile: bool = False) -> tuple[list[Result], Path]:
+def run(
+    names: list[str], *, quick: bool, output: Path, profile: bool = False, repeat: int = 1
+) -> tuple[list[Result], Path]:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
@@ -27,26 +29,50 @@ def run(names: list[str], *, quick: bool, output: Path, profile: bool = False) -
     ]
     # SIGTERM (a CI timeout, `kill`) must still stop the embedded servers in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    env = BenchEnv.start(quick, profile)
+    profile_dir = None
+    if profile:
+        profile_dir = output / "profiles"
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    env = BenchEnv.start(quick, profile_dir)
     results: list[Result] = []
     try:
         with Progress() as progress:
-            task = progress.add_task("benchmarks", total=len(chosen))
+            runs = {item.name: 1 if item.baseline else max(1, repeat) for item in chosen}
+            task = progress.add_task("benchmarks", total=sum(runs.values()))
             for item in chosen:
-                progress.update(task, description=item.name)
-                started = time.perf_counter()
-                result = run_one(item.name, item.run, env)
-                result.seconds = round(time.perf_counter() - started, 1)
-                result.profile, env.profiles = env.profiles, {}
-                progress.console.print(f"{item.name}: {result.seconds} s, met={result.met}")
+                attempts = []
+                for attempt in range(runs[item.name]):
+                    progress.update(task, description=f"{item.name} ({attempt + 1}/{runs[item.name]})")
+                    started = time.perf_counter()
+                    result = run_one(item.name, item.run, env)
+                    result.seconds = round(time.perf_counter() - started, 1)
+                    result.profile, env.profiles = env.profiles, {}
+                    progress.console.print(f"{item.name}: {result.seconds} s, met={result.met}")
+                    attempts.append(result)
+                    progress.advance(task)
+                result = median_run(attempts)
                 if item.baseline:
                     env.baselines[item.name] = result
                 results.append(result)
-                progress.advance(task)
     finally:
         env.stop()
     _, md = write_report(results, machine_description(), output, quick=quick)
     return results, md
+
+
+def median_run(attempts: list[Result]) -> Result:
+    """The run whose primary metric is the median of the repeated runs (targets are for the median);
+    every run's value of that metric is kept beside it."""
+    if len(attempts) == 1:
+        return attempts[0]
+    key = attempts[0].primary
+    if key is None or any(key not in r.metrics for r in attempts):
+        return attempts[-1]
+    ordered = sorted(attempts, key=lambda r: float(r.metrics[key]))
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.metrics[f"{key}_of_each_run"] = [r.metrics[key] for r in attempts]
+    chosen.seconds = round(sum(r.seconds for r in attempts), 1)
+    return chosen
 
 
 def run_one(name: str, runner: Runner, env: BenchEnv) -> Result:

@@ -45,8 +45,8 @@ async def stack(env: BenchEnv, name: str) -> AsyncIterator[Stack]:
     coordinator = CoordinatorProcess(database_url, env.nats_url)
     await coordinator.start()
     sampler = None
-    if env.profile and coordinator.proc is not None:
-        sampler = Sampler(coordinator.proc.pid, env.root / f"profile-{name}.txt")
+    if env.profile_dir is not None and coordinator.proc is not None:
+        sampler = Sampler(coordinator.proc.pid, env.profile_dir / f"{name}.txt")
         sampler.start()
     try:
         yield Stack(coordinator, key, database_url)
@@ -145,6 +145,7 @@ async def submit_to_assign(env: BenchEnv) -> Result:
         {**summary, "assigned": len(latencies), "raw_jetstream_publish_ms": round(raw_publish_ms, 3)},
         {"submit→assign (ms)": [x * 1000 for x in latencies]},
         target="p50 ≤ 10 ms, p99 ≤ 50 ms",
+        primary="p50_ms",
         met=len(latencies) == count and summary["p50_ms"] <= 10 and summary["p99_ms"] <= 50,
     )
 
@@ -187,6 +188,7 @@ async def dispatcher(env: BenchEnv) -> Result:
             "ratio_to_batched_claim": round(rate / claim, 3),
         },
         target="≥ 1,000 jobs/s and ≥ 25% of the batched raw claim rate",
+        primary="jobs_per_s",
         met=rate >= 1000 and rate >= 0.25 * claim,
     )
 
@@ -228,6 +230,7 @@ async def lifecycle(env: BenchEnv) -> Result:
         {"median_completed_per_s": sustained, **checks},
         {"completed jobs per second": per_second},
         target="≥ 300 jobs/s sustained, zero lost, zero double-charged",
+        primary="median_completed_per_s",
         met=sustained >= 300 and checks["lost"] == 0 and checks["double_charged"] == 0,
     )
 
@@ -267,6 +270,7 @@ async def hot_account(env: BenchEnv) -> Result:
         },
         {"submit latency (ms)": [x * 1000 for x in latencies]},
         target="≥ 1,000 submits/s, p99 ≤ 100 ms",
+        primary="submits_per_s",
         met=failures == 0 and rate >= 1000 and summary["p99_ms"] <= 100,
     )
 
@@ -315,6 +319,7 @@ async def sse_streaming(env: BenchEnv) -> Result:
         {"fanouts": "1 job × 100 clients; 10 jobs × 100 clients"},
         metrics,
         target="≥ 50,000 ev/s to 100 clients, ≥ 10,000 ev/s to 1,000 clients, Island→client p99 ≤ 5 ms",
+        primary="c100_latency_p99_ms",
         met=metrics["c100_events_per_s"] >= 50_000
         and metrics["c1000_events_per_s"] >= 10_000
         and metrics["c100_latency_p99_ms"] <= 5,
@@ -335,6 +340,10 @@ async def heartbeats(env: BenchEnv) -> Result:
         while time.monotonic() < deadline and _host_count(s.database_url) < islands:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)
+        # The coordinator's own idle cost (collectors, sweeps), so a small fleet can be extrapolated.
+        cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
+        await asyncio.sleep(3)
+        idle_share = (s.coordinator.cpu_seconds() - cpu_before) / (time.perf_counter() - wall)
         cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
         sent = await heartbeat_flood(env.nats_url, fleet.host_ids, duration)
         cpu = s.coordinator.cpu_seconds() - cpu_before
@@ -342,19 +351,24 @@ async def heartbeats(env: BenchEnv) -> Result:
         rss_after = s.coordinator.rss_mb()
         await fleet.stop()
     core_share = cpu / wall
-    per_1000_hbs = core_share / (sent / wall / 1000)
+    per_1000_hbs = max(core_share - idle_share, 0.0) / (sent / wall / 1000)
+    # 10,000 Islands at 10 s is 1,000 heartbeats/s: measured with the full fleet, else extrapolated.
+    at_10000 = core_share if islands == 10000 else idle_share + per_1000_hbs
     return Result(
         "heartbeats",
         {"islands": islands, "interval_s": 10, "seconds": duration},
         {
             "heartbeats_per_s": round(sent / wall, 1),
             "cpu_share_of_one_core": round(core_share, 4),
+            "idle_cpu_share": round(idle_share, 4),
             "cpu_share_per_1000_heartbeats_per_s": round(per_1000_hbs, 4),
-            "largest_fleet_per_replica_at_one_core": int(1.0 / max(per_1000_hbs, 1e-9) * 1000 * 10),
+            "cpu_share_at_10000_islands": round(at_10000, 4),
+            "largest_fleet_per_replica_at_one_core": int((1 - idle_share) / max(per_1000_hbs, 1e-9) * 10_000),
             "rss_mb_per_1000_islands": round((rss_after - rss_before) / islands * 1000, 2),
         },
         target="10,000 Islands at 10 s using ≤ 25% of one core",
-        met=(islands == 10000 and core_share <= 0.25)
-        if not env.quick
-        else core_share * 10000 / islands <= 0.25,
+        primary="cpu_share_at_10000_islands",
+        met=at_10000 <= 0.25,
+        notes="Below 10,000 Islands (--quick) the share at 10,000 is extrapolated: the idle share plus the "
+        "measured share per 1,000 heartbeats/s.",
     )

@@ -208,7 +208,7 @@ def ensure_hook(runtime: Runtime) -> None:
     async def on_transition(result: TransitionResult) -> None:
         if not rules.is_terminal(result.to_state) or result.from_state is None:
             return
-        async with runtime.db.session() as session:
+        async with runtime.db.read() as session:
             parent_id = await session.scalar(PARENT_OF_SQL, {"id": result.job_id})
         if parent_id is not None:
             await advance_batch(runtime, parent_id)

@@ -56,6 +56,11 @@ class JobIntake:
         else:
             known.state = result.to_state
 
+    def _known_running(self, job_id: uuid.UUID) -> bool:
+        """Whether this replica saw the job start (then an implicit start would be a no-op statement)."""
+        known = self._known.get(job_id)
+        return known is not None and known.state == rules.RUNNING
+
     # ------------------------------------------------------------ sender check
 
     async def authorize(self, host_id: uuid.UUID, job_id: str, subject_class: str) -> JobRef | None:
@@ -67,7 +72,7 @@ class JobIntake:
             return known.ref
         row = None
         if parsed is not None:
-            async with self.runtime.db.session() as session:
+            async with self.runtime.db.read() as session:
                 row = (await session.execute(sql.JOB_FOR_MESSAGE_SQL, {"id": parsed})).first()
         if row is not None and row.host_id == host_id:
             ref = JobRef(
@@ -147,9 +152,11 @@ class JobIntake:
         if target == rules.RUNNING:
             if await service.start_job(self.runtime, ref.job_id, host_id) is None:
                 await self._touch(ref)
+            elif (known := self._known.get(ref.job_id)) is not None:
+                known.extended = time.monotonic()  # the start extended the lease
             return True
         output = None
-        if target in (rules.SUCCEEDED, rules.FAILED):
+        if target in (rules.SUCCEEDED, rules.FAILED) and not self._known_running(ref.job_id):
             # `started` is normally first on the same stream; if it was overtaken, start implicitly.
             await service.start_job(self.runtime, ref.job_id, host_id)
         if target == rules.SUCCEEDED:

@@ -182,7 +182,7 @@ class OutputAccumulator:
         if stream is None:
             stream = self._streams[job.job_id] = _Stream(job, JobAssembly(job.runtime))
             try:
-                async with self.runtime.db.session() as session:
+                async with self.runtime.db.read() as session:
                     last = await session.scalar(MAX_POSITION_SQL, {"job_id": job.job_id})
                 stream.next_position = int(last or 0) + 1
             finally:
@@ -300,7 +300,7 @@ class OutputAccumulator:
 
 async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> list[Event]:
     """The stored events of a job after a position, in order."""
-    async with runtime.db.session() as session:
+    async with runtime.db.read() as session:
         rows = (await session.execute(EVENTS_AFTER_SQL, {"job_id": job_id, "after": after})).all()
     topic = job_topic(job_id)
     return [Event.make(topic, int(r[0]), r[1]) for r in rows]

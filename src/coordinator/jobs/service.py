@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 FLEET_COMPONENT = "fleet"
 SURGE_COMPONENT = "surge"
+MARKET_RATES_COMPONENT = "market_rates"
 
 
 # ---------------------------------------------------------------- runtime wiring
@@ -44,11 +45,20 @@ def fleet_of(runtime: Runtime) -> FleetView | None:
 
 
 async def current_surge(runtime: Runtime, session: AsyncSession) -> Decimal:
-    """The exchange's surge factor, from the runtime's 30-second `SurgeCache`."""
+    """The exchange's surge factor, cached 30 seconds (the rule) in the runtime."""
     cache = runtime.components.get(SURGE_COMPONENT)
-    if not isinstance(cache, market.SurgeCache):
-        cache = runtime.components[SURGE_COMPONENT] = market.SurgeCache()
+    if not isinstance(cache, market.TtlCache):
+        cache = runtime.components[SURGE_COMPONENT] = market.TtlCache[Decimal](ttl=30)
     return await cache.get(lambda: market.compute_surge(session))
+
+
+def market_rates(runtime: Runtime) -> market.TtlCache[Decimal | None]:
+    """Each Cargo's market rate (an hour's average clearing price), recomputed at most every 10 s rather
+    than on every submission."""
+    cache = runtime.components.get(MARKET_RATES_COMPONENT)
+    if not isinstance(cache, market.TtlCache):
+        cache = runtime.components[MARKET_RATES_COMPONENT] = market.TtlCache[Decimal | None](ttl=10)
+    return cache
 
 
 def bus_of(runtime: Runtime) -> JobBus | None:
@@ -86,7 +96,7 @@ async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
 async def workload_meta(runtime: Runtime, workload_id: int) -> tuple[str, str]:
     cache: dict[int, tuple[str, str]] = runtime.components.setdefault("workload_meta", {})
     if workload_id not in cache:
-        async with runtime.db.session() as session:
+        async with runtime.db.read() as session:
             row = (
                 await session.execute(
                     select(Workload.kind, Workload.runtime).where(Workload.id == workload_id)
@@ -200,7 +210,9 @@ async def submit_job(
         workload = await workloads.get_by_slug(session, workload_slug)
         _check_submission(workload, input, priority, region)
         markup = Decimal(str(runtime.settings.market_rate_markup))
-        price = await market.resolve_budget(session, user.id, workload, bid, markup=markup)
+        price = await market.resolve_budget(
+            session, user.id, workload, bid, markup=markup, rates=market_rates(runtime)
+        )
         if parent_id is None:  # a batch counts once, through its parent
             await quotas.check_submit_quota(
                 session, user, price, limits=quotas.QuotaLimits.from_settings(runtime.settings)

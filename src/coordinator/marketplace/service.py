@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.errors import Forbidden, NotFound, ValidationFailed
 from coordinator.marketplace import rules
 from coordinator.workloads.models import Workload
+
+V = TypeVar("V")
 
 HISTORY_PERIODS = {
     "1h": timedelta(hours=1),
@@ -38,21 +40,23 @@ class MarketSupplyHost:
     free_slots: int
 
 
-class SurgeCache:
-    """The surge factor, recomputed at most once per `ttl` seconds (clock injectable for tests)."""
+class TtlCache(Generic[V]):
+    """Values recomputed at most once per `ttl` seconds per key (clock injectable for tests): the surge
+    factor (30 s, the rule) and each Cargo's market rate (a moving average; seconds old is current)."""
 
     def __init__(self, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._value: Decimal | None = None
-        self._at = 0.0
+        self._values: dict[Hashable, tuple[float, V]] = {}
 
-    async def get(self, compute: Callable[[], Awaitable[Decimal]]) -> Decimal:
+    async def get(self, compute: Callable[[], Awaitable[V]], key: Hashable = None) -> V:
         now = self.clock()
-        if self._value is None or now - self._at >= self.ttl:
-            self._value = await compute()
-            self._at = now
-        return self._value
+        hit = self._values.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        value = await compute()
+        self._values[key] = (now, value)
+        return value
 
 
 # Step two of budget resolution: the user's saved bid for this Cargo.
@@ -85,6 +89,7 @@ async def resolve_budget(
     *,
     markup: Decimal = Decimal("1.05"),
     window_minutes: int = 60,
+    rates: TtlCache[Decimal | None] | None = None,
 ) -> Decimal:
     """The job's budget: its own → the user's saved bid → recent market rate × markup → the base price."""
     if explicit is not None:
@@ -94,7 +99,8 @@ async def resolve_budget(
     saved = (await session.execute(SAVED_BID_SQL, {"user_id": user_id, "workload_id": workload.id})).scalar()
     if saved is not None:
         return Decimal(saved)
-    rate = await market_rate(session, workload.id, window_minutes)
+    rates = rates or TtlCache(ttl=0)
+    rate = await rates.get(lambda: market_rate(session, workload.id, window_minutes), workload.id)
     if rate is not None and rate > 0:
         return rules.market_budget(rate, markup)
     return Decimal(workload.price_per_job)
