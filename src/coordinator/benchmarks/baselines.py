@@ -207,6 +207,7 @@ async def run_sse_fanout(
     publish: Callable[[int], Awaitable[None]],
     headers: dict[str, str] | None = None,
     only: bytes | None = None,
+    sample_every: int | None = None,
 ) -> dict[str, float]:
     """Connect `clients` SSE readers, trigger `events` events, and measure delivery rate and latency."""
     counters = [SseCounter(expected=events) for _ in range(clients)]
@@ -214,7 +215,16 @@ async def run_sse_fanout(
     paths = [path] * clients if isinstance(path, str) else [path[i % len(path)] for i in range(clients)]
     tasks = [
         asyncio.create_task(
-            sse_client(host, port, p, c, headers, sample_every=max(1, events // 20), connected=e, only=only)
+            sse_client(
+                host,
+                port,
+                p,
+                c,
+                headers,
+                sample_every=sample_every or max(1, events // 20),
+                connected=e,
+                only=only,
+            )
         )
         for c, e, p in zip(counters, connected, paths, strict=True)
     ]

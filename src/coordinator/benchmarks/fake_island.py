@@ -166,13 +166,15 @@ class FakeFleet:
         )
 
     async def run_job(
-        self, host_id: str, job_id: str, tokens: int | None = None, yield_every: int = 0
+        self, host_id: str, job_id: str, tokens: int | None = None, yield_every: int = 0, pace: float = 0.0
     ) -> None:
         self._active[host_id] += 1
         try:
             await self._status(host_id, job_id, "started")
             count = self.behaviour.tokens if tokens is None else tokens
             for seq in range(1, count + 1):
+                if pace:
+                    await asyncio.sleep(pace)
                 content = f"{time.time():.6f} " if self.behaviour.timestamp_tokens else f"tok{seq} "
                 await self._nc.publish(
                     f"host.{host_id}.output",

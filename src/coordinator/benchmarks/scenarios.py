@@ -278,8 +278,15 @@ async def hot_account(env: BenchEnv) -> Result:
 @scenario("sse_streaming", "token streaming to SSE clients (100 and 1,000), and RSS per 1,000 streams")
 async def sse_streaming(env: BenchEnv) -> Result:
     metrics: dict[str, float] = {}
-    for clients, jobs, tokens in ((100, 1, 200 if env.quick else 1000), (1000, 10, 20 if env.quick else 100)):
-        async with stack(env, f"s_sse_{clients}") as s:
+    # (label, clients, jobs, tokens, seconds between tokens): two bursts for throughput, then tokens paced
+    # like a fast model (100/s) for the latency a token gains between the Island and its readers.
+    fanouts = (
+        ("c100", 100, 1, 200 if env.quick else 1000, 0.0),
+        ("c1000", 1000, 10, 20 if env.quick else 100, 0.0),
+        ("paced_c100", 100, 1, 50 if env.quick else 300, 0.01),
+    )
+    for label, clients, jobs, tokens, pace in fanouts:
+        async with stack(env, f"s_sse_{label}") as s:
             behaviour = JobBehaviour(hold=True, timestamp_tokens=True)
             fleet = FakeFleet(env.nats_url, 2, max_concurrent=64, behaviour=behaviour)
             await start_fleet(s, fleet)
@@ -291,9 +298,11 @@ async def sse_streaming(env: BenchEnv) -> Result:
                 await asyncio.sleep(0.05)
             rss_before = s.coordinator.rss_mb()
 
-            async def release(n: int, fleet: FakeFleet = fleet, job_ids: list[str] = job_ids) -> None:
+            async def release(
+                n: int, fleet: FakeFleet = fleet, job_ids: list[str] = job_ids, pace: float = pace
+            ) -> None:
                 await asyncio.gather(
-                    *[fleet.run_job(fleet.held[j], j, tokens=n, yield_every=50) for j in job_ids]
+                    *[fleet.run_job(fleet.held[j], j, tokens=n, yield_every=50, pace=pace) for j in job_ids]
                 )
 
             result = await run_sse_fanout(
@@ -305,25 +314,28 @@ async def sse_streaming(env: BenchEnv) -> Result:
                 release,
                 headers={"Authorization": f"Bearer {s.key}"},
                 only=b'"token"',
+                sample_every=1 if pace else None,
             )
             if clients == 1000:
                 metrics["rss_mb_per_1000_streams"] = round(s.coordinator.rss_mb() - rss_before, 1)
             await fleet.stop()
         for key, value in result.items():
-            metrics[f"c{clients}_{key}"] = value
+            metrics[f"{label}_{key}"] = value
     base = env.baselines["baseline_sse"].metrics
     metrics["ratio_c100_to_bare"] = round(metrics["c100_events_per_s"] / base["c100_events_per_s"], 3)
     metrics["ratio_c1000_to_bare"] = round(metrics["c1000_events_per_s"] / base["c1000_events_per_s"], 3)
     return Result(
         "sse_streaming",
-        {"fanouts": "1 job × 100 clients; 10 jobs × 100 clients"},
+        {"fanouts": [f[:4] for f in fanouts], "pace_s": 0.01},
         metrics,
         target="≥ 50,000 ev/s to 100 clients, ≥ 10,000 ev/s to 1,000 clients, Island→client p99 ≤ 5 ms",
-        primary="c100_latency_p99_ms",
+        primary="paced_c100_latency_p99_ms",
         met=metrics["c100_events_per_s"] >= 50_000
         and metrics["c1000_events_per_s"] >= 10_000
-        and metrics["c100_latency_p99_ms"] <= 5,
-        notes="Latency includes the producer, NATS, the coordinator and the client on one 2-core machine.",
+        and metrics["paced_c100_latency_p99_ms"] <= 5,
+        notes="Latency runs from the simulated Island's clock to the reader's (one machine, one clock). "
+        "`paced_` is tokens at 100/s, the added latency of the target; the burst runs' latencies include "
+        "the queueing of the whole burst.",
     )
 
 
