@@ -74,6 +74,7 @@ class BenchEnv:
     # flame-graph tools), and its summary lands in `profiles` under its stack's name.
     profile_dir: Path | None = None
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _databases: int = 0
 
     @classmethod
     def start(cls, quick: bool, profile_dir: Path | None = None) -> BenchEnv:
@@ -87,7 +88,9 @@ class BenchEnv:
         return env
 
     def fresh_database(self, name: str) -> str:
-        url = self.postgres.ensure_database(name)
+        """A new, migrated database for one coordinator (repeated runs of a scenario get their own)."""
+        self._databases += 1
+        url = self.postgres.ensure_database(f"{name}_{self._databases}")
         upgrade(url)
         return url
 

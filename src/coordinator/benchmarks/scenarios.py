@@ -4,12 +4,15 @@ consumers over HTTP/SSE, and the database checked afterwards for lost or double-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+import nats
+import nats.js.errors
 import psycopg
 import structlog
 
@@ -19,6 +22,7 @@ from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, latency_
 from coordinator.benchmarks.profile import Sampler, summarise
 from coordinator.benchmarks.system import CoordinatorProcess, make_account
 from coordinator.config import libpq_url
+from coordinator.protocol import subjects
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +46,7 @@ async def stack(env: BenchEnv, name: str) -> AsyncIterator[Stack]:
     key = await make_account(database_url, f"{name}@bench.local")
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         conn.execute("UPDATE users SET verification_status = 'verified'")
+    await _reset_streams(env.nats_url)
     coordinator = CoordinatorProcess(database_url, env.nats_url)
     await coordinator.start()
     sampler = None
@@ -56,6 +61,18 @@ async def stack(env: BenchEnv, name: str) -> AsyncIterator[Stack]:
             sampler.wait()
             if sampler.output.exists():
                 env.profiles[name] = summarise(sampler.output.read_text())
+
+
+async def _reset_streams(nats_url: str) -> None:
+    """Drop the job streams (and their consumers) a previous coordinator left: each stack starts clean."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for stream in (subjects.JOBS_STREAM, subjects.STATUS_STREAM):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(stream)
+    finally:
+        await nc.close()
 
 
 def _db_checks(database_url: str, submitted: list[str]) -> dict[str, int]:
@@ -130,9 +147,8 @@ async def submit_to_assign(env: BenchEnv) -> Result:
             for _ in range(count):
                 started = time.perf_counter()
                 job_id, _ = await _submit(client, s.headers)
-                for _ in range(500):
-                    if job_id in assigned:
-                        break
+                deadline = time.monotonic() + 10
+                while job_id not in assigned and time.monotonic() < deadline:
                     await asyncio.sleep(0.001)
                 if job_id in assigned:
                     latencies.append(assigned[job_id] - started)
@@ -339,9 +355,11 @@ async def sse_streaming(env: BenchEnv) -> Result:
     )
 
 
-@scenario("heartbeats", "heartbeat ingestion: Islands beating every 10 s; CPU and RSS per 1,000 Islands")
+@scenario("heartbeats", "heartbeat ingestion at 1,000 beats/s; CPU and RSS per 1,000 Islands")
 async def heartbeats(env: BenchEnv) -> Result:
-    islands = 1000 if env.quick else 10000
+    # 10,000 Islands beating every 10 s are 1,000 heartbeats/s; --quick sends the same rate from 1,000
+    # Islands beating every second (the CPU per beat is the same, the fleet is smaller).
+    islands, interval = (1000, 1.0) if env.quick else (10000, 10.0)
     duration = 10.0 if env.quick else 40.0
     async with stack(env, "s_heartbeats") as s:
         fleet = FakeFleet(env.nats_url, islands, consume=False)
@@ -352,35 +370,32 @@ async def heartbeats(env: BenchEnv) -> Result:
         while time.monotonic() < deadline and _host_count(s.database_url) < islands:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)
-        # The coordinator's own idle cost (collectors, sweeps), so a small fleet can be extrapolated.
         cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
         await asyncio.sleep(3)
         idle_share = (s.coordinator.cpu_seconds() - cpu_before) / (time.perf_counter() - wall)
         cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
-        sent = await heartbeat_flood(env.nats_url, fleet.host_ids, duration)
+        sent = await heartbeat_flood(env.nats_url, fleet.host_ids, duration, interval)
         cpu = s.coordinator.cpu_seconds() - cpu_before
         wall = time.perf_counter() - wall
         rss_after = s.coordinator.rss_mb()
         await fleet.stop()
     core_share = cpu / wall
-    per_1000_hbs = max(core_share - idle_share, 0.0) / (sent / wall / 1000)
-    # 10,000 Islands at 10 s is 1,000 heartbeats/s: measured with the full fleet, else extrapolated.
-    at_10000 = core_share if islands == 10000 else idle_share + per_1000_hbs
+    per_1000_hbs = core_share / (sent / wall / 1000)
     return Result(
         "heartbeats",
-        {"islands": islands, "interval_s": 10, "seconds": duration},
+        {"islands": islands, "interval_s": interval, "seconds": duration},
         {
             "heartbeats_per_s": round(sent / wall, 1),
             "cpu_share_of_one_core": round(core_share, 4),
             "idle_cpu_share": round(idle_share, 4),
             "cpu_share_per_1000_heartbeats_per_s": round(per_1000_hbs, 4),
-            "cpu_share_at_10000_islands": round(at_10000, 4),
-            "largest_fleet_per_replica_at_one_core": int((1 - idle_share) / max(per_1000_hbs, 1e-9) * 10_000),
+            "largest_fleet_per_replica_at_one_core": int(10_000 / max(per_1000_hbs, 1e-9)),
             "rss_mb_per_1000_islands": round((rss_after - rss_before) / islands * 1000, 2),
         },
-        target="10,000 Islands at 10 s using ≤ 25% of one core",
-        primary="cpu_share_at_10000_islands",
-        met=at_10000 <= 0.25,
-        notes="Below 10,000 Islands (--quick) the share at 10,000 is extrapolated: the idle share plus the "
-        "measured share per 1,000 heartbeats/s.",
+        target="10,000 Islands at 10 s (1,000 heartbeats/s) using ≤ 25% of one core",
+        primary="cpu_share_per_1000_heartbeats_per_s",
+        met=per_1000_hbs <= 0.25,
+        notes="With --quick each Island beats every second, and beats of one Island within a flush interval "
+        "become one database write: the quick figure is a lower bound, the full run (10,000 Islands) the "
+        "measure of the target.",
     )
