@@ -89,6 +89,8 @@ class FakeFleet:
     gpu: bool = True
     behaviour: JobBehaviour = field(default_factory=JobBehaviour)
     consume: bool = True
+    # Seconds between the fleet's own heartbeats; None when the caller beats for it (`heartbeat_flood`).
+    heartbeat_every: float | None = 10.0
     on_assigned: Callable[[str, float], None] | None = None
     host_ids: list[str] = field(default_factory=list)
     held: dict[str, str] = field(default_factory=dict)  # job_id → host_id
@@ -120,7 +122,8 @@ class FakeFleet:
                     config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_deliver=5, ack_wait=60),
                 )
                 self._tasks.append(asyncio.create_task(self._consume(host_id, sub)))
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        if self.heartbeat_every is not None:
+            self._tasks.append(asyncio.create_task(self._heartbeat_loop(self.heartbeat_every)))
 
     async def heartbeat_all(self) -> None:
         for host_id in self.host_ids:
@@ -132,9 +135,9 @@ class FakeFleet:
             )
         await self._nc.flush()
 
-    async def _heartbeat_loop(self) -> None:
+    async def _heartbeat_loop(self, every: float) -> None:
         while True:
-            await asyncio.sleep(10)
+            await asyncio.sleep(every)
             await self.heartbeat_all()
 
     async def _consume(self, host_id: str, sub: Any) -> None:

@@ -362,7 +362,7 @@ async def heartbeats(env: BenchEnv) -> Result:
     islands, interval = (1000, 1.0) if env.quick else (10000, 10.0)
     duration = 10.0 if env.quick else 40.0
     async with stack(env, "s_heartbeats") as s:
-        fleet = FakeFleet(env.nats_url, islands, consume=False)
+        fleet = FakeFleet(env.nats_url, islands, consume=False, heartbeat_every=None)
         rss_before = s.coordinator.rss_mb()
         await fleet.start()
         # Measure steady-state beats only: wait until every registration has been stored.
