@@ -35,6 +35,8 @@ class FakeIsland:
     behaviour: str = "succeed"
     chunks: tuple[str, ...] = ("Hel", "lo")
     delay: float = 0.0
+    # Pause between output chunks (a model producing tokens over time).
+    chunk_delay: float = 0.0
     # Publish an EnhancedHeartbeat (§4.3) this often; None sends none (the test fills the fleet itself).
     heartbeat_every: float | None = None
     max_concurrent: int = 4
@@ -154,6 +156,8 @@ class FakeIsland:
             await self.status(job_id, "failed", "Container crash: General error (application failure)")
             return
         for seq, chunk in enumerate(self.chunks, start=1):
+            if seq > 1 and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
             await self.publish("output", {"job_id": job_id, "seq": seq, "chunk": chunk, "is_final": False})
         final = {"job_id": job_id, "seq": len(self.chunks) + 1, "chunk": "", "is_final": True}
         await self.publish("output", final)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest_asyncio
 from sqlalchemy import text
 
-from coordinator.jobs.events import JobRef
+from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
 from coordinator.pubsub import Subscription, job_topic, pubsub_of
 from tests.stream_support import Stack, finish, job_of, running_job, set_runtime, stream_stack
 
@@ -227,3 +227,34 @@ async def test_idle_streams_are_forgotten_once_stored(stack: Stack) -> None:
     await stack.accumulator.flush()
     assert stack.accumulator.sweep_idle(0.0) == 1
     assert stack.accumulator.pending(ref.job_id) == []
+
+
+async def test_a_replica_taking_a_stream_over_continues_it_live_and_keeps_the_earlier_output(
+    stack: Stack,
+) -> None:
+    """The stream owner died after two chunks: the next owner's accumulator starts from the stored events,
+    emits the third chunk at once (not held for seqs it will never see) and assembles the whole output."""
+    from coordinator.jobs.output import OutputAccumulator
+
+    ref = await running_job(stack)
+    await stack.accumulator.on_output(ref, 1, "Once", False)
+    await stack.accumulator.on_output(ref, 2, " upon", False)
+    await stack.accumulator.flush()  # what the dead owner had stored
+    heir = stack.runtime.components[OUTPUT_COMPONENT] = OutputAccumulator(stack.runtime)
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    await heir.on_output(ref, 3, " a time", False)
+    assert (await sub.get(1.0)).payload == {"type": "token", "content": " a time"}  # type: ignore[union-attr]
+    await heir.on_output(ref, 4, "", True)
+    assert await heir.final_output(ref, 1.0) == "Once upon a time"
+    await finish(stack, ref)
+    events = await drain(sub)
+    assert kinds(events)[-1] == "done"
+    await heir.flush()
+    assert (await job_of(stack.runtime, ref.job_id)).output == "Once upon a time"
+    positions = [p for p, _ in await stored(stack, ref)]
+    assert positions == list(range(1, len(positions) + 1))  # one sequence across both owners
+    # A late duplicate reaching yet another replica after the end changes nothing.
+    late = OutputAccumulator(stack.runtime)
+    await late.on_output(ref, 3, " a time", False)
+    await late.flush()
+    assert [p for p, _ in await stored(stack, ref)] == positions

@@ -185,6 +185,8 @@ class OutputAccumulator:
                 async with self.runtime.db.read() as session:
                     last = await session.scalar(MAX_POSITION_SQL, {"job_id": job.job_id})
                 stream.next_position = int(last or 0) + 1
+                if last:
+                    await self._resume(stream)
             finally:
                 stream.ready.set()
         else:
@@ -193,6 +195,22 @@ class OutputAccumulator:
             stream.ref = job
         stream.touched = time.monotonic()
         return stream
+
+    async def _resume(self, stream: _Stream) -> None:
+        """A stream whose job already has stored events (its owner replica is gone, or this process
+        restarted): a finished job stays finished; an unfinished one continues its current attempt."""
+        tokens: list[str] = []
+        for event in await stored_events(self.runtime, stream.ref.job_id):
+            if event.is_final:
+                stream.finalized = True
+                return
+            kind, content = event.payload.get("type"), event.payload.get("content")
+            if kind == "status" and content == rules.public_status(rules.QUEUED):
+                tokens = []  # requeued: the output starts again with the next attempt
+            elif kind == "token" and isinstance(content, str):
+                tokens.append(content)
+        stream.assembly = JobAssembly.resumed(stream.ref.runtime, tokens)
+        log.info("output.stream_resumed", job_id=str(stream.ref.job_id), tokens=len(tokens))
 
     def sweep_idle(self, idle_seconds: float = IDLE_STREAM_SECONDS) -> int:
         """Forget streams with nothing buffered and no event for `idle_seconds`; returns how many."""

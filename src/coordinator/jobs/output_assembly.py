@@ -61,9 +61,17 @@ class JobAssembly:
     final_seen: bool = False
     image: dict[str, Any] | None = None
     usage: dict[str, int] = field(default_factory=dict)
+    # Resumed from another replica's stream: the next chunk's seq continues it, whatever its number.
+    adopt_next_seq: bool = False
 
     def __post_init__(self) -> None:
         self.next_seq = first_seq(self.runtime)
+
+    @classmethod
+    def resumed(cls, runtime: str, tokens: list[str]) -> JobAssembly:
+        """The assembly of an attempt whose first `tokens` another replica already emitted (it owned the
+        stream and is gone): they count towards the output, and the next chunk to arrive continues them."""
+        return cls(runtime, parts=list(tokens), adopt_next_seq=True)
 
     @property
     def complete(self) -> bool:
@@ -72,6 +80,9 @@ class JobAssembly:
 
     def chunk(self, seq: int, chunk: str, is_final: bool) -> list[dict[str, Any]]:
         """Accept a chunk; the `token` events it releases, in seq order (held chunks wait for the gap)."""
+        if self.adopt_next_seq:
+            self.adopt_next_seq = False
+            self.next_seq = max(seq, first_seq(self.runtime))
         if seq < self.next_seq or seq in self.held or self.final_seen:
             return []  # duplicate, or after the end
         self.held[seq] = (chunk, is_final)
