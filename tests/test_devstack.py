@@ -68,7 +68,8 @@ def test_dev_stack_serves_the_demo_account_and_keeps_its_data(tmp_path: Path) ->
         assert account.status_code == 200
         demo = account.json()["data"]
         assert demo["email"] == "demo@archipelag.local" and demo["credits"] > 0
-        assert httpx.get(f"{first['URL']}/readyz").json()["checks"] == {"database": "ok", "nats": "ok"}
+        ready = httpx.get(f"{first['URL']}/readyz").json()["checks"]
+        assert ready == {"database": "ok", "nats": "ok", "started": "ok"}
         # The demo Island runs a chat job end to end.
         headers = {"Authorization": f"Bearer {first['API key']}"}
         job = httpx.post(

@@ -7,7 +7,14 @@ from collections.abc import Callable
 
 import pytest
 
-from coordinator.app import DatabaseChild, HttpChild, NatsConnectionChild, WorkerChild, build_children
+from coordinator.app import (
+    DatabaseChild,
+    HttpChild,
+    NatsConnectionChild,
+    ReadyMarker,
+    WorkerChild,
+    build_children,
+)
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child, LoopService, Supervisor
 from coordinator.telemetry.child import TelemetryChild
@@ -123,8 +130,46 @@ async def test_the_full_tree_serves_and_shuts_down_cleanly(database_url: str, na
     try:
         async with httpx.AsyncClient(base_url=runtime.base_url) as client:
             ready = (await client.get("/readyz")).json()
-        assert ready["checks"] == {"database": "ok", "nats": "ok"}
+        assert ready["checks"] == {"database": "ok", "nats": "ok", "started": "ok"}
         assert runtime.nats is not None and runtime.nats.is_connected
     finally:
         await supervisor.stop()
     assert runtime.nats is None
+
+
+class Gate(Child):
+    """A child that reports ready only when the test opens it (a slow NATS subtree, say)."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        await self.open.wait()
+        ready()
+        await asyncio.Event().wait()
+
+
+async def test_readyz_waits_for_every_child_of_the_tree(database_url: str) -> None:
+    import httpx
+
+    runtime = Runtime.from_settings(make_settings(database_url))
+    gate = Gate()
+    supervisor = Supervisor([DatabaseChild(runtime), HttpChild(runtime), gate, ReadyMarker(runtime)])
+    starting = asyncio.create_task(supervisor.start())
+    try:
+        async with httpx.AsyncClient(base_url=runtime.base_url) as client:
+            for _ in range(100):  # the HTTP server is up while the gate is still closed
+                try:
+                    early = await client.get("/readyz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            assert early.status_code == 503 and early.json()["checks"]["started"] == "starting"
+            gate.open.set()
+            await starting
+            assert (await client.get("/readyz")).json()["checks"]["started"] == "ok"
+    finally:
+        await supervisor.stop()
+    assert runtime.components["tree_ready"] is False

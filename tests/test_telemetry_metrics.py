@@ -291,9 +291,10 @@ async def test_a_worker_process_serves_metrics_on_its_own_port(database_url: str
     runtime = Runtime.from_settings(settings)
     children = build_children(runtime, with_worker=True, http=False)
     names = [c.name for c in children]
-    assert names[:2] == ["telemetry", "database"] and names[-2:] == ["worker", "metrics_endpoint"]
+    assert names[:2] == ["telemetry", "database"]
+    assert names[-3:] == ["worker", "metrics_endpoint", "ready-marker"]
     assert "http" not in names and "collectors" not in names
-    assert isinstance(children[-1], MetricsEndpointChild)
+    assert isinstance(children[-2], MetricsEndpointChild)
 
     async def body() -> dict[str, int]:
         return {}

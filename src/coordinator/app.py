@@ -12,7 +12,7 @@ import structlog
 import uvicorn
 
 from coordinator.hosts.fleet import FleetView
-from coordinator.runtime import Runtime
+from coordinator.runtime import TREE_READY_COMPONENT, Runtime
 from coordinator.supervisor import Child, Supervisor
 from coordinator.telemetry.child import TelemetryChild
 from coordinator.telemetry.collectors import MetricsCollector
@@ -139,10 +139,30 @@ class HttpChild(Child):
             await asyncio.wait({self.serving})
 
 
+class ReadyMarker(Child):
+    """The last child of the tree: when it runs, every child before it is ready, so `/readyz` can say the
+    replica is; it is also the first to stop, so a draining replica stops reporting ready at once."""
+
+    name = "ready-marker"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        runtime.components[TREE_READY_COMPONENT] = False
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        self.runtime.components[TREE_READY_COMPONENT] = True
+        ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.runtime.components[TREE_READY_COMPONENT] = False
+
+
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
     """The tree in start order: telemetry, database, metric collectors (with HTTP, which serves them),
     pub/sub, output accumulator and batch hook, background jobs, HTTP (or, without it, the bare metrics
-    endpoint if a port is set), then (if configured) the NATS subtree: hosts, then the job pipeline."""
+    endpoint if a port is set), then (if configured) the NATS subtree: hosts, then the job pipeline; last
+    the ready marker (`/readyz` answers ready only once everything before it started)."""
     children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime)]
     if http and runtime.settings.metrics_collectors:
         children.append(MetricsCollector(runtime))
@@ -163,6 +183,7 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
         children.append(NatsConnectionChild(runtime))
         children.extend(hosts_children(runtime, fleet))
         children.extend(job_children(runtime))
+    children.append(ReadyMarker(runtime))
     return children
 
 

@@ -10,6 +10,10 @@ from coordinator.accounts.mailer import Mailer
 from coordinator.config import Settings
 from coordinator.repo.database import Database
 
+# `components` key: False until every child of the process's tree has started (then True, and False again
+# once it starts stopping); absent when no full tree runs (tests assembling their own children).
+TREE_READY_COMPONENT = "tree_ready"
+
 
 @dataclass
 class Runtime:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from coordinator import __version__
+from coordinator.runtime import TREE_READY_COMPONENT
 from coordinator.web.auth import get_runtime
 
 router = APIRouter()
@@ -30,6 +31,9 @@ async def readyz(request: Request) -> JSONResponse:
     if runtime.settings.nats_enabled:
         nc = runtime.nats
         checks["nats"] = "ok" if nc is not None and nc.is_connected else "down"
+    tree = runtime.components.get(TREE_READY_COMPONENT)
+    if tree is not None:  # a full process tree: ready once every child started, not while stopping
+        checks["started"] = "ok" if tree else "starting"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
