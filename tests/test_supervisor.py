@@ -173,3 +173,35 @@ async def test_readyz_waits_for_every_child_of_the_tree(database_url: str) -> No
     finally:
         await supervisor.stop()
     assert runtime.components["tree_ready"] is False
+
+
+class Stubborn(Child):
+    """A child whose clean-up never finishes (a stuck connection, say)."""
+
+    name = "stubborn"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.release.wait()
+
+
+async def test_a_child_stuck_in_its_clean_up_does_not_hold_the_stop_of_the_tree() -> None:
+    stubborn, after = Stubborn(), Gate()
+    after.open.set()
+    events: list[tuple[str, str]] = []
+    supervisor = Supervisor(
+        [stubborn, after], stop_timeout=0.2, on_event=lambda kind, name: events.append((kind, name))
+    )
+    await supervisor.start()
+    try:
+        await asyncio.wait_for(supervisor.stop(), 5)
+        assert ("stopped", "stubborn") in events and ("stopped", "gate") in events
+    finally:
+        stubborn.release.set()
+        await asyncio.sleep(0)

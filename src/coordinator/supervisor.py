@@ -45,12 +45,14 @@ class Supervisor:
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         drain_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self._slots = [_Slot(child) for child in children]
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.drain_timeout = drain_timeout
+        self.stop_timeout = stop_timeout
         self._on_event = on_event
         self._stopping = False
 
@@ -117,8 +119,13 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(slot.child.drain(), self.drain_timeout)
             slot.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await slot.task
+            # A child stuck in its own clean-up must not keep the rest of the tree (and the process) up.
+            done, _ = await asyncio.wait({slot.task}, timeout=self.stop_timeout)
+            if not done:
+                log.error("supervisor.child_did_not_stop", child=slot.child.name, waited=self.stop_timeout)
+            else:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    slot.task.result()
             slot.task = None
             self._event("stopped", slot.child.name)
             log.debug("supervisor.stopped", child=slot.child.name)

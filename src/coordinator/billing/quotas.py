@@ -96,6 +96,12 @@ class RateCounter:
         slot.pending += 1
         return RateWindow(limit=limit, count=slot.known + slot.pending, reset_epoch=window + WINDOW_SECONDS)
 
+    @property
+    def due(self) -> bool:
+        """Whether a flush has anything to do (counts to add, or a finished window to forget)."""
+        current = int(self.clock()) // WINDOW_SECONDS * WINDOW_SECONDS
+        return current != self._pruned_window or any(slot.pending for slot in self._slots.values())
+
     async def flush(self, session: AsyncSession) -> None:
         """Add the pending counts to PostgreSQL and learn each bucket's total; drop finished windows."""
         sent = [(b, w, slot.pending) for (b, w), slot in self._slots.items() if slot.pending > 0]
@@ -122,7 +128,7 @@ class RateCounter:
 
 
 class RateCounterSync(LoopService):
-    """Flushes this replica's `RateCounter` to PostgreSQL every `interval` seconds (and once at stop)."""
+    """Flushes this replica's `RateCounter` to PostgreSQL every `interval` seconds (and when draining)."""
 
     name = "rate-limit-sync"
 
@@ -133,6 +139,8 @@ class RateCounterSync(LoopService):
         self.interval = interval
 
     async def run_once(self) -> None:
+        if not self.counter.due:
+            return
         try:
             async with self.db.transaction() as session:
                 # A count lost in a crash costs a second of quota: no need to wait for the WAL flush.
@@ -141,11 +149,9 @@ class RateCounterSync(LoopService):
         except Exception:
             log.exception("rate_limit.flush_failed")
 
-    async def run(self, ready: Callable[[], None]) -> None:
-        try:
-            await super().run(ready)
-        finally:
-            await self.run_once()
+    async def drain(self) -> None:
+        """The last counts, before the supervisor stops the loop."""
+        await self.run_once()
 
 
 @dataclass(frozen=True)
