@@ -41,7 +41,6 @@ HYDRATE_EVERY_SECONDS = 2.0
 class Plan:
     move: sql.AssignRow
     message: AssignJob
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -188,21 +187,13 @@ class Dispatcher(LoopService):
     ) -> Plan | None:
         """Where one claimed job goes (reserving the slot for the rest of the pass), or None to leave it
         queued; a job no AssignJob can express is failed here."""
-        budget = Decimal(row.budget)
-        needs = rules.JobNeeds(
+        needs = service.needs_of(
+            row,
             workload_id=row.workload_id,
-            slug=row.slug,
-            runtime=row.runtime,
-            kind=row.kind,
-            required_ram_mb=row.required_ram_mb or 0,
-            required_vram_mb=row.required_vram_mb or 0,
-            required_cpu_cores=row.required_cpu_cores or 0,
-            platforms=tuple(row.platforms or ()),
             region=row.region,
-            budget=budget,
-            price_per_job=Decimal(row.price_per_job),
+            budget=Decimal(row.budget),
             owner_id=row.user_id,
-            excluded_host_ids=frozenset(row.excluded_host_ids or ()),
+            excluded=row.excluded_host_ids,
         )
         placement = rules.choose_host(hosts, needs)
         if placement is None:
@@ -218,7 +209,7 @@ class Dispatcher(LoopService):
         host.reserved += 1
         clearing = rules.clearing_price(host, needs, surge)
         move = sql.AssignRow(row.id, host.id, lease_seconds, placement.record(clearing), clearing)
-        return Plan(move, message, row.created_at)
+        return Plan(move, message)
 
     async def _assign(self, session: AsyncSession, plans: list[Plan]) -> list[Assignment]:
         """Every planned move in one guarded UPDATE; the jobs' streams are owned by this replica."""

@@ -129,15 +129,7 @@ async def retry_queued(runtime: Runtime, *, waited_seconds: int = 60) -> dict[st
     async with runtime.db.transaction() as session:
         rows = (await session.execute(sql.STALE_QUEUED_SQL, {"age": waited_seconds, "limit": 500})).all()
         for row in rows:
-            needs = rules.JobNeeds(
-                workload_id=0,
-                slug="",
-                runtime=row.runtime,
-                required_ram_mb=row.required_ram_mb or 0,
-                required_vram_mb=row.required_vram_mb or 0,
-                required_cpu_cores=row.required_cpu_cores or 0,
-                region=row.region,
-            )
+            needs = service.needs_of(row, workload_id=0, region=row.region)
             fleet = service.fleet_of(runtime)
             if not await service.could_ever_run(session, fleet, needs, list(row.excluded_host_ids or ())):
                 error = "No Island can run this job any more: " + rules.unrunnable_reason(needs)

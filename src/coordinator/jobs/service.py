@@ -126,21 +126,30 @@ def transition_result(row: Row[Any], from_state: str | None, **extra: Any) -> Tr
 
 
 def needs_of(
-    workload: Workload, *, region: str | None, budget: Decimal, owner_id: int | None
+    cargo: Any,
+    *,
+    workload_id: int,
+    region: str | None,
+    budget: Decimal = Decimal(0),
+    owner_id: int | None = None,
+    excluded: Sequence[str] | None = None,
 ) -> rules.JobNeeds:
+    """A job's placement needs. `cargo` is its `Workload` or a row carrying the Cargo's columns: runtime
+    and requirements always; slug, kind, platforms and base price where the caller has them."""
     return rules.JobNeeds(
-        workload_id=workload.id,
-        slug=workload.slug,
-        runtime=workload.runtime,
-        kind=workload.kind,
-        required_ram_mb=workload.required_ram_mb or 0,
-        required_vram_mb=workload.required_vram_mb or 0,
-        required_cpu_cores=workload.required_cpu_cores or 0,
-        platforms=tuple(workload.platforms or ()),
+        workload_id=workload_id,
+        slug=getattr(cargo, "slug", ""),
+        runtime=cargo.runtime,
+        kind=getattr(cargo, "kind", None) or "generic",
+        required_ram_mb=cargo.required_ram_mb or 0,
+        required_vram_mb=cargo.required_vram_mb or 0,
+        required_cpu_cores=cargo.required_cpu_cores or 0,
+        platforms=tuple(getattr(cargo, "platforms", None) or ()),
         region=region,
         budget=budget,
-        price_per_job=Decimal(workload.price_per_job),
+        price_per_job=Decimal(getattr(cargo, "price_per_job", None) or 0),
         owner_id=owner_id,
+        excluded_host_ids=frozenset(excluded or ()),
     )
 
 
@@ -217,7 +226,7 @@ async def submit_job(
             await quotas.check_submit_quota(
                 session, user, price, limits=quotas.QuotaLimits.from_settings(runtime.settings)
             )
-        needs = needs_of(workload, region=region, budget=price, owner_id=user.id)
+        needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
         if not await could_ever_run(session, fleet_of(runtime), needs):
             reason = rules.unrunnable_reason(needs)
             raise ValidationFailed(reason, {"workload": [reason]})

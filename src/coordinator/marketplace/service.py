@@ -99,8 +99,11 @@ async def resolve_budget(
     saved = (await session.execute(SAVED_BID_SQL, {"user_id": user_id, "workload_id": workload.id})).scalar()
     if saved is not None:
         return Decimal(saved)
-    rates = rates or TtlCache(ttl=0)
-    rate = await rates.get(lambda: market_rate(session, workload.id, window_minutes), workload.id)
+
+    def compute() -> Awaitable[Decimal | None]:
+        return market_rate(session, workload.id, window_minutes)
+
+    rate = await (compute() if rates is None else rates.get(compute, workload.id))
     if rate is not None and rate > 0:
         return rules.market_budget(rate, markup)
     return Decimal(workload.price_per_job)
