@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# Debian packages the tests need (installed by `make test` when missing).
+APT_PACKAGES :=
 
-.PHONY: run test lint typecheck contracts venv lock bench clean
+.PHONY: run test lint typecheck contracts venv lock bench clean system-deps
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +34,10 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
-test: $(STAMP) lint typecheck contracts
+system-deps:
+	@bash scripts/ensure-debian-packages.sh $(APT_PACKAGES)
+
+test: $(STAMP) system-deps lint typecheck contracts
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
