@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import DataError
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +29,26 @@ STATUS_CODES = {
     422: "validation_failed",
     429: "rate_limited",
 }
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error answer; `errors` (field → messages) only on 422."""
+
+    error: ErrorDetail
+    errors: dict[str, list[str]] | None = None
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route: each listed status answers with the error envelope."""
+    return {
+        code: {"model": ErrorEnvelope, "description": STATUS_CODES.get(code, "error").replace("_", " ")}
+        for code in codes
+    }
 
 
 def error_body(code: str, message: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
