@@ -48,11 +48,15 @@ class FakeStripeIdentity:
     by_key: dict[str, str] = field(default_factory=dict)
     creates: list[tuple[dict[str, str], str | None, str | None]] = field(default_factory=list)
     retrieves: list[tuple[str, list[str]]] = field(default_factory=list)
+    refuse_create: bool = False
 
     async def create(self, request: Request) -> JSONResponse:
         form = dict(parse_qsl((await request.body()).decode()))
         key = request.headers.get("idempotency-key")
         self.creates.append((form, key, request.headers.get("authorization")))
+        if self.refuse_create:
+            error = {"type": "invalid_request_error", "message": "Identity is not activated on this account"}
+            return JSONResponse({"error": error}, status_code=400)
         if key and key in self.by_key:
             return JSONResponse(self.sessions[self.by_key[key]])
         session_id = f"vs_{len(self.sessions) + 1}"

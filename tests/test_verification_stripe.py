@@ -3,6 +3,7 @@ signed like Stripe's (forged, stale, replayed and duplicate deliveries), and wha
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -217,7 +218,9 @@ async def test_a_duplicate_event_is_applied_once_and_a_replay_after_revocation_c
     await _start(stack)
     payload = stack.webhooks.event("verified", stack.fake.verify("vs_1"), event_id="evt_verified")
     first = stack.webhooks.sign(payload)
-    assert (await stack.webhooks.deliver(first)).json()["data"]["outcome"] == "applied"
+    # Delivered five times at once (Stripe retries overlap): exactly one delivery applies it.
+    answers = await asyncio.gather(*(stack.webhooks.deliver(first) for _ in range(5)))
+    assert sorted(a.json()["data"]["outcome"] for a in answers) == ["applied", *["duplicate"] * 4]
     # Stripe redelivers the same event (re-signed with a new timestamp): applied once.
     redelivered = await stack.webhooks.deliver(stack.webhooks.sign(payload))
     assert redelivered.status_code == 200 and redelivered.json()["data"]["outcome"] == "duplicate"
@@ -297,3 +300,17 @@ async def test_an_event_for_a_session_not_yet_recorded_is_retried_not_lost(stack
     # sessions other integrations created on the same Stripe account are acknowledged and ignored
     foreign = await stack.webhooks.send("verified", {"id": "vs_other", "metadata": {}})
     assert foreign.status_code == 200 and foreign.json()["data"]["outcome"] == "not_ours"
+
+
+async def test_a_refused_session_writes_nothing_and_the_user_can_try_again(stack: StripeStack) -> None:
+    stack.fake.refuse_create = True
+    response = await stack.http.post("/api/v1/verification/start", headers=stack.user.headers)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "verification_provider_error"
+    assert "not activated" in response.json()["error"]["message"]
+    assert (await _status(stack))["status"] == "unverified"
+    assert await _status_changes(stack) == [] and await _mail_subjects(stack) == []
+    async with stack.runtime.db.session() as session:
+        assert (await session.execute(select(Verification))).first() is None
+    stack.fake.refuse_create = False
+    assert (await _start(stack))["status"] == "pending"
