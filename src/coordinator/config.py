@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
 
+    # verification (KYC, docs/verification.md)
+    verification_provider: Literal["builtin", "stripe"] = "builtin"
+    stripe_identity_webhook_secret: str | None = None  # whsec_… of the Identity webhook endpoint
+    stripe_identity_webhook_tolerance_seconds: int = 300  # older signed timestamps are refused (replays)
+    stripe_identity_return_url: str | None = None  # default: <public_url>/verify
+
     # streaming (output accumulator, pub/sub, SSE)
     output_flush_interval_seconds: float = 0.05
     output_grace_seconds: float = 2.0
@@ -133,6 +139,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "COORDINATOR_SECRET_KEY must be set outside development "
                 "(set COORDINATOR_ENV=development for a local stack)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stripe_identity_needs_keys(self) -> Settings:
+        if self.verification_provider == "stripe" and not (
+            self.stripe_api_key and self.stripe_identity_webhook_secret
+        ):
+            raise ValueError(
+                "COORDINATOR_VERIFICATION_PROVIDER=stripe needs COORDINATOR_STRIPE_API_KEY and "
+                "COORDINATOR_STRIPE_IDENTITY_WEBHOOK_SECRET"
             )
         return self
 

@@ -9,14 +9,16 @@ provider answers with the same transfer instead of paying twice."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import structlog
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing.providers import PayoutError, PayoutProvider, PayoutRequest
 from coordinator.repo.database import Database
+from coordinator.verification import service as verification
 
 log = structlog.get_logger(__name__)
 
@@ -26,17 +28,15 @@ def period_start(today: dt.date) -> dt.date:
     return today - dt.timedelta(days=today.weekday())
 
 
-# Owners due a payout: identity verified, with unpaid earnings from Islands at or above their (metro)
-# monetization threshold.
+# Owners with unpaid earnings from Islands at or above their (metro) monetization threshold; the identity
+# gate is applied next, by the verification context (`_verified_owners`).
 ELIGIBLE_OWNERS_SQL = text(
     """
     SELECT DISTINCT e.owner_id
     FROM host_earnings e
     JOIN hosts h ON h.id = e.host_id
-    JOIN users u ON u.id = e.owner_id
     LEFT JOIN metro_settings m ON m.region = h.region
-    WHERE e.payout_id IS NULL AND u.verification_status = 'verified'
-      AND h.karma >= COALESCE(m.monetization_threshold, :threshold)
+    WHERE e.payout_id IS NULL AND h.karma >= COALESCE(m.monetization_threshold, :threshold)
     ORDER BY e.owner_id
     """
 )
@@ -92,6 +92,10 @@ MARK_FAILED_SQL = text(
 )
 
 
+# Why the batch passed an owner by (BatchResult.skipped).
+SKIP_UNVERIFIED = "identity_not_verified"
+
+
 @dataclass
 class BatchResult:
     created: int = 0
@@ -99,16 +103,38 @@ class BatchResult:
     failed: int = 0
     retry_later: int = 0
     amount_paid: Decimal = Decimal(0)
+    # Owners passed by, and why: their earnings stay unpaid (and a pending payout stays pending) until the
+    # cause is fixed, then a later run pays them.
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+async def _verified_owners(session: AsyncSession, owner_ids: list[int], result: BatchResult) -> set[int]:
+    """The payout gate, in one place: only verified Island owners are paid; the others are recorded in
+    `result.skipped` with the reason and logged."""
+    verified = await verification.verified_among(session, owner_ids)
+    for owner_id in owner_ids:
+        if owner_id not in verified:
+            result.skipped[owner_id] = SKIP_UNVERIFIED
+            log.info("payout.skipped", owner_id=owner_id, reason=SKIP_UNVERIFIED)
+    return verified
 
 
 async def create_pending_payouts(
-    db: Database, provider: str, period: dt.date, *, threshold: int = 10, minimum: Decimal = Decimal(0)
+    db: Database,
+    provider: str,
+    period: dt.date,
+    *,
+    threshold: int = 10,
+    minimum: Decimal = Decimal(0),
+    result: BatchResult | None = None,
 ) -> int:
-    """Phase 1: one `pending` payout per eligible owner for `period`, bound to the earnings it pays."""
+    """Phase 1: one `pending` payout per eligible verified owner for `period`, bound to what it pays."""
+    result = result if result is not None else BatchResult()
     async with db.session() as session:
         owners = list((await session.execute(ELIGIBLE_OWNERS_SQL, {"threshold": threshold})).scalars())
+        verified = await _verified_owners(session, owners, result)
     created = 0
-    for owner_id in owners:
+    for owner_id in [o for o in owners if o in verified]:
         async with db.transaction() as session:
             rows = (
                 await session.execute(PAYABLE_EARNINGS_SQL, {"owner_id": owner_id, "threshold": threshold})
@@ -129,7 +155,12 @@ async def pay_pending(db: Database, provider: PayoutProvider, result: BatchResul
     """Phase 2: send every pending payout of this provider (new ones and those a crash left behind)."""
     async with db.session() as session:
         pending = (await session.execute(PENDING_PAYOUTS_SQL, {"provider": provider.name})).all()
+        # A payout left pending by a crash is not sent to an owner revoked since; it waits for reinstatement.
+        verified = await _verified_owners(session, sorted({row[1] for row in pending}), result)
     for payout_id, owner_id, amount, account_ref in pending:
+        if owner_id not in verified:
+            result.retry_later += 1
+            continue
         request = PayoutRequest(payout_id, owner_id, Decimal(amount), account_ref, f"payout-{payout_id}")
         try:
             ref = await provider.pay(request)
@@ -161,7 +192,7 @@ async def run_payout_batch(
     period = period_start(today or dt.datetime.now(dt.UTC).date())
     result = BatchResult()
     result.created = await create_pending_payouts(
-        db, provider.name, period, threshold=threshold, minimum=minimum
+        db, provider.name, period, threshold=threshold, minimum=minimum, result=result
     )
     await pay_pending(db, provider, result)
     return result

@@ -19,6 +19,7 @@ from coordinator.config import Settings
 from coordinator.errors import RateLimited
 from coordinator.repo.database import Database
 from coordinator.supervisor import LoopService
+from coordinator.verification import service as verification
 
 log = structlog.get_logger(__name__)
 
@@ -200,7 +201,9 @@ async def check_submit_quota(
     A check before the charge, not a lock: two simultaneous submissions may overshoot by one job, which a
     soft abuse limit tolerates, rather than serialising every submit of an account on one row."""
     limits = limits or QuotaLimits()
-    verified = user.verification_status == "verified"
+    # The verification context decides; the status is read from the row auth loaded for this request, so a
+    # verification (or a revocation) changes the very next submission.
+    verified = verification.is_verified_user(user)
     cap = limits.active_jobs_verified if verified else limits.active_jobs_unverified
     active = int((await session.execute(ACTIVE_JOBS_SQL, {"user_id": user.id})).scalar_one())
     if active >= cap:

@@ -24,6 +24,7 @@ from coordinator.web.api.v1 import (
     karma,
     market,
     stream,
+    verification,
     workloads,
 )
 from coordinator.web.errors import install_error_handlers
@@ -45,6 +46,7 @@ ROUTERS = [
     island.router,
     karma.router,
     market.router,
+    verification.router,
     metrics.router,
 ]
 

@@ -145,6 +145,7 @@ def register_tasks(app: procrastinate.App) -> None:
                 "failed": result.failed,
                 "retry_later": result.retry_later,
                 "amount_paid": float(result.amount_paid),
+                "skipped": {str(owner): why for owner, why in result.skipped.items()},
             }
 
         return await _timed("payout_batch", body)
