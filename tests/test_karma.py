@@ -199,3 +199,25 @@ async def test_karma_endpoints(runtime: Runtime, http: httpx.AsyncClient) -> Non
         await http.get(f"/api/v1/hosts/{uuid.uuid4()}/karma", headers=consumer.headers)
     ).status_code == 404
     assert (await http.get(f"/api/v1/hosts/{host_id}/karma")).status_code == 401
+
+
+async def test_karma_history_shows_job_ids_only_to_their_owners(
+    runtime: Runtime, http: httpx.AsyncClient
+) -> None:
+    owner = await make_consumer(runtime, "owner@example.com")
+    stranger = await make_consumer(runtime, "stranger@example.com")
+    admin = await make_consumer(runtime, "admin@example.com", admin=True)
+    host_id = await _host(runtime)
+    owners_job, strangers_job = await _job(runtime, owner.user.id), await _job(runtime, stranger.user.id)
+    async with runtime.db.transaction() as session:
+        await service.penalize(session, host_id, "job_failed", job_id=owners_job)
+        await service.penalize(session, host_id, "timeout", job_id=strangers_job)
+
+    async def job_ids(headers: dict[str, str]) -> dict[str, str | None]:
+        r = await http.get(f"/api/v1/hosts/{host_id}/karma/history", headers=headers)
+        assert r.status_code == 200
+        return {e["event_type"]: e["job_id"] for e in r.json()["data"]}
+
+    assert await job_ids(owner.headers) == {"job_failed": str(owners_job), "timeout": None}
+    assert await job_ids(stranger.headers) == {"job_failed": None, "timeout": str(strangers_job)}
+    assert await job_ids(admin.headers) == {"job_failed": str(owners_job), "timeout": str(strangers_job)}

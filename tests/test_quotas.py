@@ -188,3 +188,36 @@ async def test_unverified_daily_spend_cap(runtime: Runtime) -> None:
     user.verification_status = "verified"
     async with runtime.db.session() as session:
         await quotas.check_submit_quota(session, user, Decimal(10_000), limits=limits)
+
+
+async def test_hourly_buckets_outlive_the_minute_windows(tight: Runtime) -> None:
+    """`h:` buckets (keyless limits such as magic links per e-mail) count over an hour: neither this
+    replica's memory nor the once-a-minute prune forgets them when a minute ends."""
+    now = [1_800_000_000.0]  # an hour start
+    counter = quotas.RateCounter(lambda: now[0])
+
+    async def flush() -> None:
+        async with tight.db.transaction() as session:
+            await counter.flush(session)
+
+    assert counter.hit("h:mail", 3).count == 1
+    await flush()
+    now[0] += 600  # ten minutes later, same hour
+    await flush()
+    assert counter.hit("h:mail", 3).count == 2
+    assert counter.count("h:mail") == 2 and counter.count("key:never") == 0
+    now[0] += 3000  # the next hour starts from zero
+    assert counter.hit("h:mail", 3).count == 1
+
+    async with tight.db.transaction() as session:
+        await session.execute(
+            text(
+                "INSERT INTO rate_limit_counters (bucket, window_start, count) VALUES "
+                "('h:recent-hour', now() - interval '30 minutes', 2), "
+                "('key:old-minute', now() - interval '30 minutes', 2), "
+                "('h:old-hour', now() - interval '3 hours', 2)"
+            )
+        )
+        await session.execute(quotas.PRUNE_SQL)
+        left = (await session.execute(text("SELECT bucket FROM rate_limit_counters"))).scalars().all()
+    assert "h:recent-hour" in left and "key:old-minute" not in left and "h:old-hour" not in left

@@ -53,8 +53,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
 
+    # Request bodies over this size are refused with 413 before anything runs (well under NATS's 8 MiB
+    # payload limit, which an assignment carrying the input must fit in).
+    max_request_bytes: int = 4 * 1024 * 1024
+
     # accounts
     magic_link_ttl_seconds: int = 15 * 60
+    # Limits that need no API key (429 with Retry-After): magic links per e-mail address and per client
+    # address per hour, sign-ins (spending a link) and failed credentials per client address per minute.
+    magic_link_per_email_per_hour: int = 5
+    magic_link_per_address_per_hour: int = 60
+    sign_in_per_address_per_minute: int = 30
+    bad_credentials_per_address_per_minute: int = 30
     session_ttl_days: int = 30
     smtp_host: str | None = None
     smtp_port: int = 587

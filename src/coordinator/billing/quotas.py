@@ -63,14 +63,24 @@ ADD_COUNTS_SQL = text(
     """
 )
 
-# Forgets finished windows (the flush runs it once a minute, so the table stays small).
-PRUNE_SQL = text("DELETE FROM rate_limit_counters WHERE window_start < now() - interval '2 minutes'")
+# Forgets finished windows (the flush runs it once a minute, so the table stays small). Buckets of
+# hour-long windows are named `h:…` (see `HOUR_PREFIX`) and kept until their hour is over.
+PRUNE_SQL = text(
+    """
+    DELETE FROM rate_limit_counters
+    WHERE window_start < now() - interval '2 minutes'
+      AND (bucket NOT LIKE 'h:%' OR window_start < now() - interval '2 hours')
+    """
+)
 
 WINDOW_SECONDS = 60
+HOUR_SECONDS = 3600
+HOUR_PREFIX = "h:"  # a bucket counted over hour-long windows carries this prefix (the prune relies on it)
 
 
 @dataclass
 class _Slot:
+    length: int  # the window's length in seconds
     known: int = 0  # the bucket's total in PostgreSQL at the last flush (every replica's requests)
     pending: int = 0  # this replica's requests not yet added to it
 
@@ -89,13 +99,21 @@ class RateCounter:
         self._pruned_window = 0
 
     def hit(self, bucket: str, limit: int) -> RateWindow:
-        """Count one request against `bucket`'s current window. The caller decides what to refuse."""
-        window = int(self.clock()) // WINDOW_SECONDS * WINDOW_SECONDS
+        """Count one request against `bucket`'s current window (an hour for `h:` buckets, else a minute).
+        The caller decides what to refuse."""
+        length = HOUR_SECONDS if bucket.startswith(HOUR_PREFIX) else WINDOW_SECONDS
+        window = int(self.clock()) // length * length
         slot = self._slots.get((bucket, window))
         if slot is None:
-            slot = self._slots[(bucket, window)] = _Slot()
+            slot = self._slots[(bucket, window)] = _Slot(length)
         slot.pending += 1
-        return RateWindow(limit=limit, count=slot.known + slot.pending, reset_epoch=window + WINDOW_SECONDS)
+        return RateWindow(limit=limit, count=slot.known + slot.pending, reset_epoch=window + length)
+
+    def count(self, bucket: str) -> int:
+        """`bucket`'s count in its current window, without counting a request."""
+        length = HOUR_SECONDS if bucket.startswith(HOUR_PREFIX) else WINDOW_SECONDS
+        slot = self._slots.get((bucket, int(self.clock()) // length * length))
+        return 0 if slot is None else slot.known + slot.pending
 
     @property
     def due(self) -> bool:
@@ -120,8 +138,9 @@ class RateCounter:
                 slot = self._slots[(bucket, window)]
                 slot.pending -= n  # requests counted while the statement ran stay pending
                 slot.known = max(slot.known, totals.get((bucket, window), slot.known + n))
-        current = int(self.clock()) // WINDOW_SECONDS * WINDOW_SECONDS
-        for key in [k for k, slot in self._slots.items() if k[1] < current and not slot.pending]:
+        now = int(self.clock())
+        current = now // WINDOW_SECONDS * WINDOW_SECONDS
+        for key in [k for k, slot in self._slots.items() if k[1] + slot.length <= now and not slot.pending]:
             del self._slots[key]
         if current != self._pruned_window:
             self._pruned_window = current

@@ -2,7 +2,8 @@
 
 Several replicas may run it at once: claims use `FOR UPDATE SKIP LOCKED`, and the candidate Islands'
 rows are locked while their capacity is counted, so no Island is overfilled. The assignment commits
-before the AssignJob is published; a publish that fails is undone, and a crash between the two is
+before the AssignJob is published; a publish that fails requeues the job (the attempt counts) or, when it
+can never succeed, fails it with a refund; a crash between the two is
 repaired by the start-timeout sweep (the job never reports `started` and is requeued)."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from coordinator.hosts.fleet import FleetView, HostView
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules, service
 from coordinator.jobs.assignment import assign_job_message
-from coordinator.jobs.events import DISPATCHER_COMPONENT
+from coordinator.jobs.events import DISPATCHER_COMPONENT, UndeliverableAssignment
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob
@@ -48,6 +49,7 @@ class Assignment:
     job_id: uuid.UUID
     host_id: uuid.UUID
     attempt: int
+    max_attempts: int
     message: AssignJob
     created_at: datetime
     result: TransitionResult
@@ -225,7 +227,9 @@ class Dispatcher(LoopService):
                 continue
             result = service.transition_result(row, rules.QUEUED, stream_owner=row.stream_owner)
             assignments.append(
-                Assignment(row.id, row.host_id, row.attempt, plan.message, row.created_at, result)
+                Assignment(
+                    row.id, row.host_id, row.attempt, row.max_attempts, plan.message, row.created_at, result
+                )
             )
         return assignments
 
@@ -252,21 +256,39 @@ class Dispatcher(LoopService):
             )
         except Exception as exc:
             log.warning("dispatcher.publish_failed", job_id=str(assignment.job_id), error=repr(exc))
-            await self._undo(assignment)
+            await self._give_back(assignment, exc)
             return
         latency = max(0.0, time.time() - assignment.created_at.timestamp())
         metrics.dispatch_latency.observe(latency)
         log.info("job.assigned", attempt=assignment.attempt, dispatch_seconds=round(latency, 4))
         await service.hooks(self.runtime).run(assignment.result)
 
-    async def _undo(self, assignment: Assignment) -> None:
-        """Put the job back in the queue (the attempt was never made); the sweep covers a failure here."""
+    async def _give_back(self, assignment: Assignment, exc: Exception) -> None:
+        """A failed publish counts as an attempt: back to the queue, or failed with a full refund when the
+        message can never be delivered or the attempts are used up. The sweep covers a failure here."""
+        result = None
         try:
             async with self.runtime.db.transaction() as session:
-                await session.execute(
-                    sql.UNDO_ASSIGN_SQL,
-                    {"id": assignment.job_id, "host_id": assignment.host_id, "attempt": assignment.attempt},
-                )
+                if isinstance(exc, UndeliverableAssignment) or assignment.attempt >= assignment.max_attempts:
+                    error = (
+                        f"assignment undeliverable: {exc}"
+                        if isinstance(exc, UndeliverableAssignment)
+                        else f"dead-lettered after {assignment.attempt} attempts (AssignJob publish failed)"
+                    )
+                    result = await service.finish_in(
+                        session, assignment.job_id, rules.FAILED, host_id=assignment.host_id, error=error
+                    )
+                else:
+                    await session.execute(
+                        sql.RETRY_PUBLISH_SQL,
+                        {
+                            "id": assignment.job_id,
+                            "host_id": assignment.host_id,
+                            "attempt": assignment.attempt,
+                        },
+                    )
         except Exception:
-            log.exception("dispatcher.undo_failed", job_id=str(assignment.job_id))
+            log.exception("dispatcher.give_back_failed", job_id=str(assignment.job_id))
         self.fleet.release(assignment.host_id)
+        if result is not None:
+            await service.hooks(self.runtime).run(result)

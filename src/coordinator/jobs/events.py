@@ -54,12 +54,17 @@ class OutputSink(Protocol):
     ) -> None: ...
 
 
+class UndeliverableAssignment(Exception):
+    """An AssignJob the bus can never carry (larger than its payload limit): retrying cannot help."""
+
+
 @runtime_checkable
 class JobBus(Protocol):
     """Messages to Islands and to other coordinator replicas (implemented over NATS by the transport)."""
 
     async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
-        """Store an AssignJob on JetStream `host.<id>.jobs`; `msg_id` de-duplicates a repeated publish."""
+        """Store an AssignJob on JetStream `host.<id>.jobs`; `msg_id` de-duplicates a repeated publish.
+        Raises `UndeliverableAssignment` for a message no retry can deliver."""
         ...
 
     async def publish_cancel(self, host_id: uuid.UUID, job_id: uuid.UUID) -> None: ...

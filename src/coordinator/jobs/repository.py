@@ -103,10 +103,11 @@ def assign_many_params(rows: Sequence[AssignRow], stream_owner: str | None) -> d
     }
 
 
-# assigned → queued after a failed AssignJob publish: the attempt was never made, so it is given back.
-UNDO_ASSIGN_SQL = text(
+# assigned → queued after a failed AssignJob publish. The attempt still counts (a job whose assignment
+# keeps failing to publish is dead-lettered like one whose Islands keep failing it).
+RETRY_PUBLISH_SQL = text(
     """
-    UPDATE jobs SET state = 'queued', host_id = NULL, attempt = attempt - 1, assigned_at = NULL,
+    UPDATE jobs SET state = 'queued', host_id = NULL, assigned_at = NULL,
            lease_expires_at = NULL, placement = NULL, clearing_price = NULL, updated_at = now()
     WHERE id = :id AND state = 'assigned' AND host_id = :host_id AND attempt = :attempt
     """

@@ -187,18 +187,28 @@ async def karma_summary(
 
 
 # The newest karma events of one Island.
+# An Island's karma events, newest first. A job id is shown only to that job's owner (`:viewer`; NULL =
+# an admin, who sees every id): the jobs an Island ran belong to other people.
 KARMA_HISTORY_SQL = text(
     """
-    SELECT id, job_id, event_type, delta, balance_after, details, created_at
-    FROM karma_events WHERE host_id = :host_id ORDER BY id DESC LIMIT :limit
+    SELECT k.id,
+           CASE WHEN CAST(:viewer AS bigint) IS NULL OR j.user_id = :viewer THEN k.job_id END,
+           k.event_type, k.delta, k.balance_after, k.details, k.created_at
+    FROM karma_events k LEFT JOIN jobs j ON j.id = k.job_id
+    WHERE k.host_id = :host_id ORDER BY k.id DESC LIMIT :limit
     """
 )
 
 
-async def karma_history(session: AsyncSession, host_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
+async def karma_history(
+    session: AsyncSession, host_id: uuid.UUID, limit: int = 100, *, viewer_id: int | None
+) -> list[dict[str, Any]]:
+    """The events behind an Island's karma; `viewer_id` None for an admin (every job id shown)."""
     if (await session.execute(text("SELECT 1 FROM hosts WHERE id = :h"), {"h": host_id})).first() is None:
         raise NotFound("Island not found")
-    rows = (await session.execute(KARMA_HISTORY_SQL, {"host_id": host_id, "limit": limit})).all()
+    rows = (
+        await session.execute(KARMA_HISTORY_SQL, {"host_id": host_id, "limit": limit, "viewer": viewer_id})
+    ).all()
     return [
         {
             "id": r[0],

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from nats.errors import MaxPayloadError
 
-from coordinator.jobs.events import BUS_COMPONENT, DISPATCHER_COMPONENT
+from coordinator.jobs.events import BUS_COMPONENT, DISPATCHER_COMPONENT, UndeliverableAssignment
 from coordinator.nats.publisher import Publisher
 from coordinator.nats.streams import ensure_streams
 from coordinator.protocol.messages import AssignJob
@@ -31,7 +32,12 @@ class NatsJobBus:
         self.publisher = Publisher(nc, base_url)
 
     async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
-        await self.publisher.publish_assignment(str(host_id), job, msg_id)
+        try:
+            await self.publisher.publish_assignment(str(host_id), job, msg_id)
+        except MaxPayloadError as exc:
+            raise UndeliverableAssignment(
+                f"the AssignJob is larger than the NATS server's max_payload ({self.nc.max_payload} bytes)"
+            ) from exc
 
     async def publish_cancel(self, host_id: uuid.UUID, job_id: uuid.UUID) -> None:
         await self.publisher.publish_cancel(str(host_id), str(job_id))

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -33,7 +33,7 @@ CONCURRENCY = 8
 def job_key(payload: bytes) -> str | None:
     """The job a status message is about, for ordering (None when unparsable: handled on its own)."""
     try:
-        data = json.loads(payload)
+        data = orjson.loads(payload)  # depth-limited: deep nesting is a decode error, not a RecursionError
     except ValueError:
         return None
     job_id = data.get("job_id") if isinstance(data, dict) else None

@@ -65,6 +65,14 @@ http_request_seconds = Histogram(
     ["method", "route", "status"],
     buckets=LATENCY_BUCKETS,
 )
+http_bodies_refused = Counter(
+    "coordinator_http_bodies_refused_total", "Request bodies refused with 413 (over the size limit)"
+)
+http_rate_limited = Counter(
+    "coordinator_http_rate_limited_total",
+    "Requests refused with 429 by a limit without an API key (magic links, sign-in, bad credentials)",
+    ["limit"],
+)
 open_streams = Gauge(
     "coordinator_open_streams", "Open SSE streams and WebSockets", ["kind"], multiprocess_mode="livesum"
 )

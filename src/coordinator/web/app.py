@@ -27,6 +27,7 @@ from coordinator.web.api.v1 import (
     verification,
     workloads,
 )
+from coordinator.web.bodylimit import BodyLimit
 from coordinator.web.errors import install_error_handlers
 from coordinator.web.ratelimit import RateLimitHeaders
 
@@ -69,6 +70,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    # Added first, so inside CORS (a browser can read the 413) and before auth or any route runs.
+    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_request_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=runtime.settings.cors_origins,

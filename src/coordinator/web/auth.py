@@ -30,6 +30,7 @@ async def current_principal(request: Request) -> Principal | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
+        ratelimit.refuse_if_guessing(request)
         async with runtime.db.read() as session:
             principal = await accounts.authenticate_api_key(
                 session, runtime.settings.secret_key, token.strip()
@@ -37,11 +38,16 @@ async def current_principal(request: Request) -> Principal | None:
         if principal is not None and principal.key_use_due and principal.api_key_id is not None:
             async with runtime.db.transaction() as session:
                 await accounts.touch_api_key(session, principal.api_key_id)
+        if principal is None:
+            ratelimit.count_bad_credentials(request)
     elif not header and (cookie := request.cookies.get(SESSION_COOKIE)):
+        ratelimit.refuse_if_guessing(request)
         async with runtime.db.session() as session:
             principal = await accounts.authenticate_session(
                 session, runtime.settings.secret_key, cookie, ttl_days=runtime.settings.session_ttl_days
             )
+        if principal is None:
+            ratelimit.count_bad_credentials(request)
     request.state.principal = principal
     if principal is not None:
         context.add(user_id=principal.user.id)

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from coordinator.accounts import service as accounts
+from coordinator.web import ratelimit
 from coordinator.web.auth import SESSION_COOKIE, get_runtime
 
 router = APIRouter(tags=["auth"])
@@ -25,6 +26,7 @@ class SessionRequest(BaseModel):
 
 @router.post("/api/v1/auth/magic-link")
 async def request_magic_link(body: MagicLinkRequest, request: Request) -> dict[str, Any]:
+    ratelimit.limit_magic_links(request, body.email)
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         await accounts.request_magic_link(
@@ -51,6 +53,7 @@ def _set_session_cookie(response: Response, request: Request, token: str) -> Non
 
 
 async def _consume(request: Request, token: str) -> tuple[Any, str]:
+    ratelimit.limit_sign_ins(request)
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         return await accounts.consume_magic_link(

@@ -28,8 +28,9 @@ async def get_karma_history(
     host_id: str,
     request: Request,
     limit: int = Query(100, ge=1, le=1000),
-    _: Principal = Depends(require_read),
+    principal: Principal = Depends(require_read),
 ) -> dict[str, Any]:
+    viewer = None if principal.is_admin else principal.user.id
     async with get_runtime(request).db.session() as session:
-        events = await karma.karma_history(session, parse_uuid(host_id, "Island"), limit)
+        events = await karma.karma_history(session, parse_uuid(host_id, "Island"), limit, viewer_id=viewer)
     return {"data": events}
