@@ -13,6 +13,10 @@ from sqlalchemy.orm import Session
 from coordinator.telemetry import metrics
 
 # Adds to a balance and records the movement; the idempotency key makes a retried call a no-op.
+# The row lock is FOR NO KEY UPDATE, the mode an UPDATE of `credits` takes: it queues with the debits, while
+# FOR UPDATE would also wait for every KEY SHARE lock (the foreign key check of each job or ledger row
+# inserted for this user), and under a stream of overlapping submissions it waited until the stream stopped
+# (issue 19: refunds, hence job completions, stalled behind one busy account).
 CREDIT_SQL = text(
     """
     WITH tx AS (
@@ -20,7 +24,7 @@ CREDIT_SQL = text(
             (user_id, type, amount, balance_after, job_id, host_id, idempotency_key, description)
         SELECT u.id, :type, :amount, u.credits + :amount, :job_id, :host_id, :key, :description
         FROM users u WHERE u.id = :user_id
-        FOR UPDATE
+        FOR NO KEY UPDATE
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING balance_after
     )
