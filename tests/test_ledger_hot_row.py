@@ -65,3 +65,27 @@ async def test_a_refund_is_not_starved_by_debits_of_the_same_account(runtime: Ru
     )
     async with runtime.db.session() as session:
         assert await ledger.unreconciled_users(session) == []
+
+
+async def test_concurrent_refunds_and_debits_of_one_account_do_not_deadlock(runtime: Runtime) -> None:
+    """Many jobs of one account settling at once, among its submissions: every refund and debit commits
+    (a lock taken by the statement's CTE and again by its UPDATE, on a newer row version, deadlocked)."""
+    consumer = await make_consumer(runtime, credits=Decimal(10**6))
+    user_id = consumer.user.id
+    rounds = 25
+
+    async def refunder() -> None:
+        for _ in range(rounds):
+            async with runtime.db.transaction() as session:
+                key = f"refund:{uuid.uuid4()}"
+                assert await ledger.credit(session, user_id, Decimal(1), type="refund", idempotency_key=key)
+
+    async def submitter() -> None:
+        for _ in range(rounds):
+            async with runtime.db.transaction() as session:
+                await session.execute(KEY_SHARE_SQL, {"id": user_id})
+                assert await ledger.debit(session, user_id, Decimal(1)) is not None
+
+    await asyncio.gather(*[refunder() for _ in range(8)], *[submitter() for _ in range(8)])
+    async with runtime.db.session() as session:
+        assert await ledger.unreconciled_users(session) == []
