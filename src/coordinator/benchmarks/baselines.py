@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from coordinator.benchmarks.clients import SseCounter, sse_client
-from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, latency_summary, scenario
+from coordinator.benchmarks.harness import BenchEnv, Load, Result, Stopwatch, latency_summary, scenario
 from coordinator.config import libpq_url
 from coordinator.devstack import free_port
 
@@ -208,8 +208,12 @@ async def run_sse_fanout(
     headers: dict[str, str] | None = None,
     only: bytes | None = None,
     sample_every: int | None = None,
+    load: Load | None = None,
 ) -> dict[str, float]:
-    """Connect `clients` SSE readers, trigger `events` events, and measure delivery rate and latency."""
+    """Connect `clients` SSE readers, trigger `events` events, and measure delivery rate and latency.
+
+    With `load`: every expected event is offered when publishing starts, each delivered one completes
+    (sampled every 0.1 s), and a reader that stopped short counts as `stream_incomplete`."""
     counters = [SseCounter(expected=events) for _ in range(clients)]
     connected = [asyncio.Event() for _ in range(clients)]
     paths = [path] * clients if isinstance(path, str) else [path[i % len(path)] for i in range(clients)]
@@ -231,12 +235,32 @@ async def run_sse_fanout(
     await asyncio.wait_for(asyncio.gather(*[e.wait() for e in connected]), 60)
     await asyncio.sleep(0.2)
     watch = Stopwatch()
+    sampler = None
+    if load is not None:
+        load.begin()
+        load.offer(clients * events)
+
+        async def sample() -> None:
+            seen = 0
+            while True:
+                await asyncio.sleep(0.1)
+                now = sum(c.received for c in counters)
+                load.complete(now - seen)
+                seen = now
+
+        sampler = asyncio.create_task(sample())
     await publish(events)
     await asyncio.wait_for(asyncio.gather(*[c.done.wait() for c in counters]), 300)
     elapsed = watch.elapsed
     for task in tasks:
         task.cancel()
     delivered = sum(c.received for c in counters)
+    if load is not None and sampler is not None:
+        sampler.cancel()
+        load.complete(delivered - load.totals["completed"])
+        load.end()
+        if short := sum(c.received < c.expected for c in counters):
+            load.refuse("stream_incomplete", short)
     latencies = [x for c in counters for x in c.latencies]
     summary = latency_summary(latencies)
     return {

@@ -95,6 +95,8 @@ class FakeFleet:
     host_ids: list[str] = field(default_factory=list)
     held: dict[str, str] = field(default_factory=dict)  # job_id → host_id
     completed: int = 0
+    # Publishes (status, output) that raised: a job the coordinator never heard finish.
+    publish_failures: int = 0
     _nc: Any = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _active: dict[str, int] = field(default_factory=dict)
@@ -162,8 +164,15 @@ class FakeFleet:
                 else:
                     self._tasks.append(asyncio.create_task(self.run_job(host_id, job_id)))
 
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        try:
+            await self._nc.publish(subject, payload)
+        except Exception:
+            self.publish_failures += 1
+            raise
+
     async def _status(self, host_id: str, job_id: str, state: str) -> None:
-        await self._nc.publish(
+        await self._publish(
             f"host.{host_id}.status",
             _dumps({"job_id": job_id, "state": state, "timestamp": int(time.time() * 1000)}),
         )
@@ -179,13 +188,13 @@ class FakeFleet:
                 if pace:
                     await asyncio.sleep(pace)
                 content = f"{time.time():.6f} " if self.behaviour.timestamp_tokens else f"tok{seq} "
-                await self._nc.publish(
+                await self._publish(
                     f"host.{host_id}.output",
                     _dumps({"job_id": job_id, "seq": seq, "chunk": content, "is_final": False}),
                 )
                 if yield_every and seq % yield_every == 0:
                     await asyncio.sleep(0)
-            await self._nc.publish(
+            await self._publish(
                 f"host.{host_id}.output",
                 _dumps({"job_id": job_id, "seq": count + 1, "chunk": "", "is_final": True}),
             )
@@ -206,8 +215,16 @@ class FakeFleet:
             await self._nc.close()
 
 
-async def heartbeat_flood(nats_url: str, host_ids: list[str], duration: float, interval: float = 10.0) -> int:
-    """Every id beats once per `interval`, spread evenly, for `duration` seconds. Returns beats sent."""
+async def heartbeat_flood(
+    nats_url: str,
+    host_ids: list[str],
+    duration: float,
+    interval: float = 10.0,
+    on_sent: Callable[[int], None] | None = None,
+    on_failed: Callable[[int], None] | None = None,
+) -> int:
+    """Every id beats once per `interval`, spread evenly, for `duration` seconds. Returns beats sent;
+    `on_sent`/`on_failed` hear of each tick's beats sent and of publishes that raised."""
     nc = await nats.connect(nats_url, name="bench-heartbeats")
     sent = 0
     per_tick = max(1, len(host_ids) // int(interval * 10))
@@ -216,14 +233,24 @@ async def heartbeat_flood(nats_url: str, host_ids: list[str], duration: float, i
     try:
         while time.monotonic() < deadline:
             tick = time.monotonic()
+            ticked = 0
             for _ in range(per_tick):
                 host_id = host_ids[index % len(host_ids)]
                 index += 1
-                await nc.publish(
-                    f"host.{host_id}.heartbeat",
-                    heartbeat_message(host_id, active=0, max_concurrent=4, gpu=False),
-                )
+                try:
+                    await nc.publish(
+                        f"host.{host_id}.heartbeat",
+                        heartbeat_message(host_id, active=0, max_concurrent=4, gpu=False),
+                    )
+                except Exception:
+                    if on_failed is None:
+                        raise
+                    on_failed(1)
+                    continue
                 sent += 1
+                ticked += 1
+            if on_sent is not None:
+                on_sent(ticked)
             await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
     finally:
         await nc.drain()

@@ -8,6 +8,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,100 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
     }
 
 
+# The per-second series every load records (`Load.per_second`), in plot order.
+SERIES = ("offered", "accepted", "assigned", "completed")
+
+
+@dataclass
+class Load:
+    """What a scenario offered and what became of it, second by second of its load window.
+
+    A number measured under load only means something if the load was real: every request answered and
+    accepted, and the system under test moving every second. `problems()` says why a run is not valid; the
+    runner marks such a run invalid instead of reporting its number (issue 19). `progress` names the series
+    that must move every second: `completed` for a lifecycle, `accepted` for a submit benchmark, `assigned`
+    for dispatch."""
+
+    progress: str = "completed"
+    # Seconds at the start of the window allowed to show no progress yet (the pipeline filling).
+    warmup_seconds: int = 2
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default_factory=time.monotonic)
+    stopped: float | None = None
+    totals: Counter[str] = field(default_factory=Counter)
+    # Refused or unanswered requests, by cause: `http_<status>`, `timeout`, `transport_error`,
+    # `publish_failed`, `not_assigned`, `job_failed`…
+    refused: Counter[str] = field(default_factory=Counter)
+    _by_second: dict[str, Counter[int]] = field(default_factory=dict)
+
+    def begin(self) -> None:
+        """The load window opens now (counts before it land in second 0)."""
+        self.started = self.clock()
+
+    def end(self) -> None:
+        self.stopped = self.clock()
+
+    @property
+    def window(self) -> float:
+        return (self.stopped if self.stopped is not None else self.clock()) - self.started
+
+    def count(self, series: str, n: int = 1) -> None:
+        second = max(0, int(self.clock() - self.started))
+        self._by_second.setdefault(series, Counter())[second] += n
+        self.totals[series] += n
+
+    def offer(self, n: int = 1) -> None:
+        self.count("offered", n)
+
+    def accept(self, n: int = 1) -> None:
+        self.count("accepted", n)
+
+    def assign(self, n: int = 1) -> None:
+        self.count("assigned", n)
+
+    def complete(self, n: int = 1) -> None:
+        self.count("completed", n)
+
+    def refuse(self, cause: str, n: int = 1) -> None:
+        self.refused[cause] += n
+
+    def per_second(self) -> dict[str, list[int]]:
+        """Each series over the window's seconds (the last, partial second included)."""
+        seconds = max(1, int(self.window + 0.999))
+        names = [n for n in SERIES if n in self._by_second or n in (self.progress, "offered")]
+        names += sorted(n for n in self._by_second if n not in names)
+        return {n: [self._by_second.get(n, Counter())[i] for i in range(seconds)] for n in names}
+
+    def problems(self) -> list[str]:
+        """Why the run does not prove its load was real; empty when it does."""
+        found = []
+        if self.totals["offered"] == 0:
+            found.append("no load was offered")
+        if self.refused:
+            causes = ", ".join(f"{k} {v}" for k, v in sorted(self.refused.items()))
+            found.append(f"{sum(self.refused.values())} refused or unanswered ({causes})")
+        progress = self.per_second().get(self.progress, [])
+        full = int(self.window)  # the last, partial second is not judged
+        if self.totals["offered"] and not any(progress):
+            found.append(f"no progress ({self.progress}) at all")
+        else:
+            first = next((i for i, n in enumerate(progress) if n), 0)
+            idle = [i for i in range(min(first, self.warmup_seconds), full) if not progress[i]]
+            if idle:
+                found.append(f"zero {self.progress} in second(s) {', '.join(map(str, idle))} of the load")
+        return found
+
+    def record(self) -> dict[str, Any]:
+        """The JSON form: totals, refusals by cause and the per-second series."""
+        return {
+            "window_s": round(self.window, 3),
+            "progress": self.progress,
+            **{n: self.totals[n] for n in SERIES},
+            "refused": dict(self.refused),
+            "per_second": self.per_second(),
+        }
+
+
 @dataclass
 class Result:
     name: str
@@ -57,6 +152,43 @@ class Result:
     primary: str | None = None
     # With `--profile`: where the coordinator's CPU went, per coordinator process the scenario started.
     profile: dict[str, Any] = field(default_factory=dict)
+    # The load a scenario offered (its `Load.record()`, or one per phase by name); None for baselines.
+    load: dict[str, Any] | None = None
+    # False when the load does not prove itself (refusals, a second without progress): no number then.
+    valid: bool | None = None
+    invalid_reasons: list[str] = field(default_factory=list)
+
+    def with_load(self, *loads: tuple[str, Load] | Load) -> Result:
+        """Attach the load record(s) and judge them: one `Load`, or named phases `("drain", load)`."""
+        named = [item if isinstance(item, tuple) else ("", item) for item in loads]
+        records = {name: load.record() for name, load in named}
+        self.load = records[""] if list(records) == [""] else records
+        self.invalid_reasons = [
+            f"{name}: {problem}" if name else problem for name, load in named for problem in load.problems()
+        ]
+        return self
+
+
+def judge(result: Result, *, baseline: bool) -> Result:
+    """Mark a scenario run valid or invalid. An invalid run yields no number: its primary metric moves to
+    `<primary>_unvalidated` and `met` becomes None (neither met nor missed). A scenario that recorded no
+    load is invalid too (every scenario proves its load; baselines measure raw parts and need not)."""
+    if baseline:
+        return result
+    if "error" in result.metrics:  # did not finish: already missed, with its error
+        result.valid = False
+        result.invalid_reasons.append("did not finish")
+        return result
+    if result.load is None:
+        result.invalid_reasons.append("the scenario recorded no load (offered, refused, per-second series)")
+    result.valid = not result.invalid_reasons
+    if not result.valid:
+        result.met = None
+        key = result.primary
+        if key is not None and result.metrics.get(key) is not None:
+            result.metrics[f"{key}_unvalidated"] = result.metrics[key]
+            result.metrics[key] = None
+    return result
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
 import sys
 import time
@@ -11,9 +12,17 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from coordinator.benchmarks import baselines, scenarios  # noqa: F401 - registers the scenarios
-from coordinator.benchmarks.harness import SCENARIOS, BenchEnv, Result, Runner, machine_description
+from coordinator.benchmarks.harness import SCENARIOS, BenchEnv, Result, Runner, judge, machine_description
 from coordinator.benchmarks.report import write_report
+
+# The modules whose `@scenario` functions make up the suite (importing one registers its scenarios);
+# a new group of scenarios is a new module added here.
+SCENARIO_MODULES = [
+    "coordinator.benchmarks.baselines",
+    "coordinator.benchmarks.scenarios",
+]
+for _module in SCENARIO_MODULES:
+    importlib.import_module(_module)
 
 
 def run(
@@ -44,10 +53,13 @@ def run(
                 for attempt in range(runs[item.name]):
                     progress.update(task, description=f"{item.name} ({attempt + 1}/{runs[item.name]})")
                     started = time.perf_counter()
-                    result = run_one(item.name, item.run, env)
+                    result = judge(run_one(item.name, item.run, env), baseline=item.baseline)
                     result.seconds = round(time.perf_counter() - started, 1)
                     result.profile, env.profiles = env.profiles, {}
-                    progress.console.print(f"{item.name}: {result.seconds} s, met={result.met}")
+                    validity = "" if result.valid is None else f", valid={result.valid}"
+                    progress.console.print(f"{item.name}: {result.seconds} s, met={result.met}{validity}")
+                    for reason in result.invalid_reasons:
+                        progress.console.print(f"  invalid: {reason}")
                     attempts.append(result)
                     progress.advance(task)
                 result = median_run(attempts)
@@ -61,16 +73,30 @@ def run(
 
 
 def median_run(attempts: list[Result]) -> Result:
-    """The run whose primary metric is the median of the repeated runs (targets are for the median);
-    every run's value of that metric is kept beside it."""
+    """The run whose primary metric is the median of the repeated valid runs (targets are for the median);
+    every run's value of that metric (None for an invalid run) and validity are kept beside it. When no run
+    is valid, the last one is reported, invalid."""
     if len(attempts) == 1:
         return attempts[0]
     key = attempts[0].primary
-    if key is None or any(key not in r.metrics for r in attempts):
-        return attempts[-1]
-    ordered = sorted(attempts, key=lambda r: float(r.metrics[key]))
-    chosen = ordered[(len(ordered) - 1) // 2]
-    chosen.metrics[f"{key}_of_each_run"] = [r.metrics[key] for r in attempts]
+    valid = [r for r in attempts if r.valid is not False]
+    if key is None or not valid or any(r.metrics.get(key) is None for r in valid):
+        chosen = (valid or attempts)[-1]
+    else:
+        ordered = sorted(valid, key=lambda r: float(r.metrics[key]))
+        chosen = ordered[(len(ordered) - 1) // 2]
+    if key is not None:
+        chosen.metrics[f"{key}_of_each_run"] = [r.metrics.get(key) for r in attempts]
+    if any(r.valid is not None for r in attempts):
+        chosen.metrics["valid_runs"] = f"{sum(r.valid is True for r in attempts)} of {len(attempts)}"
+        others = [
+            f"run {i + 1} invalid: {reason}"
+            for i, r in enumerate(attempts)
+            if r is not chosen
+            for reason in r.invalid_reasons
+        ]
+        if others:
+            chosen.notes = " ".join([chosen.notes, "; ".join(others) + "."]).strip()
     chosen.seconds = round(sum(r.seconds for r in attempts), 1)
     return chosen
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -18,9 +19,9 @@ import structlog
 
 from coordinator.benchmarks.baselines import run_sse_fanout
 from coordinator.benchmarks.fake_island import FakeFleet, JobBehaviour, heartbeat_flood
-from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, latency_summary, scenario
+from coordinator.benchmarks.harness import BenchEnv, Load, Result, Stopwatch, latency_summary, scenario
 from coordinator.benchmarks.profile import Sampler, summarise
-from coordinator.benchmarks.system import CoordinatorProcess, make_account
+from coordinator.benchmarks.system import BENCH_CREDITS, CoordinatorProcess, make_accounts
 from coordinator.config import libpq_url
 from coordinator.protocol import subjects
 
@@ -32,18 +33,28 @@ CHAT = {"workload": "llm-chat", "input": {"prompt": "hello"}}
 @dataclass
 class Stack:
     coordinator: CoordinatorProcess
-    key: str
+    keys: list[str]
     database_url: str
 
     @property
+    def key(self) -> str:
+        return self.keys[0]
+
+    @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        return self.headers_for(0)
+
+    def headers_for(self, account: int) -> dict[str, str]:
+        key = self.keys[account % len(self.keys)]
+        return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
 
 @asynccontextmanager
-async def stack(env: BenchEnv, name: str) -> AsyncIterator[Stack]:
+async def stack(env: BenchEnv, name: str, accounts: int = 1) -> AsyncIterator[Stack]:
+    """A coordinator on a fresh database with `accounts` verified consumers of `BENCH_CREDITS` each."""
     database_url = env.fresh_database(name)
-    key = await make_account(database_url, f"{name}@bench.local")
+    emails = [f"{name}-{i}@bench.local" if i else f"{name}@bench.local" for i in range(accounts)]
+    keys = await make_accounts(database_url, emails)
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         conn.execute("UPDATE users SET verification_status = 'verified'")
     await _reset_streams(env.nats_url)
@@ -54,7 +65,7 @@ async def stack(env: BenchEnv, name: str) -> AsyncIterator[Stack]:
         sampler = Sampler(coordinator.proc.pid, env.profile_dir / f"{name}.txt")
         sampler.start()
     try:
-        yield Stack(coordinator, key, database_url)
+        yield Stack(coordinator, keys, database_url)
     finally:
         coordinator.stop()
         if sampler is not None:
@@ -108,11 +119,15 @@ def _host_count(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+# A request unanswered for this long counts as a timeout (refused): the run is invalid, not just slow.
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+
 def http_client(s: Stack) -> httpx.AsyncClient:
     """Keep-alive connections for every concurrent submitter (httpx's default keeps 20: a 21st submitter
     would open and close a connection per request and measure that instead)."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    return httpx.AsyncClient(base_url=s.coordinator.url, timeout=60, limits=limits)
+    return httpx.AsyncClient(base_url=s.coordinator.url, timeout=REQUEST_TIMEOUT_SECONDS, limits=limits)
 
 
 async def start_fleet(s: Stack, fleet: FakeFleet) -> None:
@@ -125,34 +140,70 @@ async def start_fleet(s: Stack, fleet: FakeFleet) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _submit(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[str | None, float]:
+async def _submit(
+    client: httpx.AsyncClient, headers: dict[str, str], load: Load | None = None
+) -> tuple[str | None, float]:
+    """One submission: the job id (None when refused or unanswered) and its latency; counted in `load`
+    as offered, then accepted or refused by cause (`http_<status>`, `timeout`, `transport_error`)."""
+    if load is not None:
+        load.offer()
     started = time.perf_counter()
-    response = await client.post("/api/v1/jobs", json=CHAT, headers=headers)
-    elapsed = time.perf_counter() - started
-    if response.status_code not in (200, 201):
+    try:
+        response = await client.post("/api/v1/jobs", json=CHAT, headers=headers)
+    except httpx.TimeoutException:
+        cause = "timeout"
+    except httpx.TransportError as exc:
+        cause = "transport_error"
+        log.warning("bench.submit_failed", error=repr(exc))
+    else:
+        if response.status_code in (200, 201):
+            if load is not None:
+                load.accept()
+            return str(response.json()["data"]["id"]), time.perf_counter() - started
+        cause = f"http_{response.status_code}"
         log.warning("bench.submit_refused", status=response.status_code, body=response.text[:200])
-        return None, elapsed
-    return str(response.json()["data"]["id"]), elapsed
+    if load is not None:
+        load.refuse(cause)
+    return None, time.perf_counter() - started
+
+
+def fleet_failures(fleet: FakeFleet, load: Load) -> None:
+    """The simulated Islands' publishes that raised are unanswered work too."""
+    if fleet.publish_failures:
+        load.refuse("publish_failed", fleet.publish_failures)
 
 
 @scenario("submit_to_assign", "submit → AssignJob received by the Island, idle fleet")
 async def submit_to_assign(env: BenchEnv) -> Result:
     count = 30 if env.quick else 300
     assigned: dict[str, float] = {}
+    load = Load(progress="assigned")
+
+    def on_assigned(job: str, at: float) -> None:
+        assigned[job] = at
+        load.assign()
+
     async with stack(env, "s_assign") as s:
-        fleet = FakeFleet(env.nats_url, 4, on_assigned=lambda job, t: assigned.__setitem__(job, t))
+        fleet = FakeFleet(env.nats_url, 4, on_assigned=on_assigned)
         await start_fleet(s, fleet)
         latencies: list[float] = []
         async with http_client(s) as client:
+            load.begin()
             for _ in range(count):
                 started = time.perf_counter()
-                job_id, _ = await _submit(client, s.headers)
+                job_id, _ = await _submit(client, s.headers, load)
+                if job_id is None:
+                    continue
                 deadline = time.monotonic() + 10
                 while job_id not in assigned and time.monotonic() < deadline:
                     await asyncio.sleep(0.001)
                 if job_id in assigned:
                     latencies.append(assigned[job_id] - started)
+                else:
+                    load.refuse("not_assigned")
+            load.end()
         await fleet.stop()
+        fleet_failures(fleet, load)
     summary = latency_summary(latencies)
     raw_publish_ms = 1000 / env.baselines["baseline_jetstream"].metrics["awaited_msgs_per_s"]
     return Result(
@@ -163,36 +214,48 @@ async def submit_to_assign(env: BenchEnv) -> Result:
         target="p50 ≤ 10 ms, p99 ≤ 50 ms",
         primary="p50_ms",
         met=len(latencies) == count and summary["p50_ms"] <= 10 and summary["p99_ms"] <= 50,
-    )
+    ).with_load(load)
 
 
 @scenario("dispatcher", "dispatcher alone: a backlog of queued jobs → assigned + published")
 async def dispatcher(env: BenchEnv) -> Result:
     count = 300 if env.quick else 3000
     assigned: dict[str, float] = {}
+    backlog, drain = Load(progress="accepted"), Load(progress="assigned")
+
+    def on_assigned(job: str, at: float) -> None:
+        assigned[job] = at
+        drain.assign()
+
     async with stack(env, "s_dispatch") as s:
         # Islands with no free slot: every job waits in the queue.
-        fleet = FakeFleet(
-            env.nats_url, 8, max_concurrent=0, on_assigned=lambda j, t: assigned.__setitem__(j, t)
-        )
+        fleet = FakeFleet(env.nats_url, 8, max_concurrent=0, on_assigned=on_assigned)
         await start_fleet(s, fleet)
         sem = asyncio.Semaphore(32)
         async with http_client(s) as client:
 
             async def one() -> str | None:
                 async with sem:
-                    return (await _submit(client, s.headers))[0]
+                    return (await _submit(client, s.headers, backlog))[0]
 
+            backlog.begin()
             submitted = [j for j in await asyncio.gather(*[one() for _ in range(count)]) if j]
+            backlog.end()
         # Capacity appears: the backlog drains.
         fleet.max_concurrent = count
+        drain.begin()
+        drain.offer(len(submitted))
         opened = time.perf_counter()
         await fleet.heartbeat_all()
         deadline = time.monotonic() + 120
         while len(assigned) < len(submitted) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        drain.end()
+        if missing := len(submitted) - len(assigned):
+            drain.refuse("not_assigned", missing)
         last = max(assigned.values()) if assigned else opened
         await fleet.stop()
+        fleet_failures(fleet, drain)
     rate = len(assigned) / max(last - opened, 1e-9)
     claim = env.baselines["baseline_claim"].metrics["rows_per_s_batch_100"]
     return Result(
@@ -206,56 +269,124 @@ async def dispatcher(env: BenchEnv) -> Result:
         target="≥ 1,000 jobs/s and ≥ 25% of the batched raw claim rate",
         primary="jobs_per_s",
         met=rate >= 1000 and rate >= 0.25 * claim,
-    )
+    ).with_load(("backlog", backlog), ("drain", drain))
+
+
+# Lifecycle load: one account per submitter (one shared balance row would measure `hot_account` instead),
+# each submitter keeping at most this many jobs unfinished. A submitter that only waited for its HTTP
+# answer would offer more than the pipeline completes: the backlog of unsettled jobs grows until it holds
+# every Island slot, and the run measures the backlog instead of the throughput.
+LIFECYCLE_SUBMITTERS = 32
+LIFECYCLE_IN_FLIGHT = 4
+TERMINAL = ("succeeded", "failed", "cancelled", "timeout")
 
 
 @scenario("lifecycle", "full lifecycle: HTTP submit → charge → dispatch → 20 tokens → settle")
 async def lifecycle(env: BenchEnv) -> Result:
     duration = 6.0 if env.quick else 30.0
-    async with stack(env, "s_lifecycle") as s:
-        fleet = FakeFleet(env.nats_url, 8, max_concurrent=256, behaviour=JobBehaviour(tokens=20))
+    submitters, window = LIFECYCLE_SUBMITTERS, LIFECYCLE_IN_FLIGHT
+    load = Load(progress="completed")
+    async with stack(env, "s_lifecycle", accounts=submitters) as s:
+        fleet = FakeFleet(
+            env.nats_url,
+            8,
+            max_concurrent=256,
+            behaviour=JobBehaviour(tokens=20),
+            on_assigned=lambda job, t: load.assign(),
+        )
         await start_fleet(s, fleet)
         submitted: list[str] = []
-        per_second: list[float] = []
+        # job id → the window slot of the submitter that is waiting for it
+        unfinished: dict[str, asyncio.Semaphore] = {}
+        slots = [asyncio.Semaphore(window) for _ in range(submitters)]
+        load.begin()
         stop_at = time.monotonic() + duration
-        async with http_client(s) as client:
+        conninfo = libpq_url(s.database_url)
+        async with http_client(s) as client, await psycopg.AsyncConnection.connect(conninfo) as conn:
+            await conn.set_autocommit(True)
 
-            async def submitter() -> None:
-                while time.monotonic() < stop_at:
-                    job_id, _ = await _submit(client, s.headers)
-                    if job_id:
+            async def submitter(index: int) -> None:
+                while (left := stop_at - time.monotonic()) > 0:
+                    try:
+                        await asyncio.wait_for(slots[index].acquire(), left)
+                    except TimeoutError:
+                        return
+                    job_id, _ = await _submit(client, s.headers_for(index), load)
+                    if job_id is None:
+                        slots[index].release()
+                        await asyncio.sleep(0.1)
+                    else:
                         submitted.append(job_id)
+                        unfinished[job_id] = slots[index]
 
-            async def sampler() -> None:
-                previous = 0
+            async def settled() -> None:
+                """A job completes when the coordinator has recorded it finished (and settled its money),
+                not when the Island sent its last message."""
                 while time.monotonic() < stop_at:
-                    await asyncio.sleep(1)
-                    per_second.append(fleet.completed - previous)
-                    previous = fleet.completed
+                    await asyncio.sleep(0.05)
+                    if not unfinished:
+                        continue
+                    rows = await (
+                        await conn.execute(
+                            "SELECT id::text, state FROM jobs WHERE id = ANY(%s::uuid[]) AND state = ANY(%s)",
+                            (list(unfinished), list(TERMINAL)),
+                        )
+                    ).fetchall()
+                    for job_id, state in rows:
+                        unfinished.pop(job_id).release()
+                        if state == "succeeded":
+                            load.complete()
+                        else:
+                            load.refuse(f"job_{state}")
 
-            await asyncio.gather(sampler(), *[submitter() for _ in range(32)])
+            await asyncio.gather(settled(), *[submitter(i) for i in range(submitters)])
+            load.end()
         drain = time.monotonic() + 60
         while time.monotonic() < drain and _db_checks(s.database_url, submitted)["lost"] > 0:
             await asyncio.sleep(0.5)
         checks = _db_checks(s.database_url, submitted)
         await fleet.stop()
-    sustained = sorted(per_second)[len(per_second) // 2] if per_second else 0.0
+        fleet_failures(fleet, load)
+    completed = load.per_second()["completed"][: int(load.window)]  # full seconds only
+    sustained = float(statistics.median(completed)) if completed else 0.0
     return Result(
         "lifecycle",
-        {"seconds": duration, "submitters": 32, "islands": 8, "tokens": 20},
-        {"median_completed_per_s": sustained, **checks},
-        {"completed jobs per second": per_second},
+        {
+            "seconds": duration,
+            "submitters": submitters,
+            "accounts": submitters,
+            "credits_per_account": int(BENCH_CREDITS),
+            "jobs_in_flight_per_submitter": window,
+            "islands": 8,
+            "island_slots": 8 * 256,
+            "tokens": 20,
+        },
+        {
+            "median_completed_per_s": sustained,
+            "mean_completed_per_s": round(load.totals["completed"] / max(load.window, 1e-9), 1),
+            **checks,
+        },
         target="≥ 300 jobs/s sustained, zero lost, zero double-charged",
         primary="median_completed_per_s",
         met=sustained >= 300 and checks["lost"] == 0 and checks["double_charged"] == 0,
-    )
+        notes="Completed = recorded finished and settled by the coordinator (the database), counted per "
+        "second of the load; each submitter keeps at most "
+        f"{window} jobs unfinished, on its own account.",
+    ).with_load(load)
 
 
 @scenario("hot_account", "one account, 32 concurrent submitters")
 async def hot_account(env: BenchEnv) -> Result:
     per_submitter = 8 if env.quick else 60
     async with stack(env, "s_hot") as s:
-        fleet = FakeFleet(env.nats_url, 8, max_concurrent=512, behaviour=JobBehaviour(tokens=1))
+        load = Load(progress="accepted")
+        fleet = FakeFleet(
+            env.nats_url,
+            8,
+            max_concurrent=512,
+            behaviour=JobBehaviour(tokens=1),
+            on_assigned=lambda job, t: load.assign(),
+        )
         await start_fleet(s, fleet)
         latencies: list[float] = []
         failures = 0
@@ -264,14 +395,17 @@ async def hot_account(env: BenchEnv) -> Result:
             async def submitter() -> None:
                 nonlocal failures
                 for _ in range(per_submitter):
-                    job_id, elapsed = await _submit(client, s.headers)
+                    job_id, elapsed = await _submit(client, s.headers, load)
                     latencies.append(elapsed)
                     failures += job_id is None
 
             watch = Stopwatch()
+            load.begin()
             await asyncio.gather(*[submitter() for _ in range(32)])
+            load.end()
             elapsed = watch.elapsed
         await fleet.stop()
+        fleet_failures(fleet, load)
     summary = latency_summary(latencies)
     rate = len(latencies) / elapsed
     raw = env.baselines["baseline_debit"].metrics["hot_debits_per_s"]
@@ -288,7 +422,7 @@ async def hot_account(env: BenchEnv) -> Result:
         target="≥ 1,000 submits/s, p99 ≤ 100 ms",
         primary="submits_per_s",
         met=failures == 0 and rate >= 1000 and summary["p99_ms"] <= 100,
-    )
+    ).with_load(load)
 
 
 @scenario("sse_streaming", "token streaming to SSE clients (100 and 1,000), and RSS per 1,000 streams")
@@ -301,13 +435,20 @@ async def sse_streaming(env: BenchEnv) -> Result:
         ("c1000", 1000, 10, 20 if env.quick else 100, 0.0),
         ("paced_c100", 100, 1, 50 if env.quick else 300, 0.01),
     )
+    loads: list[tuple[str, Load]] = []
     for label, clients, jobs, tokens, pace in fanouts:
         async with stack(env, f"s_sse_{label}") as s:
             behaviour = JobBehaviour(hold=True, timestamp_tokens=True)
             fleet = FakeFleet(env.nats_url, 2, max_concurrent=64, behaviour=behaviour)
             await start_fleet(s, fleet)
+            submits, events = Load(progress="accepted"), Load(progress="completed")
+            loads += [(f"{label}_submit", submits), (f"{label}_events", events)]
             async with http_client(s) as client:
-                job_ids = [j for j in [(await _submit(client, s.headers))[0] for _ in range(jobs)] if j]
+                submits.begin()
+                job_ids = [
+                    j for j in [(await _submit(client, s.headers, submits))[0] for _ in range(jobs)] if j
+                ]
+                submits.end()
             if not job_ids:
                 raise RuntimeError("no job was accepted; see bench.submit_refused")
             while len(fleet.held) < len(job_ids):
@@ -331,10 +472,12 @@ async def sse_streaming(env: BenchEnv) -> Result:
                 headers={"Authorization": f"Bearer {s.key}"},
                 only=b'"token"',
                 sample_every=1 if pace else None,
+                load=events,
             )
             if clients == 1000:
                 metrics["rss_mb_per_1000_streams"] = round(s.coordinator.rss_mb() - rss_before, 1)
             await fleet.stop()
+            fleet_failures(fleet, events)
         for key, value in result.items():
             metrics[f"{label}_{key}"] = value
     base = env.baselines["baseline_sse"].metrics
@@ -352,7 +495,7 @@ async def sse_streaming(env: BenchEnv) -> Result:
         notes="Latency runs from the simulated Island's clock to the reader's (one machine, one clock). "
         "`paced_` is tokens at 100/s, the added latency of the target; the burst runs' latencies include "
         "the queueing of the whole burst.",
-    )
+    ).with_load(*loads)
 
 
 @scenario("heartbeats", "heartbeat ingestion at 1,000 beats/s; CPU and RSS per 1,000 Islands")
@@ -373,8 +516,18 @@ async def heartbeats(env: BenchEnv) -> Result:
         cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
         await asyncio.sleep(3)
         idle_share = (s.coordinator.cpu_seconds() - cpu_before) / (time.perf_counter() - wall)
+        load = Load(progress="completed")
         cpu_before, wall = s.coordinator.cpu_seconds(), time.perf_counter()
-        sent = await heartbeat_flood(env.nats_url, fleet.host_ids, duration, interval)
+        load.begin()
+        async with http_client(s) as client:
+            ingested = asyncio.create_task(_count_ingested(client, load))
+            sent = await heartbeat_flood(
+                env.nats_url, fleet.host_ids, duration, interval, on_sent=load.offer, on_failed=_failed(load)
+            )
+            load.end()
+            ingested.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ingested
         cpu = s.coordinator.cpu_seconds() - cpu_before
         wall = time.perf_counter() - wall
         rss_after = s.coordinator.rss_mb()
@@ -397,5 +550,31 @@ async def heartbeats(env: BenchEnv) -> Result:
         met=per_1000_hbs <= 0.25,
         notes="With --quick each Island beats every second, and beats of one Island within a flush interval "
         "become one database write: the quick figure is a lower bound, the full run (10,000 Islands) the "
-        "measure of the target.",
-    )
+        "measure of the target. Completed = heartbeats the coordinator counted as ingested "
+        "(`coordinator_heartbeats_total`), sampled every second.",
+    ).with_load(load)
+
+
+def _failed(load: Load) -> Callable[[int], None]:
+    return lambda n: load.refuse("publish_failed", n)
+
+
+async def _count_ingested(client: httpx.AsyncClient, load: Load) -> None:
+    """Heartbeats the coordinator ingested, from its own counter, four times a second (a sample a second
+    would leave seconds without one whenever a scrape is slow)."""
+    seen: float | None = None
+    while True:
+        try:
+            text = (await client.get("/metrics")).text
+        except httpx.HTTPError:
+            load.refuse("metrics_unanswered")
+            text = ""
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("coordinator_heartbeats_total")
+        )
+        if seen is not None and total >= seen:
+            load.complete(int(total - seen))
+        seen = total
+        await asyncio.sleep(0.25)

@@ -85,16 +85,29 @@ class CoordinatorProcess:
                 self.proc.wait()
 
 
-async def make_account(database_url: str, email: str, credits: Decimal = Decimal(10**9)) -> str:
+# A bench account's balance: a job costs at most a few credits (the seeded Cargos' prices times the surge
+# multiplier), so even 1,000 jobs/s from one account for an hour would not spend a thousandth of it.
+BENCH_CREDITS = Decimal(10**9)
+
+
+async def make_account(database_url: str, email: str, credits: Decimal = BENCH_CREDITS) -> str:
     """Seed the Cargos and a rich consumer; returns its API key."""
+    return (await make_accounts(database_url, [email], credits))[0]
+
+
+async def make_accounts(database_url: str, emails: list[str], credits: Decimal = BENCH_CREDITS) -> list[str]:
+    """Seed the Cargos and one rich consumer per email; returns their API keys, in order."""
     runtime = Runtime.from_settings(
         Settings(env="test", secret_key=SECRET, database_url=database_url, nats_url=None)
     )
     try:
+        keys = []
         async with runtime.db.transaction() as session:
             await seed_default_cargos(session)
-            user = await accounts.get_or_create_user(session, email, credits=credits)
-            _, key = await accounts.create_api_key(session, SECRET, user, "bench")
-        return key
+            for email in emails:
+                user = await accounts.get_or_create_user(session, email, credits=credits)
+                _, key = await accounts.create_api_key(session, SECRET, user, "bench")
+                keys.append(key)
+        return keys
     finally:
         await runtime.db.dispose()

@@ -12,7 +12,17 @@ from sqlalchemy.orm import Session
 
 from coordinator.telemetry import metrics
 
-# Adds to a balance and records the movement; the idempotency key makes a retried call a no-op.
+# Locks a balance row for a credit, before `CREDIT_SQL` (see `credit`). FOR NO KEY UPDATE is the mode an
+# UPDATE of `credits` takes: it queues with the debits, while FOR UPDATE also waited for every KEY SHARE lock
+# (the foreign key check of each job or ledger row inserted for this user) and, under a stream of overlapping
+# submissions, until the stream stopped (issue 19: refunds, hence job completions, stalled behind one busy
+# account).
+LOCK_BALANCE_SQL = text("SELECT credits FROM users WHERE id = :user_id FOR NO KEY UPDATE")
+
+# Adds to a balance and records the movement; the idempotency key makes a retried call a no-op. Run with the
+# row locked by `LOCK_BALANCE_SQL`: this statement's snapshot then sees the row's newest version (and a
+# concurrent duplicate's committed ledger row). Locking inside this statement (in the CTE) deadlocked when
+# the lock followed the row to a newer version than the outer UPDATE's snapshot saw.
 CREDIT_SQL = text(
     """
     WITH tx AS (
@@ -20,7 +30,6 @@ CREDIT_SQL = text(
             (user_id, type, amount, balance_after, job_id, host_id, idempotency_key, description)
         SELECT u.id, :type, :amount, u.credits + :amount, :job_id, :host_id, :key, :description
         FROM users u WHERE u.id = :user_id
-        FOR UPDATE
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING balance_after
     )
@@ -78,6 +87,7 @@ async def credit(
     description: str | None = None,
 ) -> Decimal | None:
     """Add `amount` to a user's balance. Returns the new balance, or None if the key was already used."""
+    await session.execute(LOCK_BALANCE_SQL, {"user_id": user_id})
     row = (
         await session.execute(
             CREDIT_SQL,
