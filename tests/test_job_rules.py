@@ -101,6 +101,7 @@ def host(**kw: object) -> HostView:
         "ram_mb": 16384,
         "cpu_cores": 8,
         "max_concurrent": 4,
+        "supported_runtimes": ("container", "wasm"),
     }
     values.update(kw)
     return HostView(**values)  # type: ignore[arg-type]

@@ -66,7 +66,7 @@ async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_end
     events = await drain(sub)
     assert kinds(events) == ["token", "token", "token", "status", "done"]
     assert [e["content"] for e in events[:3]] == ["a", "b", "c"]
-    assert events[3] == {"type": "status", "content": "completed"}
+    assert events[3] == {"type": "status", "status": "completed"}
     assert events[4]["usage"] == {
         "prompt_tokens": 4,
         "completion_tokens": 3,
@@ -79,7 +79,7 @@ async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_end
     # Everything since assignment, stored in order with contiguous positions: queued, running, tokens…
     assert [p for p, _ in rows] == list(range(1, len(rows) + 1))
     assert [e for _, e in rows][-5:] == events
-    assert [e["content"] for _, e in rows[:2]] == ["queued", "running"]
+    assert [e["status"] for _, e in rows[:2]] == ["queued", "running"]
 
 
 async def test_gguf_done_chunk_gives_usage_and_is_not_text(stack: Stack) -> None:
@@ -181,7 +181,7 @@ async def test_failure_ends_with_an_error_event_carrying_the_islands_message(sta
     events = await drain(sub)
     assert events == [
         {"type": "token", "content": "x"},
-        {"type": "status", "content": "failed"},
+        {"type": "status", "status": "failed"},
         {"type": "error", "error": "Container crash: General error (application failure)"},
     ]
     assert await sub.get(0.2) is None
@@ -198,7 +198,7 @@ async def test_positions_continue_after_a_restart_of_the_accumulator(stack: Stac
     await fresh.flush()
     after = await stored(stack, ref)
     assert [p for p, _ in after] == list(range(1, len(before) + 2))
-    assert after[-1][1] == {"type": "status", "content": "running"}
+    assert after[-1][1] == {"type": "status", "status": "running"}
 
 
 async def test_final_output_waits_for_the_last_chunks_when_the_status_overtook_them(stack: Stack) -> None:

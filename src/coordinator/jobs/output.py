@@ -60,6 +60,17 @@ EVENTS_AFTER_SQL = text(
     "SELECT position, event FROM job_events WHERE job_id = :job_id AND position > :after ORDER BY position"
 )
 
+def status_event(public_status: str) -> dict[str, Any]:
+    """A `status` event: the status in `status`, never in `content` (the CLI prints every event's
+    `content`, so a status there would be printed between the tokens)."""
+    return {"type": "status", "status": public_status}
+
+
+def status_of_event(payload: dict[str, Any]) -> Any:
+    """The status of a stored `status` event (events stored before 0.x carried it in `content`)."""
+    return payload.get("status", payload.get("content"))
+
+
 # Keep a finished job's stream this long, so late duplicates are recognised and ignored.
 FORGET_AFTER_SECONDS = 60.0
 # Drop a stream that never finished here after this long without any event (its job ended elsewhere).
@@ -139,7 +150,7 @@ class OutputAccumulator:
                 # Requeued after a lost lease: the next attempt streams its output from the start.
                 stream.assembly = JobAssembly(job.runtime)
                 stream.completed = asyncio.Event()
-            await self._emit(stream, {"type": "status", "content": public_status})
+            await self._emit(stream, status_event(public_status))
 
     async def on_terminal(
         self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
@@ -205,7 +216,7 @@ class OutputAccumulator:
                 stream.finalized = True
                 return
             kind, content = event.payload.get("type"), event.payload.get("content")
-            if kind == "status" and content == rules.public_status(rules.QUEUED):
+            if kind == "status" and status_of_event(event.payload) == rules.public_status(rules.QUEUED):
                 tokens = []  # requeued: the output starts again with the next attempt
             elif kind == "token" and isinstance(content, str):
                 tokens.append(content)
@@ -263,7 +274,7 @@ class OutputAccumulator:
             await self._emit(stream, payload)
         token_usage = {**clean_usage(terminal_usage), **stream.assembly.usage}
         credits, stored_error = await self._write_result(stream, token_usage)
-        await self._emit(stream, {"type": "status", "content": rules.public_status(state)})
+        await self._emit(stream, status_event(rules.public_status(state)))
         if state == rules.SUCCEEDED:
             await self._emit(stream, {"type": "done", "usage": done_usage(token_usage, credits)})
         else:
