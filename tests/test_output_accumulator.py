@@ -72,6 +72,7 @@ async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_end
         "completion_tokens": 3,
         "total_tokens": 7,
         "credits_used": 1.0,
+        "tokens_source": "island",
     }
     job = await job_of(stack.runtime, ref.job_id)
     assert job.output == "abc"
@@ -95,11 +96,17 @@ async def test_gguf_done_chunk_gives_usage_and_is_not_text(stack: Stack) -> None
     assert [e.get("content") for e in events if e["type"] == "token"] == ["Hel", "lo"]
     assert events[-1] == {
         "type": "done",
-        "usage": {"prompt_tokens": 0, "completion_tokens": 2, "total_tokens": 2, "credits_used": 1.0},
+        "usage": {
+            "prompt_tokens": 0,
+            "completion_tokens": 2,
+            "total_tokens": 2,
+            "credits_used": 1.0,
+            "tokens_source": "island",
+        },
     }
     job = await job_of(stack.runtime, ref.job_id)
     assert job.output == "Hello"
-    assert job.usage == {"completion_tokens": 2, "total_tokens": 2}
+    assert job.usage == {"completion_tokens": 2, "total_tokens": 2, "tokens_source": "island"}
 
 
 async def test_onnx_single_final_chunk_is_the_json_result(stack: Stack) -> None:
@@ -146,6 +153,7 @@ async def test_diffusers_progress_after_the_image_does_not_break_order_or_finali
         "format": "png",
         "width": 512,
         "height": 512,
+        "seed": 7,  # TS ImageResult.seed / Python ImageResult.seed
     }
     assert await sub.get(0.3) is None  # nothing after `done`
     job = await job_of(stack.runtime, ref.job_id)

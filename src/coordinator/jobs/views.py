@@ -8,6 +8,7 @@ from typing import Any
 
 from coordinator.jobs import rules
 from coordinator.jobs.models import Job
+from coordinator.jobs.output_assembly import TOKEN_SOURCES
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -31,6 +32,8 @@ def usage_of(job: Job) -> dict[str, Any]:
     if "total_tokens" not in usage and ("prompt_tokens" in usage or "completion_tokens" in usage):
         usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
     usage["credits_used"] = credits_used(job)
+    if (job.usage or {}).get("tokens_source") in TOKEN_SOURCES:
+        usage["tokens_source"] = (job.usage or {})["tokens_source"]
     return usage
 
 
