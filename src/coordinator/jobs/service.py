@@ -268,10 +268,12 @@ async def submit_job(
         created_at = row.scalar_one()
         balance = await settlement.charge_for_submission(session, user.id, job_id, price)
         if balance is None:
-            available = await session.scalar(select(User.credits).where(User.id == user.id))
+            available = Decimal(await session.scalar(select(User.credits).where(User.id == user.id)) or 0)
             raise InsufficientCredits(
                 f"Insufficient credits: this job costs {price.normalize():f} credits, "
-                f"your balance is {Decimal(available or 0).normalize():f}"
+                f"your balance is {available.normalize():f}",
+                required=price,
+                available=available,
             )
     with context.bind(job_id=job_id, workload_id=workload.id, user_id=user.id):
         log.info("job.submitted", workload=workload.slug, priority=priority, budget=str(price))

@@ -23,6 +23,7 @@ from coordinator.web.api.v1 import (
     jobs,
     karma,
     market,
+    network,
     stream,
     workloads,
 )
@@ -45,8 +46,15 @@ ROUTERS = [
     island.router,
     karma.router,
     market.router,
+    network.router,
     metrics.router,
 ]
+
+
+# Request headers the official clients send, so that a browser's preflight listing them is answered: the
+# TypeScript SDK sets User-Agent (Firefox then lists it), its stream adds Accept; httpx-sse sends
+# Cache-Control. X-Request-ID is ours (correlation ids).
+CLIENT_HEADERS = ["Authorization", "Content-Type", "Accept", "User-Agent", "Cache-Control", "X-Request-ID"]
 
 
 class CoordinatorApp(FastAPI):
@@ -71,7 +79,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         CORSMiddleware,
         allow_origins=runtime.settings.cors_origins,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        allow_headers=CLIENT_HEADERS,
         expose_headers=[
             "Retry-After",
             "X-RateLimit-Limit",
