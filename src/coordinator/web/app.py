@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import swagger_ui_bundle  # type: ignore[import-untyped]
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from coordinator import __version__
@@ -27,7 +31,7 @@ from coordinator.web.api.v1 import (
     stream,
     workloads,
 )
-from coordinator.web.errors import install_error_handlers
+from coordinator.web.errors import install_envelope_openapi, install_error_handlers
 from coordinator.web.ratelimit import RateLimitHeaders
 
 ROUTERS = [
@@ -68,7 +72,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = CoordinatorApp(
         title="Archipelag coordinator",
         version=__version__,
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served below from the package's own Swagger UI assets
         openapi_url="/api/v1/openapi.json",
         redoc_url=None,
         redirect_slashes=False,
@@ -91,4 +95,25 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(RateLimitHeaders)
     for router in ROUTERS:
         app.include_router(router)
+    install_offline_docs(app)
+    install_envelope_openapi(app)
     return app
+
+
+DOCS_ASSETS = "/api/v1/docs/assets"
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """`/api/v1/docs`: Swagger UI loaded from this server (the `swagger-ui-bundle-v2` wheel's files), so
+    the page works on a machine without internet."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/api/v1/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/api/v1/openapi.json",
+            title=f"{app.title} — API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )

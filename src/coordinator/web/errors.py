@@ -124,3 +124,30 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("http.unhandled_error", path=request.url.path)
         return JSONResponse(error_body("internal_error", "Internal server error"), 500)
+
+
+def install_envelope_openapi(app: FastAPI) -> None:
+    """The OpenAPI document tells the truth about 422: FastAPI documents `HTTPValidationError`
+    (`{"detail": …}`) for every route with parameters, but the handler above answers every invalid
+    request with the envelope. Every 422 in the document (declared or added) is the envelope."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "ErrorEnvelope" in components:  # present as soon as one route declares an error
+            envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    answer = operation.get("responses", {}).get("422")
+                    if answer is not None:
+                        answer["description"] = "validation failed"
+                        answer["content"] = {"application/json": {"schema": envelope}}
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -80,5 +80,5 @@ async def list_models(request: Request, _: Principal = Depends(require_read)) ->
                 default=default is not None and w.id == default.id,
             )
             for w in chats
-        ]
+        ],
     )
