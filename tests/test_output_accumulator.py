@@ -266,3 +266,18 @@ async def test_a_replica_taking_a_stream_over_continues_it_live_and_keeps_the_ea
     await late.on_output(ref, 3, " a time", False)
     await late.flush()
     assert [p for p, _ in await stored(stack, ref)] == positions
+
+
+async def test_an_image_without_an_island_seed_returns_the_seed_the_input_gave(stack: Stack) -> None:
+    await set_runtime(stack.runtime, "sdxl", "diffusers")
+    # The SDKs' generate_image(seed=42) input; the Island reports no seed.
+    ref = await running_job(stack, "sdxl", {"prompt": "a cat", "width": 512, "height": 512, "seed": 42})
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    await stack.accumulator.on_image(ref, "iVBORw0KGgo=", "png", 512, 512, None)
+    await finish(stack, ref)
+    events = await drain(sub)
+    image = next(e for e in events if e["type"] == "image")
+    assert image["seed"] == 42
+    job = await job_of(stack.runtime, ref.job_id)
+    # Python ImageResult.seed = json.loads(job.output).get("seed"); TS ImageResult.seed = output.seed.
+    assert json.loads(job.output or "")["seed"] == 42
