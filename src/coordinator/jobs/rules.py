@@ -318,6 +318,8 @@ def unplaced_reason(hosts: Iterable[HostView], needs: JobNeeds) -> Unplaced:
         and h.status != "suspended"
         and not (needs.budget > 0 and h.owner_id is not None and h.owner_id == needs.owner_id)
     ]
+    if not usable:
+        return Unplaced(UNPLACED_CAPACITY, "No Island is online to take it")
     runnable = [h for h in usable if capable(h, needs)]
     if not runnable:
         return Unplaced(UNPLACED_RUNTIME, "No Island online can run this Cargo: " + _needs_text(needs))
