@@ -40,6 +40,8 @@ class FakeIsland:
     # Publish an EnhancedHeartbeat (§4.3) this often; None sends none (the test fills the fleet itself).
     heartbeat_every: float | None = None
     max_concurrent: int = 4
+    # `performance_estimates.supported_runtimes` of its heartbeats; None leaves the field out.
+    runtimes: tuple[str, ...] | None = ("container", "wasm")
     active: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
@@ -74,7 +76,7 @@ class FakeIsland:
             self._tasks.append(asyncio.create_task(self._beat(self.heartbeat_every)))
 
     def heartbeat(self) -> dict[str, Any]:
-        return {
+        beat: dict[str, Any] = {
             "host_id": self.id,
             "status": "online",
             "active_jobs": self.active,
@@ -98,10 +100,13 @@ class FakeIsland:
                 "estimated_llm_tok_s": None,
                 "max_concurrent_containers": self.max_concurrent,
                 "wasm_memory_limit_mb": 11951,
-                "supported_runtimes": ["container", "wasm"],
+                "supported_runtimes": list(self.runtimes or ()),
                 "nats_rtt_ms": 0.412,
             },
         }
+        if self.runtimes is None:
+            del beat["performance_estimates"]["supported_runtimes"]
+        return beat
 
     async def _beat(self, every: float) -> None:
         while True:

@@ -101,6 +101,7 @@ def host(**kw: object) -> HostView:
         "ram_mb": 16384,
         "cpu_cores": 8,
         "max_concurrent": 4,
+        "supported_runtimes": ("container", "wasm"),
     }
     values.update(kw)
     return HostView(**values)  # type: ignore[arg-type]
@@ -167,3 +168,26 @@ def test_clearing_price_is_the_ask_times_surge_capped_at_the_budget() -> None:
     # The placement filter uses the same function: an RTX 4090 (×2.0) asks 1.6 > budget 1.
     assert not rules.eligible(host(gpu_model="RTX 4090", gpu_vram_mb=24_576), based)
     assert rules.eligible(host(gpu_model="RTX 4090", gpu_vram_mb=24_576), NEEDS)  # base price 0
+
+
+def test_why_a_job_waits_names_the_most_fundamental_reason() -> None:
+    assert rules.unplaced_reason([], NEEDS).reason == "capacity"  # nobody online
+    # An empty runtime list is none (never the default).
+    assert not rules.eligible(host(supported_runtimes=()), NEEDS)
+    assert rules.unplaced_reason([host(supported_runtimes=())], NEEDS).reason == "runtime"
+    assert rules.unplaced_reason([host(ram_mb=1024)], NEEDS).reason == "runtime"
+    far = rules.unplaced_reason([host(region="eu-west")], dataclasses.replace(NEEDS, region="us"))
+    assert far.reason == "region"
+    dear = rules.unplaced_reason(
+        [host(asking_prices={"llm-chat": Decimal(3)}), host(asking_prices={"llm-chat": Decimal(2)})], NEEDS
+    )
+    assert dear.reason == "price" and dear.lowest_ask == Decimal(2)
+    assert dear.record(NEEDS.budget) == {
+        "reason": "price",
+        "message": dear.message,
+        "budget": 1.0,
+        "lowest_ask": 2.0,
+    }
+    assert rules.unplaced_reason([host(max_concurrent=1, reserved=1)], NEEDS).reason == "capacity"
+    assert rules.lowest_live_ask([host(asking_prices={"_default": Decimal("0.3")})], NEEDS) == Decimal("0.3")
+    assert rules.lowest_live_ask([host(owner_id=1)], NEEDS) is None  # the owner's own Island does not count

@@ -89,8 +89,18 @@ async def test_the_sweep_is_idempotent_and_safe_without_nats(runtime: Runtime) -
             ),
             {"h": island.id, "id": job.id},
         )
-    assert await recovery.sweep(runtime) == {"requeued": 0, "dead_lettered": 1, "timed_out": 0}
-    assert await recovery.sweep(runtime) == {"requeued": 0, "dead_lettered": 0, "timed_out": 0}
+    assert await recovery.sweep(runtime) == {
+        "requeued": 0,
+        "dead_lettered": 1,
+        "timed_out": 0,
+        "unplaceable": 0,
+    }
+    assert await recovery.sweep(runtime) == {
+        "requeued": 0,
+        "dead_lettered": 0,
+        "timed_out": 0,
+        "unplaceable": 0,
+    }
     row = await job_row(runtime, job.id)
     assert row.state == "failed" and row.error == "dead-lettered after 3 attempts"
     assert await balance(runtime, consumer.user.id) == Decimal(10000)

@@ -66,12 +66,13 @@ async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_end
     events = await drain(sub)
     assert kinds(events) == ["token", "token", "token", "status", "done"]
     assert [e["content"] for e in events[:3]] == ["a", "b", "c"]
-    assert events[3] == {"type": "status", "content": "completed"}
+    assert events[3] == {"type": "status", "status": "completed"}
     assert events[4]["usage"] == {
         "prompt_tokens": 4,
         "completion_tokens": 3,
         "total_tokens": 7,
         "credits_used": 1.0,
+        "tokens_source": "island",
     }
     job = await job_of(stack.runtime, ref.job_id)
     assert job.output == "abc"
@@ -79,7 +80,7 @@ async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_end
     # Everything since assignment, stored in order with contiguous positions: queued, running, tokens…
     assert [p for p, _ in rows] == list(range(1, len(rows) + 1))
     assert [e for _, e in rows][-5:] == events
-    assert [e["content"] for _, e in rows[:2]] == ["queued", "running"]
+    assert [e["status"] for _, e in rows[:2]] == ["queued", "running"]
 
 
 async def test_gguf_done_chunk_gives_usage_and_is_not_text(stack: Stack) -> None:
@@ -95,11 +96,17 @@ async def test_gguf_done_chunk_gives_usage_and_is_not_text(stack: Stack) -> None
     assert [e.get("content") for e in events if e["type"] == "token"] == ["Hel", "lo"]
     assert events[-1] == {
         "type": "done",
-        "usage": {"prompt_tokens": 0, "completion_tokens": 2, "total_tokens": 2, "credits_used": 1.0},
+        "usage": {
+            "prompt_tokens": 0,
+            "completion_tokens": 2,
+            "total_tokens": 2,
+            "credits_used": 1.0,
+            "tokens_source": "island",
+        },
     }
     job = await job_of(stack.runtime, ref.job_id)
     assert job.output == "Hello"
-    assert job.usage == {"completion_tokens": 2, "total_tokens": 2}
+    assert job.usage == {"completion_tokens": 2, "total_tokens": 2, "tokens_source": "island"}
 
 
 async def test_onnx_single_final_chunk_is_the_json_result(stack: Stack) -> None:
@@ -146,6 +153,7 @@ async def test_diffusers_progress_after_the_image_does_not_break_order_or_finali
         "format": "png",
         "width": 512,
         "height": 512,
+        "seed": 7,  # TS ImageResult.seed / Python ImageResult.seed
     }
     assert await sub.get(0.3) is None  # nothing after `done`
     job = await job_of(stack.runtime, ref.job_id)
@@ -181,7 +189,7 @@ async def test_failure_ends_with_an_error_event_carrying_the_islands_message(sta
     events = await drain(sub)
     assert events == [
         {"type": "token", "content": "x"},
-        {"type": "status", "content": "failed"},
+        {"type": "status", "status": "failed"},
         {"type": "error", "error": "Container crash: General error (application failure)"},
     ]
     assert await sub.get(0.2) is None
@@ -198,7 +206,7 @@ async def test_positions_continue_after_a_restart_of_the_accumulator(stack: Stac
     await fresh.flush()
     after = await stored(stack, ref)
     assert [p for p, _ in after] == list(range(1, len(before) + 2))
-    assert after[-1][1] == {"type": "status", "content": "running"}
+    assert after[-1][1] == {"type": "status", "status": "running"}
 
 
 async def test_final_output_waits_for_the_last_chunks_when_the_status_overtook_them(stack: Stack) -> None:
@@ -258,3 +266,18 @@ async def test_a_replica_taking_a_stream_over_continues_it_live_and_keeps_the_ea
     await late.on_output(ref, 3, " a time", False)
     await late.flush()
     assert [p for p, _ in await stored(stack, ref)] == positions
+
+
+async def test_an_image_without_an_island_seed_returns_the_seed_the_input_gave(stack: Stack) -> None:
+    await set_runtime(stack.runtime, "sdxl", "diffusers")
+    # The SDKs' generate_image(seed=42) input; the Island reports no seed.
+    ref = await running_job(stack, "sdxl", {"prompt": "a cat", "width": 512, "height": 512, "seed": 42})
+    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    await stack.accumulator.on_image(ref, "iVBORw0KGgo=", "png", 512, 512, None)
+    await finish(stack, ref)
+    events = await drain(sub)
+    image = next(e for e in events if e["type"] == "image")
+    assert image["seed"] == 42
+    job = await job_of(stack.runtime, ref.job_id)
+    # Python ImageResult.seed = json.loads(job.output).get("seed"); TS ImageResult.seed = output.seed.
+    assert json.loads(job.output or "")["seed"] == 42

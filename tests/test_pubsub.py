@@ -113,7 +113,7 @@ async def test_a_consumer_on_replica_a_sees_the_stream_produced_on_replica_b(
         tokens = [e["content"] for e in events if e["type"] == "token"]
         assert tokens == ["one ", "two ", "three ", "four"]
         assert [e["type"] for e in events][-2:] == ["status", "done"]
-        assert [e["content"] for e in events if e["type"] == "status"] == ["queued", "running", "completed"]
+        assert [e["status"] for e in events if e["type"] == "status"] == ["queued", "running", "completed"]
         assert "".join(tokens) == (await job_of(a.runtime, ref.job_id)).output
         # And the Python SDK's reader on A, after the fact, gets the same stream from the store.
         assert await read_like_py(a.http, f"/api/v1/jobs/{ref.job_id}/stream", b.consumer.headers) == events

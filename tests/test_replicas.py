@@ -54,7 +54,7 @@ async def test_a_consumer_on_one_replica_streams_a_job_whose_island_reports_to_t
         assert tokens == list(TOKENS)  # in order, each exactly once
         assert [e["type"] for e in events].count("done") == 1
         assert events[-1]["type"] == "done"
-        assert [e["content"] for e in events if e["type"] == "status"] == ["queued", "running", "completed"]
+        assert [e["status"] for e in events if e["type"] == "status"] == ["queued", "running", "completed"]
         job = await job_of(b.runtime, job_id)
         assert job.output == "".join(TOKENS)
         # Every event position was stored once, contiguously (no replica wrote a second copy).

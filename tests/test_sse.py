@@ -117,7 +117,9 @@ async def test_a_terminal_job_replays_everything_ends_with_its_final_event_and_c
     assert status == 200
     events = parse_like_js(raw)
     assert events[-1] == {"type": "error", "error": "GGUF error: out of memory"}
-    assert [e["content"] for e in events[:-1]] == ["queued", "running", "failed"]
+    # The CLI prints every event's `content`: status events carry their status in `status` only.
+    assert [e["status"] for e in events[:-1]] == ["queued", "running", "failed"]
+    assert all("content" not in e for e in events[:-1])
 
 
 async def test_a_job_cancelled_while_queued_streams_its_error_and_closes(stack: Stack) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -105,15 +104,6 @@ def worker() -> None:
     run_loop(_serve(settings, with_worker=True, http=False))
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @app.command()
 def dev(
     data_dir: Annotated[
@@ -125,7 +115,14 @@ def dev(
 ) -> None:
     """Everything on this machine with no set-up: embedded PostgreSQL and NATS, migrations, demo data,
     the coordinator with its worker and one reference Island."""
-    from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port, project_data_dir
+    from coordinator.devstack import (
+        EmbeddedNats,
+        EmbeddedPostgres,
+        choose_dev_port,
+        project_data_dir,
+        remove_stack_file,
+        write_stack_file,
+    )
     from coordinator.repo.migrate import upgrade
 
     started = time.monotonic()
@@ -141,9 +138,11 @@ def dev(
         postgres.start()
         database_url = postgres.ensure_database("coordinator")
         nats_url = nats_server.start()
-        http_port = (
-            port or int(os.environ.get("COORDINATOR_PORT", 0)) or (4000 if _port_free(4000) else free_port())
-        )
+        http_port = port or int(os.environ.get("COORDINATOR_PORT", 0))
+        if not http_port:
+            http_port, note = choose_dev_port(root)
+            if note:
+                typer.echo(note, err=True)
         settings = _settings(
             env="development",
             secret_key=os.environ.get("COORDINATOR_SECRET_KEY") or secret_file.read_text().strip(),
@@ -154,8 +153,12 @@ def dev(
         )
         _logging(settings)
         upgrade(settings.database_url)
+        write_stack_file(
+            root, database_url=database_url, nats_url=nats_url, url=f"http://127.0.0.1:{http_port}"
+        )
         run_loop(_dev(settings, root, started))
     finally:
+        remove_stack_file(root)
         nats_server.stop()
         postgres.stop()
 
@@ -309,11 +312,45 @@ def bench(
 # --- admin -------------------------------------------------------------------------------------------------
 
 
-def _with_runtime(coro_factory):  # type: ignore[no-untyped-def]
+DATABASE_VARIABLES = ("DATABASE_URL", "COORDINATOR_DATABASE_URL")
+
+
+def _admin_settings(*, prints_key: bool = False):  # type: ignore[no-untyped-def]
+    """The settings of an operator command: the environment's when it names a database; else the dev
+    stack running from the data dir (`make run`), with its database and secret. A key made with a secret
+    the server does not use would be rejected with 401, so such a key is never made."""
+    from coordinator.config import DEFAULT_SECRET
+    from coordinator.devstack import project_data_dir, running_stack
+
+    settings = None
+    if not any(os.environ.get(name) for name in DATABASE_VARIABLES):
+        stack = running_stack(project_data_dir())
+        if stack is not None:
+            typer.echo(f"using the dev stack running from {stack['root']} ({stack['url']})", err=True)
+            settings = _settings(
+                env="development",
+                database_url=stack["database_url"],
+                secret_key=os.environ.get("COORDINATOR_SECRET_KEY") or stack["secret_key"],
+            )
+    if settings is None:
+        settings = _settings()
+        if prints_key and settings.secret_key == DEFAULT_SECRET:
+            typer.echo(
+                "refusing to print an API key made with the default secret: set COORDINATOR_SECRET_KEY to "
+                "the server's secret (keys are checked against it), or run next to a `make run` stack",
+                err=True,
+            )
+            raise typer.Exit(2)
+    return settings
+
+
+def _with_runtime(coro_factory, *, prints_key: bool = False):  # type: ignore[no-untyped-def]
     from coordinator.runtime import Runtime
 
+    settings = _admin_settings(prints_key=prints_key)
+
     async def runner():  # type: ignore[no-untyped-def]
-        runtime = Runtime.from_settings(_settings())
+        runtime = Runtime.from_settings(settings)
         try:
             return await coro_factory(runtime)
         finally:
@@ -353,7 +390,7 @@ def create_user(
                 typer.echo(f"API key: {plaintext}")
 
     with contextlib.suppress(KeyboardInterrupt):
-        _with_runtime(body)
+        _with_runtime(body, prints_key=api_key)
 
 
 @admin_app.command("grant-credits")

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     job_lease_seconds: int = 60
     job_start_timeout_seconds: int = 300
     job_max_attempts: int = 3
+    # A queued job that no Island could take (price, runtime, region or capacity, see `placement.reason`)
+    # for this long fails with a full refund and that reason; 0 waits for ever.
+    job_unplaceable_timeout_seconds: float = 300.0
     dispatch_batch_size: int = 100
     dispatch_interval_seconds: float = 5.0
     lease_sweep_interval_seconds: float = 2.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -124,3 +125,74 @@ class EmbeddedNats:
 def project_data_dir() -> Path:
     """Where `coordinator dev` keeps its data: `COORDINATOR_DATA_DIR` or `./.data`."""
     return Path(os.environ.get("COORDINATOR_DATA_DIR", ".data")).resolve()
+
+
+# ------------------------------------------------- the running stack, as operator commands find it
+
+STACK_FILE = "dev-stack.json"
+PORT_FILE = "http_port"
+PREFERRED_PORT = 4000
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_stack_file(root: Path, *, database_url: str, nats_url: str, url: str) -> None:
+    """Tell `coordinator admin …` run next to this stack where its database is (removed at stop). The
+    secret stays in `secret_key` beside it (mode 0600); this file names no secret."""
+    path = root / STACK_FILE
+    path.write_text(
+        json.dumps({"pid": os.getpid(), "database_url": database_url, "nats_url": nats_url, "url": url})
+    )
+    path.chmod(0o600)
+
+
+def remove_stack_file(root: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (root / STACK_FILE).unlink()
+
+
+def running_stack(root: Path) -> dict[str, Any] | None:
+    """The dev stack running from `root` (its database URL, NATS URL, HTTP URL and secret), or None when
+    none runs there (no file, or its process is gone)."""
+    try:
+        stack = json.loads((root / STACK_FILE).read_text())
+        secret = (root / "secret_key").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stack, dict) or not _alive(int(stack.get("pid", 0))):
+        return None
+    return {**stack, "secret_key": secret, "root": str(root)}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_dev_port(root: Path, preferred: int = PREFERRED_PORT) -> tuple[int, str | None]:
+    """The dev stack's HTTP port: `preferred` when free, else the port this data dir used last time (if
+    free), else a new free one, remembered for the next run. Returns it and what to tell the user."""
+    remembered = root / PORT_FILE
+    if port_free(preferred):
+        return preferred, None
+    try:
+        last = int(remembered.read_text().strip())
+    except (OSError, ValueError):
+        last = 0
+    if last and last != preferred and port_free(last):
+        return last, f"port {preferred} is taken: reusing port {last}, as last time for {root}"
+    port = free_port()
+    remembered.write_text(str(port))
+    return port, f"port {preferred} is taken: using port {port} (kept for the next runs of {root})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 
@@ -47,8 +48,15 @@ class ValidationFailed(DomainError):
 
 
 class InsufficientCredits(DomainError):
+    """402; the body says how much the request needs and how much the account has."""
+
     status_code = 402
     code = "insufficient_credits"
+
+    def __init__(self, message: str, *, required: Decimal, available: Decimal):
+        super().__init__(message, details={"required": float(required), "available": float(available)})
+        self.required = required
+        self.available = available
 
 
 class RateLimited(DomainError):

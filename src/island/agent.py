@@ -24,6 +24,8 @@ from island.runtimes import RUNNERS, RuntimeOptions, runtime_for
 log = structlog.get_logger(__name__)
 
 AGENT_VERSION = "0.4.0"
+# How long a stopping Island waits for its outgoing messages to be flushed before closing.
+DRAIN_SECONDS = 2.0
 WARM_TTL_SECONDS = 3600.0
 # Runtimes whose jobs renew their lease (the official container and WASM executors).
 LEASED_RUNTIMES = {"mock-llm", "mock-image", "wasm", "process"}
@@ -95,6 +97,7 @@ class Island:
         self.jetstream = False
         self.rtt_ms: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pull_sub: Any = None
 
     @property
     def name(self) -> str:
@@ -126,9 +129,18 @@ class Island:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self.nc is not None:
+        if self._pull_sub is not None:
+            # A fetch cancelled above leaves the pull subscription's queue unfinished, and a drain would
+            # wait on it for ever (Ctrl-C on `make run` hung 10 s here): leave it first.
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self._pull_sub.unsubscribe()
+            self._pull_sub = None
+        if self.nc is not None:
+            try:
+                await asyncio.wait_for(self.nc.drain(), DRAIN_SECONDS)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
 
     async def request_pairing(self) -> None:
         try:
@@ -166,6 +178,7 @@ class Island:
                         ),
                     )
                 sub = await js.pull_subscribe_bind(durable=durable, stream=subjects.JOBS_STREAM)
+                self._pull_sub = sub
                 self.jetstream = True
                 self._tasks.append(asyncio.create_task(self._pull_jobs(sub), name=f"{self.name}:jobs"))
                 return

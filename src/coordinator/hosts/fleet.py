@@ -31,11 +31,16 @@ class HostView:
     gpu_vram_mb: int | None = None
     cpu_cores: int | None = None
     ram_mb: int | None = None
-    supported_runtimes: tuple[str, ...] = ("container", "wasm")
+    # What the last heartbeat listed; none until one arrives (`protocol.runtimes`).
+    supported_runtimes: tuple[str, ...] = ()
     max_concurrent: int = 1
     # Jobs the coordinator has bound to this Island and not yet seen finish (its own count, not the Island's).
     reserved: int = 0
+    # The Island's own count of running jobs: its last heartbeat's, less the jobs that ended since.
     reported_active: int = 0
+    # Jobs that ended on this Island since its last heartbeat arrived: that heartbeat may have been built
+    # before they ended (status and heartbeat travel on different subjects), so it must not re-fill them.
+    released_since_beat: int = 0
     warm_workload_ids: frozenset[str] = frozenset()
     asking_prices: dict[str, Decimal] = field(default_factory=dict)
     estimated_llm_tok_s: float | None = None
@@ -118,7 +123,11 @@ class FleetView:
         before = view.free_slots if view.is_live(self.clock(), self.heartbeat_timeout) else 0
         perf = beat.performance_estimates
         view.status = status_after_heartbeat(view.status, view.approved)
-        view.reported_active = beat.active_jobs
+        # A terminal status is newer than any heartbeat that arrived before it, and possibly newer than
+        # this one: the jobs that ended since the previous heartbeat are not counted again (the
+        # coordinator's own count, `reserved`, still bounds the load if this one was built afterwards).
+        view.reported_active = max(0, beat.active_jobs - view.released_since_beat)
+        view.released_since_beat = 0
         view.max_concurrent = max(1, perf.max_concurrent_containers)
         view.supported_runtimes = tuple(perf.supported_runtimes)
         view.warm_workload_ids = frozenset(beat.cache.warm_workload_ids)
@@ -178,9 +187,15 @@ class FleetView:
         return True
 
     def release(self, host_id: uuid.UUID) -> None:
+        """A job left this Island (terminal status, requeue, undone assignment): its slot is free now, not
+        at the next heartbeat."""
         view = self._hosts.get(host_id)
-        if view is not None and view.reserved > 0:
+        if view is None:
+            return
+        view.reported_active = max(0, view.reported_active - 1)
+        view.released_since_beat += 1
+        if view.reserved > 0:
             view.reserved -= 1
             if view.reserved == 0:
                 view.idle_since_monotonic = self.clock()
-            self.notify_capacity()
+        self.notify_capacity()

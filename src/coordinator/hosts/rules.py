@@ -5,6 +5,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
+# The one "can this Island run this runtime" rule, for the contexts (defined with the wire, in protocol).
+from coordinator.protocol.runtimes import DEFAULT_RUNTIMES as DEFAULT_RUNTIMES
+from coordinator.protocol.runtimes import can_run as can_run
+
 # No I, O, 1 or 0: codes are read off a terminal and typed by hand (domain-rules, Islands).
 PAIRING_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 PAIRING_CODE_LENGTH = 6

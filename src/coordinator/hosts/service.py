@@ -61,7 +61,7 @@ def view_of(host: Host) -> HostView:
         gpu_vram_mb=host.gpu_vram_mb,
         cpu_cores=host.cpu_cores,
         ram_mb=host.ram_mb,
-        supported_runtimes=tuple(host.supported_runtimes or ("container", "wasm")),
+        supported_runtimes=tuple(host.supported_runtimes or ()),
         max_concurrent=max(1, host.max_concurrent),
         reported_active=host.active_jobs,
         warm_workload_ids=frozenset(host.warm_workload_ids or ()),

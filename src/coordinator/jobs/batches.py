@@ -45,8 +45,8 @@ BATCH_HOOK_COMPONENT = "batch_hook"
 INSERT_PARENT_SQL = text(
     """
     INSERT INTO jobs (id, user_id, workload_id, state, input, region, budget, charged, max_attempts,
-                      batch_config)
-    VALUES (:id, :user_id, :workload_id, 'running', :input, :region, 0, 0, 1, :batch_config)
+                      batch_config, started_at)
+    VALUES (:id, :user_id, :workload_id, 'running', :input, :region, 0, 0, 1, :batch_config, now())
     RETURNING created_at
     """
 ).bindparams(bindparam("input", type_=JSONB), bindparam("batch_config", type_=JSONB))
@@ -76,6 +76,20 @@ FINISH_PARENT_SQL = text(
     RETURNING id, user_id, workload_id, state, host_id, attempt, created_at, error, usage
     """
 )
+
+# What a batch costs its owner so far: its children's credits_used (charge while unsettled, else what the
+# settlement kept). The parent itself carries no money.
+CHILDREN_CREDITS_SQL = text(
+    """
+    SELECT COALESCE(sum(CASE WHEN settled_at IS NULL THEN budget ELSE charged END), 0)
+    FROM jobs WHERE parent_id = :id
+    """
+)
+
+
+async def children_credits(session: AsyncSession, parent_id: uuid.UUID) -> Decimal:
+    return Decimal(await session.scalar(CHILDREN_CREDITS_SQL, {"id": parent_id}) or 0)
+
 
 # Which batch, if any, a job belongs to.
 PARENT_OF_SQL = text("SELECT parent_id FROM jobs WHERE id = :id")
@@ -131,7 +145,9 @@ async def submit_batch(runtime: Runtime, user: User, spec: BatchSpec) -> uuid.UU
         if balance < price * len(spec.inputs):
             raise InsufficientCredits(
                 f"Insufficient credits: this batch costs {(price * len(spec.inputs)).normalize():f} "
-                f"credits, your balance is {balance.normalize():f}"
+                f"credits, your balance is {balance.normalize():f}",
+                required=price * len(spec.inputs),
+                available=balance,
             )
         await session.execute(
             INSERT_PARENT_SQL,

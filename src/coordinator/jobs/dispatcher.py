@@ -76,7 +76,7 @@ def host_view_of(row: Any, last_heartbeat: float) -> HostView:
         gpu_vram_mb=row.gpu_vram_mb,
         cpu_cores=row.cpu_cores,
         ram_mb=row.ram_mb,
-        supported_runtimes=tuple(row.supported_runtimes or ("container", "wasm")),
+        supported_runtimes=tuple(row.supported_runtimes or ()),
         max_concurrent=max(1, int(row.max_concurrent or 1)),
         reported_active=int(row.active_jobs or 0),
         warm_workload_ids=frozenset(row.warm_workload_ids or ()),
@@ -158,16 +158,19 @@ class Dispatcher(LoopService):
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
         candidates = self._candidates()
-        if not candidates:
-            return 0
         async with self.runtime.db.transaction() as session:
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()
             if not rows:
                 return 0
-            hosts = await self._lock_capacity(session, candidates)
+            hosts = await self._lock_capacity(session, candidates) if candidates else []
             surge = await service.current_surge(self.runtime, session)
-            plans = [p for row in rows if (p := await self._plan(session, row, hosts, surge)) is not None]
+            waiting: list[tuple[uuid.UUID, dict[str, Any]]] = []
+            plans = [
+                p for row in rows if (p := await self._plan(session, row, hosts, surge, waiting)) is not None
+            ]
             assignments = await self._assign(session, plans)
+            if waiting:  # say why the others still wait (client-visible `placement.reason`)
+                await session.execute(sql.MARK_WAITING_SQL, sql.mark_waiting_params(waiting))
         if assignments:
             await asyncio.gather(*(self._publish(a) for a in assignments))
         failed, self._failed = self._failed, []
@@ -185,10 +188,15 @@ class Dispatcher(LoopService):
         return hosts
 
     async def _plan(
-        self, session: AsyncSession, row: Any, hosts: list[HostView], surge: Decimal
+        self,
+        session: AsyncSession,
+        row: Any,
+        hosts: list[HostView],
+        surge: Decimal,
+        waiting: list[tuple[uuid.UUID, dict[str, Any]]],
     ) -> Plan | None:
         """Where one claimed job goes (reserving the slot for the rest of the pass), or None to leave it
-        queued; a job no AssignJob can express is failed here."""
+        queued (with why, in `waiting`); a job no AssignJob can express is failed here."""
         needs = service.needs_of(
             row,
             workload_id=row.workload_id,
@@ -199,6 +207,7 @@ class Dispatcher(LoopService):
         )
         placement = rules.choose_host(hosts, needs)
         if placement is None:
+            waiting.append((row.id, rules.unplaced_reason(hosts, needs).record(needs.budget)))
             return None
         host = next(h for h in hosts if h.id == placement.host_id)
         lease_seconds = self.runtime.settings.job_lease_seconds + int(row.cold_start_seconds or 0)

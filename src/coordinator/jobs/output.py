@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from coordinator.jobs import rules
 from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
-from coordinator.jobs.output_assembly import JobAssembly, clean_usage, done_usage
+from coordinator.jobs.output_assembly import JobAssembly, clean_usage, counted_usage, done_usage
 from coordinator.pubsub import Event, PubSub, job_topic, pubsub_of
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
@@ -55,10 +55,31 @@ WRITE_RESULT_SQL = text(
     """
 ).bindparams(bindparam("usage", type_=JSONB))
 
+# The texts a chat job's prompt tokens are estimated from (when the Island reports no counts).
+PROMPT_SQL = text("SELECT input ->> 'system_prompt', input ->> 'prompt' FROM jobs WHERE id = :id")
+
+# The seed a consumer gave in an image job's input (a JSON integer, else NULL).
+INPUT_SEED_SQL = text(
+    "SELECT CASE WHEN jsonb_typeof(input -> 'seed') = 'number' THEN input -> 'seed' END "
+    "FROM jobs WHERE id = :id"
+)
+
 # Stored events of a job after a position, in order (the replay of a stream).
 EVENTS_AFTER_SQL = text(
     "SELECT position, event FROM job_events WHERE job_id = :job_id AND position > :after ORDER BY position"
 )
+
+
+def status_event(public_status: str) -> dict[str, Any]:
+    """A `status` event: the status in `status`, never in `content` (the CLI prints every event's
+    `content`, so a status there would be printed between the tokens)."""
+    return {"type": "status", "status": public_status}
+
+
+def status_of_event(payload: dict[str, Any]) -> Any:
+    """The status of a stored `status` event (events stored before 0.x carried it in `content`)."""
+    return payload.get("status", payload.get("content"))
+
 
 # Keep a finished job's stream this long, so late duplicates are recognised and ignored.
 FORGET_AFTER_SECONDS = 60.0
@@ -122,6 +143,8 @@ class OutputAccumulator:
         self, job: JobRef, image_data: str, format: str, width: int, height: int, seed: int | None
     ) -> None:
         stream = await self._stream(job)
+        if seed is None:  # the Island did not say: the seed the consumer asked for, if any
+            seed = await self._input_seed(job.job_id)
         async with stream.lock:
             if stream.finalized:
                 return
@@ -139,7 +162,7 @@ class OutputAccumulator:
                 # Requeued after a lost lease: the next attempt streams its output from the start.
                 stream.assembly = JobAssembly(job.runtime)
                 stream.completed = asyncio.Event()
-            await self._emit(stream, {"type": "status", "content": public_status})
+            await self._emit(stream, status_event(public_status))
 
     async def on_terminal(
         self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
@@ -205,7 +228,7 @@ class OutputAccumulator:
                 stream.finalized = True
                 return
             kind, content = event.payload.get("type"), event.payload.get("content")
-            if kind == "status" and content == rules.public_status(rules.QUEUED):
+            if kind == "status" and status_of_event(event.payload) == rules.public_status(rules.QUEUED):
                 tokens = []  # requeued: the output starts again with the next attempt
             elif kind == "token" and isinstance(content, str):
                 tokens.append(content)
@@ -261,9 +284,13 @@ class OutputAccumulator:
             stream.grace.cancel()
         for payload in stream.assembly.release_held():
             await self._emit(stream, payload)
-        token_usage = {**clean_usage(terminal_usage), **stream.assembly.usage}
+        reported = {**clean_usage(terminal_usage), **stream.assembly.usage}
+        prompt = None
+        if "completion_tokens" not in reported and stream.assembly.token_chunks:
+            prompt = await self._prompt_text(stream.ref.job_id)
+        token_usage = counted_usage(reported, stream.assembly.token_chunks, prompt)
         credits, stored_error = await self._write_result(stream, token_usage)
-        await self._emit(stream, {"type": "status", "content": rules.public_status(state)})
+        await self._emit(stream, status_event(rules.public_status(state)))
         if state == rules.SUCCEEDED:
             await self._emit(stream, {"type": "done", "usage": done_usage(token_usage, credits)})
         else:
@@ -271,7 +298,22 @@ class OutputAccumulator:
             await self._emit(stream, {"type": "error", "error": message})
         asyncio.get_running_loop().call_later(FORGET_AFTER_SECONDS, self._forget, stream)
 
-    async def _write_result(self, stream: _Stream, token_usage: dict[str, int]) -> tuple[float, str | None]:
+    async def _input_seed(self, job_id: uuid.UUID) -> int | None:
+        async with self.runtime.db.read() as session:
+            raw = await session.scalar(INPUT_SEED_SQL, {"id": job_id})
+        return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+
+    async def _prompt_text(self, job_id: uuid.UUID) -> str | None:
+        """The job's system prompt and prompt, for the prompt-token estimate (None if unreadable)."""
+        try:
+            async with self.runtime.db.read() as session:
+                row = (await session.execute(PROMPT_SQL, {"id": job_id})).first()
+        except Exception:
+            log.exception("output.prompt_read_failed", job_id=str(job_id))
+            return None
+        return None if row is None else (row[0] or "") + (row[1] or "")
+
+    async def _write_result(self, stream: _Stream, token_usage: dict[str, Any]) -> tuple[float, str | None]:
         """Store output and usage; the consumer's cost so far and the stored error, for the final event."""
         params = {"id": stream.ref.job_id, "output": stream.assembly.output(), "usage": token_usage}
         try:

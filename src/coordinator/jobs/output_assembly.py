@@ -6,12 +6,15 @@ No I/O: `JobAssembly` takes the Island's messages and returns the consumer event
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 # Runtimes whose token chunks start at seq 0 (GGUF, ONNX); container and WASM start at 1.
 SEQ_FROM_ZERO = frozenset({"llmcpp", "onnx"})
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# Where a job's token counts come from: the Island's report, or counted by the coordinator.
+TOKEN_SOURCES = ("island", "counted")
 
 
 def first_seq(runtime: str) -> int:
@@ -61,6 +64,9 @@ class JobAssembly:
     final_seen: bool = False
     image: dict[str, Any] | None = None
     usage: dict[str, int] = field(default_factory=dict)
+    # Token events released (one per output chunk with text): the completion count when the Island
+    # reports none.
+    token_chunks: int = 0
     # Resumed from another replica's stream: the next chunk's seq continues it, whatever its number.
     adopt_next_seq: bool = False
 
@@ -71,7 +77,7 @@ class JobAssembly:
     def resumed(cls, runtime: str, tokens: list[str]) -> JobAssembly:
         """The assembly of an attempt whose first `tokens` another replica already emitted (it owned the
         stream and is gone): they count towards the output, and the next chunk to arrive continues them."""
-        return cls(runtime, parts=list(tokens), adopt_next_seq=True)
+        return cls(runtime, parts=list(tokens), adopt_next_seq=True, token_chunks=len(tokens))
 
     @property
     def complete(self) -> bool:
@@ -115,6 +121,7 @@ class JobAssembly:
         if not text:
             return []
         self.parts.append(text)
+        self.token_chunks += 1
         return [{"type": "token", "content": text}]
 
     def set_image(
@@ -123,7 +130,16 @@ class JobAssembly:
         if self.image is not None:
             return None
         self.image = image_output(image_data, format, width, height, seed)
-        return {"type": "image", "image_data": image_data, "format": format, "width": width, "height": height}
+        event: dict[str, Any] = {
+            "type": "image",
+            "image_data": image_data,
+            "format": format,
+            "width": width,
+            "height": height,
+        }
+        if seed is not None:
+            event["seed"] = seed
+        return event
 
     def output(self) -> str | None:
         """The job's final `output`: image JSON, or the concatenated text (ONNX: its result JSON)."""
@@ -134,12 +150,39 @@ class JobAssembly:
         return "".join(self.parts)
 
 
-def done_usage(token_usage: dict[str, int], credits_used: float) -> dict[str, Any]:
+# Characters per token of the prompt estimate (the usual rule of thumb for English text and BPE models).
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
+
+
+def counted_usage(reported: dict[str, int], token_chunks: int, prompt_text: str | None) -> dict[str, Any]:
+    """The job's token usage: the Island's counts when it reported them (`tokens_source: island`); else
+    the streamed token chunks as `completion_tokens` and a prompt estimate of one token per
+    `CHARS_PER_TOKEN` characters (`tokens_source: counted`). Jobs that streamed no text get no counts."""
+    usage: dict[str, Any] = clean_usage(reported)
+    if "completion_tokens" in usage:
+        return {**usage, "tokens_source": "island"}
+    if token_chunks <= 0:
+        return usage
+    usage["completion_tokens"] = token_chunks
+    usage.setdefault("prompt_tokens", estimate_tokens(prompt_text or ""))
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    usage["tokens_source"] = "counted"
+    return usage
+
+
+def done_usage(token_usage: dict[str, Any], credits_used: float) -> dict[str, Any]:
     """The `usage` object of the `done` event: every field present, never null."""
     usage = clean_usage(token_usage)
-    return {
+    body: dict[str, Any] = {
         "prompt_tokens": usage.get("prompt_tokens", 0),
         "completion_tokens": usage.get("completion_tokens", 0),
         "total_tokens": usage.get("total_tokens", 0),
         "credits_used": float(credits_used),
     }
+    if token_usage.get("tokens_source") in TOKEN_SOURCES:
+        body["tokens_source"] = token_usage["tokens_source"]
+    return body

@@ -27,6 +27,7 @@ class SweepOutcome:
     requeued: list[TransitionResult] = field(default_factory=list)
     dead_lettered: list[TransitionResult] = field(default_factory=list)
     timed_out: list[TransitionResult] = field(default_factory=list)
+    unplaceable: list[TransitionResult] = field(default_factory=list)
     purge_hosts: set[uuid.UUID] = field(default_factory=set)
 
     def counts(self) -> dict[str, int]:
@@ -34,6 +35,7 @@ class SweepOutcome:
             "requeued": len(self.requeued),
             "dead_lettered": len(self.dead_lettered),
             "timed_out": len(self.timed_out),
+            "unplaceable": len(self.unplaceable),
         }
 
 
@@ -93,6 +95,28 @@ async def _overdue(runtime: Runtime, outcome: SweepOutcome) -> None:
     service.apply_karma(runtime, session)
 
 
+def unplaceable_error(placement: dict[str, Any], waited_seconds: float) -> str:
+    """The error of a job failed for waiting too long: the reason the dispatcher last recorded."""
+    reason = placement.get("reason", "capacity")
+    message = placement.get("message") or "no Island could take it"
+    return f"Unplaceable ({reason}): no Island took this job within {waited_seconds:g} s. {message}"
+
+
+async def _unplaceable(runtime: Runtime, outcome: SweepOutcome) -> None:
+    """Queued jobs no Island could take for the configured wait: failed, with a full refund."""
+    timeout = runtime.settings.job_unplaceable_timeout_seconds
+    if timeout <= 0:
+        return
+    async with runtime.db.transaction() as session:
+        rows = (await session.execute(sql.UNPLACEABLE_SQL, {"timeout": timeout, "limit": SWEEP_LIMIT})).all()
+        for row in rows:
+            with context.bind(job_id=row.id):
+                error = unplaceable_error(row.placement or {}, timeout)
+                result = await service.finish_in(session, row.id, rules.FAILED, error=error)
+                if result is not None:
+                    outcome.unplaceable.append(result)
+
+
 async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
     bus = service.bus_of(runtime)
     if bus is not None:
@@ -106,16 +130,17 @@ async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
                     result.job_id,
                 )
     registry = service.hooks(runtime)
-    for result in [*outcome.requeued, *outcome.dead_lettered, *outcome.timed_out]:
+    for result in [*outcome.requeued, *outcome.dead_lettered, *outcome.timed_out, *outcome.unplaceable]:
         with context.bind(job_id=result.job_id, host_id=result.released_host_id):
             await registry.run(result)
 
 
 async def sweep(runtime: Runtime) -> dict[str, int]:
-    """One pass over lost leases, start timeouts and overdue jobs; returns what it did."""
+    """One pass over lost leases, start timeouts, overdue and unplaceable jobs; returns what it did."""
     outcome = SweepOutcome()
     await _lost_and_silent(runtime, outcome)
     await _overdue(runtime, outcome)
+    await _unplaceable(runtime, outcome)
     await _after(runtime, outcome)
     counts = outcome.counts()
     if any(counts.values()):

@@ -103,6 +103,37 @@ def assign_many_params(rows: Sequence[AssignRow], stream_owner: str | None) -> d
     }
 
 
+# Why claimed jobs still wait (`placement.reason`), written only when it changed; `since` (the first
+# time this stay in the queue was found unplaceable) is kept across changes of reason.
+MARK_WAITING_SQL = text(
+    """
+    UPDATE jobs SET placement = a.placement
+           || jsonb_build_object('since', COALESCE(jobs.placement -> 'since', to_jsonb(now())))
+    FROM unnest(CAST(:ids AS uuid[]), CAST(CAST(:placements AS text[]) AS jsonb[])) AS a(id, placement)
+    WHERE jobs.id = a.id AND jobs.state = 'queued'
+      AND (jobs.placement IS NULL
+           OR jobs.placement ->> 'reason' IS DISTINCT FROM a.placement ->> 'reason'
+           OR jobs.placement ->> 'message' IS DISTINCT FROM a.placement ->> 'message')
+    """
+)
+
+
+def mark_waiting_params(waiting: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> dict[str, Any]:
+    return {"ids": [w[0] for w in waiting], "placements": [json.dumps(w[1]) for w in waiting]}
+
+
+# Queued jobs no Island could take for longer than the unplaceable timeout: they fail with a refund.
+UNPLACEABLE_SQL = text(
+    """
+    SELECT id, placement FROM jobs
+    WHERE state = 'queued' AND placement ->> 'reason' IS NOT NULL
+      AND CAST(placement ->> 'since' AS timestamptz) < now() - make_interval(secs => :timeout)
+    ORDER BY created_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
 # assigned → queued after a failed AssignJob publish. The attempt still counts (a job whose assignment
 # keeps failing to publish is dead-lettered like one whose Islands keep failing it).
 RETRY_PUBLISH_SQL = text(
@@ -217,13 +248,12 @@ OVERDUE_SQL = text(
     """
 ).bindparams(limits=json.dumps({str(k): v for k, v in MAX_DURATION_BY_TRUST.items()}))
 
-# Known, not suspended Islands that could ever satisfy a Cargo's hard requirements (submit-time check).
+# The runtime lists of known, not suspended Islands that meet a Cargo's other hard requirements
+# (submit-time check); which lists can run the Cargo is decided by `hosts.rules.can_run`, not here.
 CAPABLE_HOSTS_SQL = text(
     """
-    SELECT count(*) FROM hosts
+    SELECT DISTINCT supported_runtimes FROM hosts
     WHERE status <> 'suspended' AND suspended_at IS NULL
-      AND (:runtime = ANY(supported_runtimes)
-           OR (cardinality(supported_runtimes) = 0 AND :runtime IN ('container', 'wasm')))
       AND (:ram = 0 OR ram_mb IS NULL OR ram_mb >= :ram)
       AND (:vram = 0 OR gpu_vram_mb >= :vram)
       AND (:cores = 0 OR cpu_cores IS NULL OR cpu_cores >= :cores)

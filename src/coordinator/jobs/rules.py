@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from coordinator.hosts import rules as host_rules
 from coordinator.hosts.fleet import HostView
 from coordinator.marketplace import rules as market_rules
 
@@ -187,7 +188,7 @@ class Placement:
 
 def capable(host: HostView, needs: JobNeeds) -> bool:
     """The hardware/runtime part of the hard filters: could this Island ever run the job?"""
-    if needs.runtime not in host.supported_runtimes:
+    if not host_rules.can_run(host.supported_runtimes, needs.runtime):
         return False
     if needs.platforms and host.platform is not None and host.platform not in needs.platforms:
         return False
@@ -277,6 +278,67 @@ def choose_host(
 
 
 def unrunnable_reason(needs: JobNeeds) -> str:
+    where = f" in region {needs.region}" if needs.region else ""
+    return f"No registered Island can run this Cargo (needs {_needs_text(needs)}){where}"
+
+
+# Why a queued job waits (`placement.reason` on the job), most fundamental first.
+UNPLACED_RUNTIME, UNPLACED_REGION, UNPLACED_PRICE, UNPLACED_CAPACITY = (
+    "runtime",
+    "region",
+    "price",
+    "capacity",
+)
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """Why no Island took a job in a dispatch pass; `lowest_ask` is set when the reason is price."""
+
+    reason: str
+    message: str
+    lowest_ask: Decimal | None = None
+
+    def record(self, budget: Decimal) -> dict[str, object]:
+        """The `placement` JSON of a waiting job (`since` is added when it is first stored)."""
+        body: dict[str, object] = {"reason": self.reason, "message": self.message, "budget": float(budget)}
+        if self.lowest_ask is not None:
+            body["lowest_ask"] = float(self.lowest_ask)
+        return body
+
+
+def unplaced_reason(hosts: Iterable[HostView], needs: JobNeeds) -> Unplaced:
+    """Why `choose_host` found no Island among the live ones: runtime (or hardware), region, price, or
+    capacity (someone could take it, but every such Island is full)."""
+    usable = [
+        h
+        for h in hosts
+        if str(h.id) not in needs.excluded_host_ids
+        and h.approved
+        and h.status != "suspended"
+        and not (needs.budget > 0 and h.owner_id is not None and h.owner_id == needs.owner_id)
+    ]
+    if not usable:
+        return Unplaced(UNPLACED_CAPACITY, "No Island is online to take it")
+    runnable = [h for h in usable if capable(h, needs)]
+    if not runnable:
+        return Unplaced(UNPLACED_RUNTIME, "No Island online can run this Cargo: " + _needs_text(needs))
+    nearby = [h for h in runnable if in_region(h, needs.region)]
+    if not nearby:
+        return Unplaced(UNPLACED_REGION, f"No Island online in region {needs.region} can run this Cargo")
+    asks = [asking_price(h, needs) for h in nearby]
+    lowest = min(asks)
+    if lowest > needs.budget:
+        return Unplaced(
+            UNPLACED_PRICE,
+            f"The budget {needs.budget.normalize():f} is below the lowest ask of the Islands online "
+            f"({lowest.normalize():f})",
+            lowest,
+        )
+    return Unplaced(UNPLACED_CAPACITY, "Every Island online that can run this job is busy")
+
+
+def _needs_text(needs: JobNeeds) -> str:
     parts = [f"runtime {needs.runtime}"]
     if needs.required_ram_mb:
         parts.append(f"{needs.required_ram_mb} MB RAM")
@@ -284,5 +346,20 @@ def unrunnable_reason(needs: JobNeeds) -> str:
         parts.append(f"{needs.required_vram_mb} MB VRAM")
     if needs.required_cpu_cores:
         parts.append(f"{needs.required_cpu_cores} CPU cores")
-    where = f" in region {needs.region}" if needs.region else ""
-    return "No registered Island can run this Cargo (needs " + ", ".join(parts) + f"){where}"
+    return ", ".join(parts)
+
+
+def lowest_live_ask(hosts: Iterable[HostView], needs: JobNeeds) -> Decimal | None:
+    """The cheapest ask for the job among the Islands that could take it (ignoring its budget and their
+    free slots); None when none can."""
+    asks = [
+        asking_price(h, needs)
+        for h in hosts
+        if str(h.id) not in needs.excluded_host_ids
+        and h.approved
+        and h.status != "suspended"
+        and capable(h, needs)
+        and in_region(h, needs.region)
+        and not (h.owner_id is not None and h.owner_id == needs.owner_id)
+    ]
+    return min(asks) if asks else None

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.accounts.models import User
 from coordinator.billing import quotas, settlement
 from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
+from coordinator.hosts import rules as host_rules
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.models import Host
 from coordinator.jobs import repository as sql
@@ -166,10 +167,9 @@ async def could_ever_run(
                 and rules.in_region(host, needs.region)
             ):
                 return True
-    count = await session.scalar(
+    runtime_lists = await session.scalars(
         sql.CAPABLE_HOSTS_SQL,
         {
-            "runtime": needs.runtime,
             "ram": needs.required_ram_mb,
             "vram": needs.required_vram_mb,
             "cores": needs.required_cpu_cores,
@@ -177,7 +177,24 @@ async def could_ever_run(
             "excluded": list(excluded),
         },
     )
-    return bool(count)
+    return any(host_rules.can_run(runtimes, needs.runtime) for runtimes in runtime_lists)
+
+
+async def meetable_default_budget(
+    session: AsyncSession, fleet: FleetView | None, user_id: int, needs: rules.JobNeeds
+) -> Decimal:
+    """A default budget the supply online now can meet: the market rate (or base price) is raised to the
+    lowest ask of the live Islands that could run the job. The user's saved bid is a cap they chose and
+    stays as it is (the job then waits with `placement.reason: price`)."""
+    if fleet is None:
+        return needs.budget
+    now = fleet.clock()
+    live = [h for h in fleet if h.is_live(now, fleet.heartbeat_timeout)]
+    lowest = rules.lowest_live_ask(live, needs)
+    if lowest is None or lowest <= needs.budget:
+        return needs.budget
+    saved = {b["workload"] for b in await market.list_bids(session, user_id)}
+    return needs.budget if needs.slug in saved else lowest
 
 
 def _check_submission(workload: Workload, input: Any, priority: int, region: str | None) -> None:
@@ -227,6 +244,9 @@ async def submit_job(
                 session, user, price, limits=quotas.QuotaLimits.from_settings(runtime.settings)
             )
         needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
+        if bid is None:
+            price = await meetable_default_budget(session, fleet_of(runtime), user.id, needs)
+            needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
         if not await could_ever_run(session, fleet_of(runtime), needs):
             reason = rules.unrunnable_reason(needs)
             raise ValidationFailed(reason, {"workload": [reason]})
@@ -248,10 +268,12 @@ async def submit_job(
         created_at = row.scalar_one()
         balance = await settlement.charge_for_submission(session, user.id, job_id, price)
         if balance is None:
-            available = await session.scalar(select(User.credits).where(User.id == user.id))
+            available = Decimal(await session.scalar(select(User.credits).where(User.id == user.id)) or 0)
             raise InsufficientCredits(
                 f"Insufficient credits: this job costs {price.normalize():f} credits, "
-                f"your balance is {Decimal(available or 0).normalize():f}"
+                f"your balance is {available.normalize():f}",
+                required=price,
+                available=available,
             )
     with context.bind(job_id=job_id, workload_id=workload.id, user_id=user.id):
         log.info("job.submitted", workload=workload.slug, priority=priority, budget=str(price))

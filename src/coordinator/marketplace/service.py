@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.errors import Forbidden, NotFound, ValidationFailed
+from coordinator.hosts.rules import can_run
 from coordinator.marketplace import rules
 from coordinator.workloads.models import Workload
 
@@ -126,8 +127,7 @@ async def online_supply(session: AsyncSession) -> list[MarketSupplyHost]:
 
 
 def _serves(host: MarketSupplyHost, workload: Workload) -> bool:
-    runtime = workload.runtime or "container"
-    return not host.supported_runtimes or runtime in host.supported_runtimes
+    return can_run(host.supported_runtimes, workload.runtime)
 
 
 # Jobs waiting for an Island (the demand side of surge).

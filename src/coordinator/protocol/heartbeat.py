@@ -19,6 +19,7 @@ from coordinator.protocol.codec import (
     str_list,
     without_none,
 )
+from coordinator.protocol.runtimes import DEFAULT_RUNTIMES, advertised_runtimes
 
 
 @dataclass
@@ -80,7 +81,7 @@ class PerformanceEstimates(Message):
     estimated_llm_tok_s: float | None = None
     max_concurrent_containers: int = 1
     wasm_memory_limit_mb: int = 0
-    supported_runtimes: list[str] = field(default_factory=lambda: ["container", "wasm"])
+    supported_runtimes: list[str] = field(default_factory=lambda: list(DEFAULT_RUNTIMES))
     nats_rtt_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,7 +192,8 @@ def parse_heartbeat(data: bytes) -> Heartbeat:
             estimated_llm_tok_s=opt_float(perf, "estimated_llm_tok_s"),
             max_concurrent_containers=opt_int(perf, "max_concurrent_containers") or 1,
             wasm_memory_limit_mb=opt_int(perf, "wasm_memory_limit_mb") or 0,
-            supported_runtimes=str_list(perf, "supported_runtimes") or ["container", "wasm"],
+            # An empty list means none (never read as the default): only a missing field is defaulted.
+            supported_runtimes=advertised_runtimes(perf, str_list(perf, "supported_runtimes")),
             nats_rtt_ms=opt_float(perf, "nats_rtt_ms"),
         ),
         asking_prices=_parse_prices(obj),

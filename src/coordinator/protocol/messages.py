@@ -42,6 +42,7 @@ from coordinator.protocol.reports import (
     parse_progress,
     parse_status,
 )
+from coordinator.protocol.runtimes import can_run, cargo_runtime
 
 # Every message type and parser is importable from here (heartbeat and job reports live in their modules).
 __all__ = [
@@ -264,8 +265,8 @@ def choose_runtime_type(workload_runtime: str, supported_runtimes: list[str] | t
 
     Never a runtime the Island did not list: an unknown one silently runs as Docker with the Island's
     default image (§11 item 5). Only `container` Cargos run as containers."""
-    runtime = workload_runtime or "container"
-    return runtime if runtime in supported_runtimes else None
+    runtime = cargo_runtime(workload_runtime)
+    return runtime if can_run(supported_runtimes, runtime) else None
 
 
 def build_assign_job(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import swagger_ui_bundle  # type: ignore[import-untyped]
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from coordinator import __version__
@@ -23,12 +27,13 @@ from coordinator.web.api.v1 import (
     jobs,
     karma,
     market,
+    network,
     stream,
     verification,
     workloads,
 )
 from coordinator.web.bodylimit import BodyLimit
-from coordinator.web.errors import install_error_handlers
+from coordinator.web.errors import install_envelope_openapi, install_error_handlers
 from coordinator.web.ratelimit import RateLimitHeaders
 
 ROUTERS = [
@@ -48,8 +53,15 @@ ROUTERS = [
     karma.router,
     market.router,
     verification.router,
+    network.router,
     metrics.router,
 ]
+
+
+# Request headers the official clients send, so that a browser's preflight listing them is answered: the
+# TypeScript SDK sets User-Agent (Firefox then lists it), its stream adds Accept; httpx-sse sends
+# Cache-Control. X-Request-ID is ours (correlation ids).
+CLIENT_HEADERS = ["Authorization", "Content-Type", "Accept", "User-Agent", "Cache-Control", "X-Request-ID"]
 
 
 class CoordinatorApp(FastAPI):
@@ -63,7 +75,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = CoordinatorApp(
         title="Archipelag coordinator",
         version=__version__,
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served below from the package's own Swagger UI assets
         openapi_url="/api/v1/openapi.json",
         redoc_url=None,
         redirect_slashes=False,
@@ -76,7 +88,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         CORSMiddleware,
         allow_origins=runtime.settings.cors_origins,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        allow_headers=CLIENT_HEADERS,
         expose_headers=[
             "Retry-After",
             "X-RateLimit-Limit",
@@ -88,4 +100,25 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(RateLimitHeaders)
     for router in ROUTERS:
         app.include_router(router)
+    install_offline_docs(app)
+    install_envelope_openapi(app)
     return app
+
+
+DOCS_ASSETS = "/api/v1/docs/assets"
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """`/api/v1/docs`: Swagger UI loaded from this server (the `swagger-ui-bundle-v2` wheel's files), so
+    the page works on a machine without internet."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/api/v1/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/api/v1/openapi.json",
+            title=f"{app.title} — API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coordinator.errors import DomainError, RateLimited, ValidationFailed
+from coordinator.errors import DomainError, InsufficientCredits, RateLimited, ValidationFailed
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +34,9 @@ STATUS_CODES = {
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    # 402 only: the credits the request needs and the account's balance.
+    required: float | None = None
+    available: float | None = None
 
 
 class ErrorEnvelope(BaseModel):
@@ -51,8 +54,13 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def error_body(code: str, message: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+def error_body(
+    code: str,
+    message: str,
+    errors: dict[str, list[str]] | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **(details or {})}}
     if errors is not None:
         body["errors"] = errors
     return body
@@ -82,7 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = None
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(int(exc.retry_after)), **exc.headers}
-        return JSONResponse(error_body(exc.code, exc.message, errors), exc.status_code, headers=headers)
+        details = exc.details if isinstance(exc, InsufficientCredits) else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, errors, details), exc.status_code, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -113,3 +124,30 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("http.unhandled_error", path=request.url.path)
         return JSONResponse(error_body("internal_error", "Internal server error"), 500)
+
+
+def install_envelope_openapi(app: FastAPI) -> None:
+    """The OpenAPI document tells the truth about 422: FastAPI documents `HTTPValidationError`
+    (`{"detail": …}`) for every route with parameters, but the handler above answers every invalid
+    request with the envelope. Every 422 in the document (declared or added) is the envelope."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "ErrorEnvelope" in components:  # present as soon as one route declares an error
+            envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    answer = operation.get("responses", {}).get("422")
+                    if answer is not None:
+                        answer["description"] = "validation failed"
+                        answer["content"] = {"application/json": {"schema": envelope}}
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from coordinator.accounts.service import Principal
 from coordinator.hosts import service as hosts
 from coordinator.hosts.models import Host
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_admin
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["admin"])
+router = ApiRouter(tags=["admin"])
 
 
 class SuspendRequest(BaseModel):
@@ -24,7 +27,7 @@ def _answer(request: Request, host: Host) -> dict[str, Any]:
     return {"data": hosts.public_view(host, is_admin=True)}
 
 
-@router.get("/api/v1/admin/hosts")
+@router.get("/api/v1/admin/hosts", response_model=schemas.HostList, responses=error_responses(401, 403, 429))
 async def admin_list_hosts(
     request: Request, status: str | None = None, _: Principal = Depends(require_admin)
 ) -> dict[str, Any]:
@@ -33,7 +36,11 @@ async def admin_list_hosts(
     return {"data": [hosts.public_view(h, is_admin=True) for h in items]}
 
 
-@router.post("/api/v1/admin/hosts/{host_id}/approve")
+@router.post(
+    "/api/v1/admin/hosts/{host_id}/approve",
+    response_model=schemas.HostResponse,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
 async def approve_host(
     host_id: str, request: Request, _: Principal = Depends(require_admin)
 ) -> dict[str, Any]:
@@ -42,7 +49,11 @@ async def approve_host(
     return _answer(request, host)
 
 
-@router.post("/api/v1/admin/hosts/{host_id}/suspend")
+@router.post(
+    "/api/v1/admin/hosts/{host_id}/suspend",
+    response_model=schemas.HostResponse,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
 async def suspend_host(
     host_id: str, request: Request, body: SuspendRequest | None = None, _: Principal = Depends(require_admin)
 ) -> dict[str, Any]:
@@ -51,7 +62,11 @@ async def suspend_host(
     return _answer(request, host)
 
 
-@router.post("/api/v1/admin/hosts/{host_id}/resume")
+@router.post(
+    "/api/v1/admin/hosts/{host_id}/resume",
+    response_model=schemas.HostResponse,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
 async def resume_host(
     host_id: str, request: Request, _: Principal = Depends(require_admin)
 ) -> dict[str, Any]:

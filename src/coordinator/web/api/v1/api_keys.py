@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from coordinator.accounts import service as accounts
 from coordinator.accounts.service import Principal
-from coordinator.web import presenters
+from coordinator.web import presenters, schemas
 from coordinator.web.auth import get_runtime, require_read, require_write
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["api-keys"])
+router = ApiRouter(tags=["api-keys"])
 
 
 class CreateApiKey(BaseModel):
@@ -20,14 +22,19 @@ class CreateApiKey(BaseModel):
     scopes: list[str] | None = None
 
 
-@router.get("/api/v1/api-keys")
+@router.get("/api/v1/api-keys", response_model=schemas.ApiKeyList, responses=error_responses(401, 403, 429))
 async def list_keys(request: Request, principal: Principal = Depends(require_read)) -> dict[str, Any]:
     async with get_runtime(request).db.session() as session:
         keys = await accounts.list_api_keys(session, principal.user.id)
     return {"data": [presenters.api_key(k) for k in keys]}
 
 
-@router.post("/api/v1/api-keys", status_code=201)
+@router.post(
+    "/api/v1/api-keys",
+    status_code=201,
+    response_model=schemas.ApiKeyCreated,
+    responses=error_responses(401, 403, 422, 429),
+)
 async def create_key(
     body: CreateApiKey, request: Request, principal: Principal = Depends(require_write)
 ) -> dict[str, Any]:
@@ -42,7 +49,11 @@ async def create_key(
     return {"data": {**record, "api_key": record, "data": record, "key": secret}, "key": secret}
 
 
-@router.delete("/api/v1/api-keys/{key_id}")
+@router.delete(
+    "/api/v1/api-keys/{key_id}",
+    response_model=schemas.DeletedResponse,
+    responses=error_responses(401, 403, 404, 429),
+)
 async def revoke_key(
     key_id: str, request: Request, principal: Principal = Depends(require_write)
 ) -> dict[str, Any]:

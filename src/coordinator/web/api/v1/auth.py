@@ -5,15 +5,17 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from coordinator.accounts import service as accounts
-from coordinator.web import ratelimit
+from coordinator.web import ratelimit, schemas
 from coordinator.web.auth import SESSION_COOKIE, get_runtime
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["auth"])
+router = ApiRouter(tags=["auth"])
 
 
 class MagicLinkRequest(BaseModel):
@@ -24,7 +26,9 @@ class SessionRequest(BaseModel):
     token: str = Field(min_length=10, max_length=200)
 
 
-@router.post("/api/v1/auth/magic-link")
+@router.post(
+    "/api/v1/auth/magic-link", response_model=schemas.MagicLinkSent, responses=error_responses(422, 429)
+)
 async def request_magic_link(body: MagicLinkRequest, request: Request) -> dict[str, Any]:
     ratelimit.limit_magic_links(request, body.email)
     runtime = get_runtime(request)
@@ -65,14 +69,18 @@ async def _consume(request: Request, token: str) -> tuple[Any, str]:
         )
 
 
-@router.post("/api/v1/auth/session")
+@router.post(
+    "/api/v1/auth/session",
+    response_model=schemas.SessionCreated,
+    responses=error_responses(401, 404, 422, 429),
+)
 async def create_session(body: SessionRequest, request: Request, response: Response) -> dict[str, Any]:
     user, session_token = await _consume(request, body.token)
     _set_session_cookie(response, request, session_token)
     return {"data": {"user_id": str(user.id), "email": user.email}}
 
 
-@router.delete("/api/v1/auth/session")
+@router.delete("/api/v1/auth/session", response_model=schemas.MagicLinkSent)
 async def delete_session(request: Request, response: Response) -> dict[str, Any]:
     runtime = get_runtime(request)
     if cookie := request.cookies.get(SESSION_COOKIE):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,9 +13,12 @@ from coordinator.errors import ValidationFailed
 from coordinator.jobs import batches
 from coordinator.jobs import rules as job_rules
 from coordinator.jobs.batch_rules import MAX_INPUTS, BatchSpec
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_read, require_write
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["batches"])
+router = ApiRouter(tags=["batches"])
 
 
 class SubmitBatch(BaseModel):
@@ -31,7 +34,12 @@ class SubmitBatch(BaseModel):
     bid_price: str | float | None = None
 
 
-@router.post("/api/v1/jobs/batch", status_code=201, responses={402: {}, 404: {}, 422: {}})
+@router.post(
+    "/api/v1/jobs/batch",
+    status_code=201,
+    response_model=schemas.BatchJob,
+    responses=error_responses(401, 402, 403, 404, 422, 429),
+)
 async def submit_batch(
     body: SubmitBatch, request: Request, principal: Principal = Depends(require_write)
 ) -> Any:
@@ -57,7 +65,11 @@ async def submit_batch(
     return JSONResponse({**view, "data": view}, status_code=201)
 
 
-@router.get("/api/v1/jobs/{job_id}/batch-status", responses={404: {}})
+@router.get(
+    "/api/v1/jobs/{job_id}/batch-status",
+    response_model=schemas.BatchProgress,
+    responses=error_responses(401, 403, 404, 429),
+)
 async def batch_status(job_id: str, request: Request, principal: Principal = Depends(require_read)) -> Any:
     async with get_runtime(request).db.session() as session:
         job, _, children = await batches.load_batch(session, principal.user, job_id)

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,11 +21,14 @@ from coordinator.jobs.models import Job
 from coordinator.jobs.views import usage_of
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_write
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 from coordinator.web.sse import data_frame, job_events, sse_response
 from coordinator.workloads import service as workloads
 
-router = APIRouter(tags=["chat"])
+router = ApiRouter(tags=["chat"])
 
 DONE_FRAME = b"data: [DONE]\n\n"
 KEEPALIVE = b": keepalive\n\n"
@@ -180,7 +183,14 @@ async def _chunks(runtime: Runtime, job: Job, slug: str) -> AsyncIterator[bytes]
         metrics.open_streams.labels(kind="sse").dec()
 
 
-@router.post("/api/v1/chat/completions", responses={402: {}, 422: {}, 502: {}, 504: {}})
+@router.post(
+    "/api/v1/chat/completions",
+    response_model=schemas.ChatCompletion,
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **error_responses(401, 402, 403, 404, 422, 429, 502, 504),
+    },
+)
 async def chat_completions(
     body: ChatRequest, request: Request, principal: Principal = Depends(require_write)
 ) -> Any:

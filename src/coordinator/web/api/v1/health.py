@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from coordinator import __version__
 from coordinator.runtime import TREE_READY_COMPONENT
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter()
+router = ApiRouter()
 
 
-@router.get("/api/v1/health", tags=["health"])
+@router.get("/api/v1/health", tags=["health"], response_model=schemas.Health)
 async def health() -> dict[str, Any]:
     return {"data": {"status": "ok", "version": __version__}}
 

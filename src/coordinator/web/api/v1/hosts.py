@@ -7,23 +7,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from coordinator.accounts.service import Principal
 from coordinator.errors import NotFound
 from coordinator.hosts import pairing, rules
 from coordinator.hosts import service as hosts
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_read, require_write
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["hosts"])
+router = ApiRouter(tags=["hosts"])
 
 
 class PairRequest(BaseModel):
     code: str = Field(min_length=1, max_length=32)
 
 
-@router.get("/api/v1/hosts")
+@router.get("/api/v1/hosts", response_model=schemas.HostList, responses=error_responses(401, 403, 429))
 async def list_hosts(request: Request, principal: Principal = Depends(require_read)) -> dict[str, Any]:
     async with get_runtime(request).db.session() as session:
         items = await hosts.list_visible_hosts(session, principal.user.id, principal.is_admin)
@@ -34,7 +37,11 @@ async def list_hosts(request: Request, principal: Principal = Depends(require_re
     }
 
 
-@router.get("/api/v1/hosts/{host_id}")
+@router.get(
+    "/api/v1/hosts/{host_id}",
+    response_model=schemas.HostResponse,
+    responses=error_responses(401, 403, 404, 429),
+)
 async def get_host(
     host_id: str, request: Request, principal: Principal = Depends(require_read)
 ) -> dict[str, Any]:
@@ -45,7 +52,11 @@ async def get_host(
     return {"data": hosts.public_view(host, viewer_id=principal.user.id, is_admin=principal.is_admin)}
 
 
-@router.post("/api/v1/hosts/pair")
+@router.post(
+    "/api/v1/hosts/pair",
+    response_model=schemas.HostResponse,
+    responses=error_responses(401, 403, 404, 409, 422, 429),
+)
 async def pair_host(
     body: PairRequest, request: Request, principal: Principal = Depends(require_write)
 ) -> dict[str, Any]:

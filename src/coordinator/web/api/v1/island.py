@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from coordinator.hosts.recommendations import queued_demand
 from coordinator.hosts.service import parse_host_id
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["island"])
+router = ApiRouter(tags=["island"])
 
 RECOMMENDATIONS_BUDGET_SECONDS = 2.0
 STATIC = Path(__file__).resolve().parents[2] / "static"
@@ -34,7 +37,7 @@ def _newer(latest: str, current: str) -> bool:
     return key(latest) > key(current)
 
 
-@router.get("/api/v1/agent/update")
+@router.get("/api/v1/agent/update", response_model=schemas.AgentUpdate, responses=error_responses(422))
 async def agent_update(request: Request, version: str = "0.0.0") -> dict[str, Any]:
     release = get_runtime(request).settings.agent_release
     latest = str(release.get("latest_version", "")) if release else ""
@@ -47,7 +50,7 @@ async def agent_update(request: Request, version: str = "0.0.0") -> dict[str, An
     return answer
 
 
-@router.get("/api/v1/island/recommendations")
+@router.get("/api/v1/island/recommendations", response_model=schemas.Recommendations)
 async def island_recommendations(request: Request, host_id: str | None = None) -> dict[str, Any]:
     runtime = get_runtime(request)
     fleet = runtime.components.get("fleet")
@@ -68,7 +71,7 @@ async def island_recommendations(request: Request, host_id: str | None = None) -
     return {"recommendations": items}
 
 
-@router.get("/api/v1/signing-keys")
+@router.get("/api/v1/signing-keys", response_model=list[schemas.SigningKey])
 async def signing_keys(request: Request) -> list[dict[str, Any]]:
     return list(get_runtime(request).settings.signing_keys)
 

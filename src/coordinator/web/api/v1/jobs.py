@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.service import Principal
+from coordinator.jobs import batches
 from coordinator.jobs import service as jobs
+from coordinator.jobs.models import Job
 from coordinator.jobs.views import public_job
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_read, require_write
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["jobs"])
+router = ApiRouter(tags=["jobs"])
 
 
 class SubmitJob(BaseModel):
@@ -27,7 +34,17 @@ class SubmitJob(BaseModel):
     region: str | None = None
 
 
-@router.post("/api/v1/jobs", status_code=201, responses={402: {}, 404: {}, 422: {}})
+async def batch_credits(session: AsyncSession, job: Job) -> Decimal | None:
+    """A batch parent costs what its children cost; None for an ordinary job (its own charge)."""
+    return None if job.batch_config is None else await batches.children_credits(session, job.id)
+
+
+@router.post(
+    "/api/v1/jobs",
+    status_code=201,
+    response_model=schemas.JobResponse,
+    responses=error_responses(401, 402, 403, 404, 422, 429),
+)
 async def submit(body: SubmitJob, request: Request, principal: Principal = Depends(require_write)) -> Any:
     job = await jobs.submit_job(
         get_runtime(request),
@@ -43,7 +60,7 @@ async def submit(body: SubmitJob, request: Request, principal: Principal = Depen
     return JSONResponse({"data": public_job(job, body.workload, queue_position=position)}, status_code=201)
 
 
-@router.get("/api/v1/jobs")
+@router.get("/api/v1/jobs", response_model=schemas.JobList, responses=error_responses(401, 403, 422, 429))
 async def list_jobs(
     request: Request,
     limit: int = Query(20, ge=1, le=100),
@@ -53,31 +70,47 @@ async def list_jobs(
     async with get_runtime(request).db.read() as session:
         rows, total = await jobs.list_jobs(session, principal.user, limit=limit, offset=offset)
         data = [
-            public_job(job, slug, queue_position=await jobs.queue_position(session, job))
+            public_job(
+                job,
+                slug,
+                queue_position=await jobs.queue_position(session, job),
+                credits=await batch_credits(session, job),
+            )
             for job, slug in rows
         ]
     return {"data": data, "meta": {"total": total, "limit": limit, "offset": offset}}
 
 
-@router.get("/api/v1/jobs/{job_id}")
+@router.get(
+    "/api/v1/jobs/{job_id}", response_model=schemas.JobResponse, responses=error_responses(401, 403, 404, 429)
+)
 async def get_job(
     job_id: str, request: Request, principal: Principal = Depends(require_read)
 ) -> dict[str, Any]:
     async with get_runtime(request).db.read() as session:
         job, slug = await jobs.get_job(session, principal.user, job_id)
         position = await jobs.queue_position(session, job)
-    return {"data": public_job(job, slug, queue_position=position)}
+        credits = await batch_credits(session, job)
+    return {"data": public_job(job, slug, queue_position=position, credits=credits)}
 
 
-@router.delete("/api/v1/jobs/{job_id}")
+@router.delete(
+    "/api/v1/jobs/{job_id}", response_model=schemas.JobResponse, responses=error_responses(401, 403, 404, 429)
+)
 async def cancel_job(
     job_id: str, request: Request, principal: Principal = Depends(require_write)
 ) -> dict[str, Any]:
     job, slug = await jobs.cancel_job(get_runtime(request), principal.user, job_id)
-    return {"data": public_job(job, slug)}
+    async with get_runtime(request).db.read() as session:
+        credits = await batch_credits(session, job)
+    return {"data": public_job(job, slug, credits=credits)}
 
 
-@router.get("/api/v1/jobs/{job_id}/output")
+@router.get(
+    "/api/v1/jobs/{job_id}/output",
+    response_model=schemas.JobOutputResponse,
+    responses=error_responses(401, 403, 404, 429),
+)
 async def job_output(
     job_id: str, request: Request, principal: Principal = Depends(require_read)
 ) -> dict[str, Any]:

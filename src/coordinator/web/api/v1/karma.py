@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 
 from coordinator.accounts.service import Principal, parse_uuid
 from coordinator.karma import service as karma
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_read
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["karma"])
+router = ApiRouter(tags=["karma"])
 
 
-@router.get("/api/v1/hosts/{host_id}/karma")
+@router.get(
+    "/api/v1/hosts/{host_id}/karma",
+    response_model=schemas.KarmaResponse,
+    responses=error_responses(401, 403, 404, 429),
+)
 async def get_karma(host_id: str, request: Request, _: Principal = Depends(require_read)) -> dict[str, Any]:
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
@@ -23,7 +30,11 @@ async def get_karma(host_id: str, request: Request, _: Principal = Depends(requi
     return {"data": data}
 
 
-@router.get("/api/v1/hosts/{host_id}/karma/history")
+@router.get(
+    "/api/v1/hosts/{host_id}/karma/history",
+    response_model=schemas.KarmaHistory,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
 async def get_karma_history(
     host_id: str,
     request: Request,

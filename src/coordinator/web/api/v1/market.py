@@ -5,14 +5,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from coordinator.accounts.service import Principal, parse_uuid
 from coordinator.marketplace import service as market
+from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_read, require_write
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 
-router = APIRouter(tags=["market"])
+router = ApiRouter(tags=["market"])
 
 
 class BidIn(BaseModel):
@@ -25,32 +28,40 @@ class AskingPricesIn(BaseModel):
     prices: dict[str, Decimal | str] = Field(max_length=500)
 
 
-@router.get("/api/v1/market/rates")
+@router.get("/api/v1/market/rates", response_model=schemas.MarketRates)
 async def rates(request: Request) -> dict[str, Any]:
     async with get_runtime(request).db.session() as session:
         return {"data": await market.current_rates(session)}
 
 
-@router.get("/api/v1/market/rates/{slug}")
+@router.get("/api/v1/market/rates/{slug}", response_model=schemas.MarketRates, responses=error_responses(404))
 async def rates_for(slug: str, request: Request) -> dict[str, Any]:
     async with get_runtime(request).db.session() as session:
         return {"data": await market.current_rates(session, slug)}
 
 
-@router.get("/api/v1/market/history/{slug}")
+@router.get(
+    "/api/v1/market/history/{slug}", response_model=schemas.MarketRates, responses=error_responses(404, 422)
+)
 async def history(slug: str, request: Request, period: str = Query("24h", max_length=10)) -> dict[str, Any]:
     async with get_runtime(request).db.session() as session:
         return {"data": await market.history(session, slug, period)}
 
 
-@router.get("/api/v1/market/bids")
+@router.get("/api/v1/market/bids", response_model=schemas.BidList, responses=error_responses(401, 403, 429))
 async def list_bids(request: Request, principal: Principal = Depends(require_read)) -> dict[str, Any]:
     async with get_runtime(request).db.session() as session:
         return {"data": await market.list_bids(session, principal.user.id)}
 
 
-@router.put("/api/v1/market/bids")
-@router.post("/api/v1/market/bids")
+BID_ROUTE: dict[str, Any] = {
+    "response_model": schemas.BidResponse,
+    "responses": error_responses(401, 403, 422, 429),
+}
+
+
+@router.put("/api/v1/market/bids", **BID_ROUTE)
+@router.post("/api/v1/market/bids", **BID_ROUTE)
 async def save_bid(
     body: BidIn, request: Request, principal: Principal = Depends(require_write)
 ) -> dict[str, Any]:
@@ -58,7 +69,11 @@ async def save_bid(
         return {"data": await market.save_bid(session, principal.user.id, body.workload, body.bid)}
 
 
-@router.post("/api/v1/market/asking-prices")
+@router.post(
+    "/api/v1/market/asking-prices",
+    response_model=schemas.AskingPricesResponse,
+    responses=error_responses(401, 403, 404, 422, 429),
+)
 async def set_asking_prices(
     body: AskingPricesIn, request: Request, principal: Principal = Depends(require_write)
 ) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from starlette.responses import StreamingResponse
 
 from coordinator.accounts.service import Principal
@@ -10,15 +10,17 @@ from coordinator.jobs import rules
 from coordinator.jobs import service as jobs
 from coordinator.telemetry import context
 from coordinator.web.auth import get_runtime, require_read
+from coordinator.web.errors import error_responses
+from coordinator.web.routing import ApiRouter
 from coordinator.web.sse import job_stream_body, sse_response
 
-router = APIRouter(tags=["jobs"])
+router = ApiRouter(tags=["jobs"])
 
 
 @router.get(
     "/api/v1/jobs/{job_id}/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 401: {}, 404: {}},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401, 403, 404, 429)},
 )
 async def stream_job(
     job_id: str, request: Request, principal: Principal = Depends(require_read)
