@@ -94,7 +94,7 @@ def test_every_api_endpoint_declares_a_response_model_and_its_errors_as_envelope
             expected |= {"402"}
         if missing := expected - set(responses):
             problems.append(f"{method} {route.path}: undeclared {sorted(missing)}")
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def _validator(document: dict[str, Any], path: str, method: str, status: int) -> jsonschema.Validator:

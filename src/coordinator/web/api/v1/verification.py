@@ -125,7 +125,9 @@ def _admin_view(attempt: Verification, email: str, status: str | None = None) ->
 
 
 @router.get(
-    "/api/v1/verification/status", response_model=VerificationResponse, responses=error_responses(401, 403)
+    "/api/v1/verification/status",
+    response_model=VerificationResponse,
+    responses=error_responses(401, 403, 429),
 )
 async def verification_status(
     request: Request, principal: Principal = Depends(require_read)
@@ -139,7 +141,7 @@ async def verification_status(
     "/api/v1/verification/start",
     response_model=StartResponse,
     status_code=201,
-    responses=error_responses(401, 403, 409, 422, 502),
+    responses=error_responses(401, 403, 409, 422, 429, 502),
 )
 async def start_verification(
     request: Request, body: StartRequest | None = None, principal: Principal = Depends(require_write)
@@ -191,7 +193,7 @@ async def stripe_identity_webhook(request: Request) -> WebhookResponse:
     "/api/v1/admin/verifications",
     response_model=QueueResponse,
     tags=["admin"],
-    responses=error_responses(401, 403, 422),
+    responses=error_responses(401, 403, 422, 429),
 )
 async def verification_queue(
     request: Request,
@@ -222,7 +224,7 @@ async def _decide(
     return AdminVerificationResponse(data=_admin_view(view.attempt, email, view.status))
 
 
-DECISION_ERRORS = error_responses(401, 403, 404, 409, 422)
+DECISION_ERRORS = error_responses(401, 403, 404, 409, 422, 429)
 
 
 @router.post(
@@ -274,7 +276,7 @@ async def revoke_verification(
     "/api/v1/admin/verifications/{user_id}/history",
     response_model=HistoryResponse,
     tags=["admin"],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 422, 429),
 )
 async def verification_history(
     user_id: int, request: Request, _: Principal = Depends(require_admin)
