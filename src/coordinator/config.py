@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     output_flush_interval_seconds: float = 0.05
     output_grace_seconds: float = 2.0
     sse_keepalive_seconds: float = 15.0
+    # A Phoenix socket (`/socket/websocket`) silent this long (no frame, no heartbeat) is closed.
+    channel_idle_timeout_seconds: float = 60.0
     pubsub_queue_size: int = 2048
     chat_completion_timeout_seconds: float = 300.0
 

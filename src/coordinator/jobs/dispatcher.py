@@ -151,7 +151,11 @@ class Dispatcher(LoopService):
     def _candidates(self) -> list[HostView]:
         now = self.fleet.clock()
         timeout = self.fleet.heartbeat_timeout
-        return [h for h in self.fleet if h.approved and h.is_live(now, timeout) and h.status != "suspended"]
+        return [
+            h
+            for h in self.fleet
+            if h.approved and not h.self_gated and h.is_live(now, timeout) and h.status != "suspended"
+        ]
 
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""

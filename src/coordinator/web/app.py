@@ -17,6 +17,7 @@ from coordinator.web.api.v1 import (
     auth,
     batches,
     chat,
+    devices,
     health,
     hosts,
     island,
@@ -26,6 +27,7 @@ from coordinator.web.api.v1 import (
     stream,
     workloads,
 )
+from coordinator.web.channels import endpoint as channels_endpoint
 from coordinator.web.errors import install_error_handlers
 from coordinator.web.ratelimit import RateLimitHeaders
 
@@ -46,6 +48,8 @@ ROUTERS = [
     karma.router,
     market.router,
     metrics.router,
+    devices.router,
+    channels_endpoint.router,
 ]
 
 
