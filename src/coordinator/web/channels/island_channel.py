@@ -70,10 +70,10 @@ class IslandChannel(Channel):
                 await self._apply(event, raw)
             except ProtocolError as exc:
                 metrics.channel_rejected.labels(reason=wire.INVALID).inc()
-                log.warning("channels.island_invalid", event=event, error=str(exc))
+                log.warning("channels.island_invalid", channel_event=event, error=str(exc))
                 return "error", {"reason": wire.INVALID, "detail": str(exc)}
             except Exception:  # database or bus hiccup: nothing was applied; the Island may resend
-                log.exception("channels.island_push_failed", event=event)
+                log.exception("channels.island_push_failed", channel_event=event)
                 return "error", {"reason": "unavailable"}
         return "ok", {}
 

@@ -201,7 +201,7 @@ class ChannelSocket:
         try:
             await self.route(frame)
         except Exception:
-            log.exception("channel.frame_failed", topic=frame.topic, event=frame.event)
+            log.exception("channel.frame_failed", topic=frame.topic, channel_event=frame.event)
             channel = self.channels.get(frame.topic)
             if channel is not None:
                 await self.fail_channel(channel)
