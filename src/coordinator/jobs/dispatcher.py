@@ -116,6 +116,8 @@ class Dispatcher(LoopService):
         return fleet
 
     async def run_once(self) -> None:
+        if self.batch_size <= 0:  # dispatching disabled on this replica (it still serves Islands)
+            return
         try:
             await self.hydrate_fleet()
             # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
