@@ -120,15 +120,19 @@ class Island:
         log.info("island.started", host_id=self.host_id, jetstream=self.jetstream)
 
     async def stop(self) -> None:
+        await self.stop_tasks()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def stop_tasks(self) -> None:
+        """Cancel the heartbeat, job intake and running jobs (whatever the transport)."""
         for task in [*self._tasks, *self.jobs.values()]:
             task.cancel()
         for task in [*self._tasks, *self.jobs.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
 
     async def request_pairing(self) -> None:
         try:
@@ -236,8 +240,11 @@ class Island:
             await self.nc.publish(self.subject("lease"), m.LeaseRenewal(job_id, 60).encode())
 
     async def _on_cancel(self, msg: Any) -> None:
+        await self._cancel(msg.data)
+
+    async def _cancel(self, data: bytes) -> None:
         with contextlib.suppress(ProtocolError):
-            task = self.jobs.get(m.parse_cancel(msg.data).job_id)
+            task = self.jobs.get(m.parse_cancel(data).job_id)
             if task is not None:
                 task.cancel()
 
@@ -246,8 +253,11 @@ class Island:
             await self.nc.publish(msg.reply, b"pong")
 
     async def _on_preload(self, msg: Any) -> None:
+        self._preload(msg.data)
+
+    def _preload(self, data: bytes) -> None:
         with contextlib.suppress(ProtocolError):
-            self.preloads.append(m.parse_preload(msg.data))
+            self.preloads.append(m.parse_preload(data))
 
     async def measure_rtt(self) -> float:
         started = time.perf_counter()
