@@ -294,3 +294,41 @@ async def test_a_phone_on_low_battery_takes_no_new_work_until_it_charges(
         assert (await phone.next_assignment())["job_id"] == job_id  # charging: work again
     finally:
         await phone.close()
+
+
+async def test_a_phone_that_re_joins_gets_its_still_assigned_job_again(
+    coordinator: Runtime, http: httpx.AsyncClient, owner: Consumer
+) -> None:
+    device = await pair_device(http, owner)
+    phone = await ChannelLink(coordinator.base_url, device).open()
+    consumer = await make_consumer(coordinator, "consumer@example.com")
+    try:
+        await phone.send("register", register_payload(phone.host_id))
+        await phone.send("heartbeat", heartbeat_payload(phone.host_id))
+        job_id = await submit(http, consumer)
+        assert (await phone.next_assignment())["job_id"] == job_id
+    finally:
+        await phone.close()  # gone before it started the job
+    again = await ChannelLink(coordinator.base_url, device).open()
+    watcher = await PhoenixClient().start()
+    try:
+        await watcher.connect(coordinator.base_url, owner.key)
+        assert (await watcher.join(f"user:{owner.user.id}"))["ev"] == "join_ok"
+        assert (await again.next_assignment())["job_id"] == job_id  # pushed again on join
+        job = await run_job_started(again, job_id)
+        assert job == job_id
+        await wait_state(coordinator, job_id, "succeeded")
+        await again.close()
+        event = await watcher.wait_for(lambda e: e.get("event") == "island_updated")
+        assert event["payload"] == {"id": str(device.host_id), "status": "disconnected"}
+    finally:
+        await again.close()
+        await watcher.close()
+
+
+async def run_job_started(link: ChannelLink, job_id: str) -> str:
+    await link.send("status", {"job_id": job_id, "state": "started", "timestamp": now_ms()})
+    await link.send("output", {"job_id": job_id, "seq": 1, "chunk": "hi", "is_final": False})
+    await link.send("output", {"job_id": job_id, "seq": 2, "chunk": "", "is_final": True})
+    await link.send("status", {"job_id": job_id, "state": "succeeded", "timestamp": now_ms()})
+    return job_id

@@ -60,6 +60,10 @@ class IslandChannel(Channel):
     async def terminate(self) -> None:
         registry_of(self.runtime).remove_island(self)
         await super().terminate()
+        fleet = self.runtime.components.get("fleet")
+        view = fleet.get(self.host_id) if fleet is not None else None
+        if view is not None:
+            await account_events.island_updated(self.runtime, view.owner_id, self.host_id, "disconnected")
 
     async def handle_in(self, event: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if event not in EVENTS_IN:
