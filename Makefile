@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests need (installed by `make test` when missing).
 APT_PACKAGES :=
 
-.PHONY: run test lint typecheck contracts venv lock bench clean system-deps
+JS_STAMP := tests/js/node_modules/.installed
+
+.PHONY: run test lint typecheck contracts venv lock bench clean system-deps js-deps
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,14 +36,21 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
+# The official phoenix client (and ws) for the channel tests, from the npm registry per the lockfile.
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+	touch $(JS_STAMP)
+
+js-deps: $(JS_STAMP)
+
 system-deps:
 	@bash scripts/ensure-debian-packages.sh $(APT_PACKAGES)
 
-test: $(STAMP) system-deps lint typecheck contracts
+test: $(STAMP) system-deps js-deps lint typecheck contracts
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/coordinator bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache tests/js/node_modules

@@ -121,6 +121,8 @@ class HttpChild(Child):
             log_config=None,
             access_log=False,
             lifespan="off",
+            ws=settings.websocket_implementation,
+            ws_per_message_deflate=settings.websocket_per_message_deflate,
             timeout_graceful_shutdown=10,
         )
         self.server = _Server(config)

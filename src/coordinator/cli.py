@@ -242,8 +242,25 @@ def island(
     process_command: Annotated[
         str | None, typer.Option(help="A local command speaking the Cargo JSON-lines protocol.")
     ] = None,
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="nats (a desktop Island) or channel (a phone/browser Island over /socket/websocket)."
+        ),
+    ] = "nats",
+    api_url: Annotated[
+        str, typer.Option(envvar="COORDINATOR_URL", help="The coordinator's HTTP URL (channel transport).")
+    ] = "http://localhost:4000",
+    owner_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ISLAND_OWNER_KEY",
+            help="Channel transport: an owner's API key that enters the pairing code itself (fleets).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the reference Island agent (`--fleet N` for a simulated fleet)."""
+    """Run the reference Island agent (`--fleet N` for a simulated fleet; `--transport channel` for
+    phone/browser Islands over the `island:<id>` channel)."""
     from island.agent import Island, IslandConfig
     from island.fleet import run_fleet
     from island.runtimes import RuntimeOptions
@@ -261,6 +278,17 @@ def island(
         ),
     )
     _logging(_settings(env="development"))
+    if transport not in ("nats", "channel"):
+        raise typer.BadParameter("--transport must be nats or channel")
+    make: Callable[[IslandConfig], Island] = Island
+    where = nats_url
+    if transport == "channel":
+        from island.channel import ChannelIsland
+
+        def make(cfg: IslandConfig) -> Island:
+            return ChannelIsland(cfg, api_url, owner_key=owner_key)
+
+        where = api_url
 
     async def main() -> None:
         import signal
@@ -270,12 +298,12 @@ def island(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         if fleet:
-            typer.echo(f"starting {fleet} simulated Islands on {nats_url}", err=True)
-            await run_fleet(config, fleet, stop)
+            typer.echo(f"starting {fleet} simulated Islands on {where} ({transport})", err=True)
+            await run_fleet(config, fleet, stop, make)
             return
-        agent = Island(config)
+        agent = make(config)
         await agent.start()
-        typer.echo(f"Island {agent.host_id} connected to {nats_url}", err=True)
+        typer.echo(f"Island {agent.host_id} connected to {where} ({transport})", err=True)
         if agent.pairing_code:
             typer.echo(f"ISLAND PAIRING CODE: {agent.pairing_code}", err=True)
         try:

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     output_flush_interval_seconds: float = 0.05
     output_grace_seconds: float = 2.0
     sse_keepalive_seconds: float = 15.0
+    # A Phoenix socket (`/socket/websocket`) silent this long (no frame, no heartbeat) is closed.
+    channel_idle_timeout_seconds: float = 60.0
+    # uvicorn's WebSocket implementation: `websockets-sansio` (no tasks per idle socket), `websockets`.
+    websocket_implementation: str = "websockets-sansio"
+    # permessage-deflate costs each socket its zlib state (tens of KB); channel frames are small JSON.
+    websocket_per_message_deflate: bool = False
     pubsub_queue_size: int = 2048
     chat_completion_timeout_seconds: float = 300.0
 

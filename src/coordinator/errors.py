@@ -38,6 +38,11 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class Gone(DomainError):
+    status_code = 410
+    code = "gone"
+
+
 class ValidationFailed(DomainError):
     status_code = 422
     code = "validation_failed"

@@ -98,14 +98,13 @@ class Subscription:
         if self.overflowed:
             raise SubscriberOverflow(self.topic)
         try:
-            return await asyncio.wait_for(self._next(), wait)
+            # A timeout scope, not wait_for: no task per wait (each live event of every subscriber).
+            async with asyncio.timeout(wait):
+                return await self.queue.get()
         except TimeoutError:
             if self.overflowed and self.queue.empty():
                 raise SubscriberOverflow(self.topic) from None
             return None
-
-    async def _next(self) -> Event:
-        return await self.queue.get()
 
     def close(self) -> None:
         if not self.closed:

@@ -123,12 +123,7 @@ class Island:
         log.info("island.started", host_id=self.host_id, jetstream=self.jetstream)
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self.jobs.values()]:
-            task.cancel()
-        for task in [*self._tasks, *self.jobs.values()]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await self.stop_tasks()
         if self._pull_sub is not None:
             # A fetch cancelled above leaves the pull subscription's queue unfinished, and a drain would
             # wait on it for ever (Ctrl-C on `make run` hung 10 s here): leave it first.
@@ -141,6 +136,15 @@ class Island:
             except Exception:
                 with contextlib.suppress(Exception):
                     await self.nc.close()
+
+    async def stop_tasks(self) -> None:
+        """Cancel the heartbeat, job intake and running jobs (whatever the transport)."""
+        for task in [*self._tasks, *self.jobs.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self.jobs.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
 
     async def request_pairing(self) -> None:
         try:
@@ -249,8 +253,11 @@ class Island:
             await self.nc.publish(self.subject("lease"), m.LeaseRenewal(job_id, 60).encode())
 
     async def _on_cancel(self, msg: Any) -> None:
+        await self._cancel(msg.data)
+
+    async def _cancel(self, data: bytes) -> None:
         with contextlib.suppress(ProtocolError):
-            task = self.jobs.get(m.parse_cancel(msg.data).job_id)
+            task = self.jobs.get(m.parse_cancel(data).job_id)
             if task is not None:
                 task.cancel()
 
@@ -259,8 +266,11 @@ class Island:
             await self.nc.publish(msg.reply, b"pong")
 
     async def _on_preload(self, msg: Any) -> None:
+        self._preload(msg.data)
+
+    def _preload(self, data: bytes) -> None:
         with contextlib.suppress(ProtocolError):
-            self.preloads.append(m.parse_preload(msg.data))
+            self.preloads.append(m.parse_preload(data))
 
     async def measure_rtt(self) -> float:
         started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 
 from island.agent import Island, IslandConfig
@@ -37,9 +38,12 @@ def fleet_configs(base: IslandConfig, count: int) -> list[IslandConfig]:
     return configs
 
 
-async def run_fleet(base: IslandConfig, count: int, stop: asyncio.Event) -> list[Island]:
-    """Start the fleet (a few at a time, like machines booting), run until `stop`, then stop them all."""
-    islands = [Island(config) for config in fleet_configs(base, count)]
+async def run_fleet(
+    base: IslandConfig, count: int, stop: asyncio.Event, make: Callable[[IslandConfig], Island] = Island
+) -> list[Island]:
+    """Start the fleet (a few at a time, like machines booting), run until `stop`, then stop them all.
+    `make` builds each Island (the channel transport's `ChannelIsland`, for phones)."""
+    islands = [make(config) for config in fleet_configs(base, count)]
     for start in range(0, len(islands), 50):
         await asyncio.gather(*(island.start() for island in islands[start : start + 50]))
     try:

@@ -20,6 +20,7 @@ from coordinator.benchmarks.report import write_report
 SCENARIO_MODULES = [
     "coordinator.benchmarks.baselines",
     "coordinator.benchmarks.scenarios",
+    "coordinator.benchmarks.channels",
 ]
 for _module in SCENARIO_MODULES:
     importlib.import_module(_module)

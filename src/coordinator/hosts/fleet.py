@@ -50,6 +50,8 @@ class HostView:
     idle_since_monotonic: float = 0.0
     agent_version: str | None = None
     gpu_bandwidth_gb_s: float | None = None
+    # A phone or browser Island's own heartbeat says it takes no new work (battery, heat, network).
+    self_gated: bool = False
 
     @property
     def free_slots(self) -> int:
@@ -59,7 +61,7 @@ class HostView:
         return self.status == "online" and now - self.last_heartbeat_monotonic <= timeout
 
     def can_take_work(self, now: float, timeout: float) -> bool:
-        return self.approved and self.is_live(now, timeout) and self.free_slots > 0
+        return self.approved and not self.self_gated and self.is_live(now, timeout) and self.free_slots > 0
 
     def asking_price(self, workload_slug: str) -> Decimal | None:
         """The Island's ask for a Cargo: its per-slug price, else its `_default`, else None."""

@@ -58,3 +58,31 @@ class PairingCode(Base):
     claimed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     claimed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class DevicePairing(Base):
+    """A phone or browser Island waiting for its owner to enter its code (pairing without NATS)."""
+
+    __tablename__ = "device_pairings"
+
+    poll_token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    code: Mapped[str] = mapped_column(String(6))
+    expires_at: Mapped[datetime]
+    issued_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class DeviceToken(Base):
+    """The credential of a channel Island: 30 days, sliding on use, revocable by its owner."""
+
+    __tablename__ = "device_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    host_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

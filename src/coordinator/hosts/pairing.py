@@ -50,7 +50,7 @@ async def request_pairing(
         )
     ).scalar_one_or_none()
     if current is None:
-        current = await _new_code(session, host_id, now + timedelta(seconds=ttl_seconds))
+        current = await new_code(session, host_id, now + timedelta(seconds=ttl_seconds))
     remaining = int((current.expires_at - now).total_seconds())
     return PairingResponse(
         success=True,
@@ -60,7 +60,7 @@ async def request_pairing(
     )
 
 
-async def _new_code(session: AsyncSession, host_id: uuid.UUID, expires_at: datetime) -> PairingCode:
+async def new_code(session: AsyncSession, host_id: uuid.UUID, expires_at: datetime) -> PairingCode:
     # Expired codes free their value; a collision with a live code just draws again.
     await session.execute(text("DELETE FROM pairing_codes WHERE expires_at < now() - interval '1 day'"))
     for _ in range(20):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
+from coordinator.protocol.heartbeat import MobileState
+
 # The one "can this Island run this runtime" rule, for the contexts (defined with the wire, in protocol).
 from coordinator.protocol.runtimes import DEFAULT_RUNTIMES as DEFAULT_RUNTIMES
 from coordinator.protocol.runtimes import can_run as can_run
@@ -35,3 +37,21 @@ def initial_status(approval_required: bool) -> tuple[str, bool]:
 def visible_to(status: str, approved: bool, owner_id: int | None, viewer_id: int, is_admin: bool) -> bool:
     """The hosts list is public to any key for online, approved Islands; owners and admins see the rest."""
     return is_admin or owner_id == viewer_id or (status == "online" and approved)
+
+
+# Mobile self-gating (channels spec §4): a phone on battery under this level takes no new work.
+LOW_BATTERY_PERCENT = 20
+HOT_THERMAL_STATES = frozenset({"serious", "critical"})
+
+
+def self_gated(mobile: MobileState | None) -> bool:
+    """Whether a phone or browser Island's own state makes it unavailable for new work (it keeps what it
+    has): on battery below 20 %, a serious or critical thermal state, or a cellular network."""
+    if mobile is None:
+        return False
+    on_low_battery = (
+        mobile.charging is False
+        and mobile.battery_level is not None
+        and mobile.battery_level < LOW_BATTERY_PERCENT
+    )
+    return on_low_battery or mobile.thermal_state in HOT_THERMAL_STATES or mobile.network == "cellular"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
+from coordinator.jobs import repository as sql
+from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob, build_assign_job
+from coordinator.runtime import Runtime
 from coordinator.workloads.rules import sandbox_tier
 
 
@@ -32,3 +36,19 @@ def assign_job_message(
         model_hash=row.model_hash,
         onnx_task_type=row.onnx_task_type or ("text-classification" if row.runtime == "onnx" else None),
     )
+
+
+async def still_assigned(
+    runtime: Runtime, host_id: uuid.UUID, supported_runtimes: tuple[str, ...] | list[str]
+) -> list[AssignJob]:
+    """The AssignJob of every job bound to the Island and not yet started (a socket that dropped after
+    the push and came back gets them again; a started job the Island already has)."""
+    async with runtime.db.read() as session:
+        rows = (await session.execute(sql.ASSIGNED_TO_HOST_SQL, {"host_id": host_id})).all()
+    out = []
+    for row in rows:
+        try:
+            out.append(assign_job_message(row, row.lease_expires_at, supported_runtimes))
+        except ProtocolError:
+            continue  # the dispatcher fails such a job; nothing to resend
+    return out

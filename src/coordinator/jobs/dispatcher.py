@@ -118,6 +118,8 @@ class Dispatcher(LoopService):
         return fleet
 
     async def run_once(self) -> None:
+        if self.batch_size <= 0:  # dispatching disabled on this replica (it still serves Islands)
+            return
         try:
             await self.hydrate_fleet()
             # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
@@ -153,7 +155,11 @@ class Dispatcher(LoopService):
     def _candidates(self) -> list[HostView]:
         now = self.fleet.clock()
         timeout = self.fleet.heartbeat_timeout
-        return [h for h in self.fleet if h.approved and h.is_live(now, timeout) and h.status != "suspended"]
+        return [
+            h
+            for h in self.fleet
+            if h.approved and not h.self_gated and h.is_live(now, timeout) and h.status != "suspended"
+        ]
 
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""

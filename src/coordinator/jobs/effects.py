@@ -75,4 +75,14 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
         if bus is not None:
             await bus.wake_dispatchers()
 
-    return [count, free_capacity, tell_output, wake_dispatch]
+    async def tell_account(result: TransitionResult) -> None:
+        """`user:<id>` events: the job's new status, and the balance after a charge or a refund."""
+        from coordinator import account_events
+
+        await account_events.job_updated(
+            runtime, result.user_id, result.job_id, rules.public_status(result.to_state)
+        )
+        if result.from_state is None or rules.is_terminal(result.to_state):
+            await account_events.credits_changed(runtime, result.user_id)
+
+    return [count, free_capacity, tell_output, wake_dispatch, tell_account]

@@ -2,7 +2,10 @@
 
 Identity comes from the subject only. A message about a job assigned elsewhere is dropped and costs the
 sender karma (impersonation); one from an Island the job was taken away from is dropped as stale; a
-duplicate or late status changes nothing. Every accepted message extends the job's lease."""
+duplicate or late status changes nothing. Every accepted message extends the job's lease.
+
+Both Island transports — NATS (`nats/job_handler.py`, `nats/status_consumer.py`) and the `island:<id>`
+channel — call `apply_job_message` / `apply_status_message` with the sender they authenticated."""
 
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ from coordinator.jobs import rules, service
 from coordinator.jobs.effects import output_of
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.protocol import messages
+from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import JobImage
 from coordinator.runtime import Runtime
-from coordinator.telemetry import metrics
+from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -169,3 +174,51 @@ class JobIntake:
             self.runtime, ref.job_id, target, host_id=host_id, error=error, output=output
         )
         return True
+
+
+# ------------------------------------------------------------ the transport-agnostic entry points
+
+INTAKE_COMPONENT = "job_intake"
+JOB_MESSAGE_KINDS = ("output", "progress", "image", "lease")
+
+
+def intake_of(runtime: Runtime) -> JobIntake:
+    """The process's one JobIntake (its caches are shared by every transport)."""
+    intake = runtime.components.get(INTAKE_COMPONENT)
+    if intake is None:
+        intake = runtime.components[INTAKE_COMPONENT] = JobIntake(runtime)
+    assert isinstance(intake, JobIntake)
+    return intake
+
+
+async def apply_job_message(runtime: Runtime, host_id: uuid.UUID, kind: str, payload: bytes) -> None:
+    """One output/progress/image/lease report from the Island `host_id` (the transport vouches for the
+    sender: the NATS subject, or the channel's device token). Raises ProtocolError when malformed."""
+    intake = intake_of(runtime)
+    if kind == "output":
+        out = messages.parse_output(payload)
+        with context.bind(host_id=host_id, job_id=context.clean_id(out.job_id)):
+            await intake.output(host_id, out.job_id, out.seq, out.chunk, out.is_final)
+    elif kind == "progress":
+        progress = messages.parse_progress(payload)
+        with context.bind(host_id=host_id, job_id=context.clean_id(progress.job_id)):
+            await intake.progress(host_id, progress.job_id, progress.step, progress.total)
+    elif kind == "image":
+        image = messages.parse_image(payload)
+        with context.bind(host_id=host_id, job_id=context.clean_id(image.job_id)):
+            await intake.image(host_id, image.job_id, image)
+    elif kind == "lease":
+        lease = messages.parse_lease(payload)
+        with context.bind(host_id=host_id, job_id=context.clean_id(lease.job_id)):
+            await intake.lease(host_id, lease.job_id, lease.extend_seconds)
+    else:
+        raise ProtocolError(f"unknown job message kind {kind!r}")
+
+
+async def apply_status_message(runtime: Runtime, host_id: uuid.UUID, payload: bytes) -> None:
+    """One JobStatus from the Island `host_id`. Raises ProtocolError when malformed (or an unknown state);
+    any other exception is transient (worth a redelivery)."""
+    status = messages.parse_status(payload)
+    with context.bind(host_id=host_id, job_id=context.clean_id(status.job_id)):
+        if not await intake_of(runtime).status(host_id, status.job_id, status.state, status.error):
+            raise ProtocolError(f"unknown state {status.state!r}")

@@ -293,3 +293,14 @@ RECENT_HOSTS_SQL = text(
       AND last_heartbeat_at > now() - make_interval(secs => :timeout)
     """
 )
+
+# The jobs an Island still holds (assigned, not started): re-sent when a channel Island re-joins.
+ASSIGNED_TO_HOST_SQL = text(
+    """
+    SELECT j.id, j.workload_id, j.input, j.lease_expires_at, w.runtime, w.container_image, w.image_digest,
+           w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level
+    FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.host_id = :host_id AND j.state = 'assigned'
+    ORDER BY j.created_at
+    """
+)

@@ -1,13 +1,13 @@
 """The Island-facing NATS handlers of the hosts context: register, pairing, heartbeats, ping and probes.
 
-Identity comes from the subject (`host.<id>.…`), never from the payload (island-protocol §2, §10)."""
+Identity comes from the subject (`host.<id>.…`), never from the payload (island-protocol §2, §10).
+Registration and heartbeats go through `hosts.intake.IslandIntake`, which the channel transport shares."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +17,7 @@ from coordinator.hosts import pairing
 from coordinator.hosts import service as hosts
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.flusher import HeartbeatFlusher
+from coordinator.hosts.intake import ISLAND_INTAKE_COMPONENT, IslandIntake, host_uuid
 from coordinator.protocol import messages, subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
@@ -28,13 +29,7 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[Any], Awaitable[None]]
 
 
-def _host_uuid(raw: str | None) -> uuid.UUID:
-    if raw is None or not subjects.valid_host_id(raw):
-        raise ProtocolError(f"invalid host id {raw!r}")
-    host_id = hosts.parse_host_id(raw)
-    if host_id is None:
-        raise ProtocolError(f"host id {raw!r} is not a UUID")
-    return host_id
+_host_uuid = host_uuid
 
 
 class HostHandler:
@@ -44,6 +39,7 @@ class HostHandler:
         self.runtime = runtime
         self.fleet = fleet
         self.flusher = flusher
+        self.intake = IslandIntake(runtime, fleet, flusher)
         self.nc: Any = None
         self._subs: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -99,20 +95,8 @@ class HostHandler:
             await self.nc.publish(msg.reply, b"pong")
 
     async def on_register(self, msg: Any) -> None:
-        register = messages.parse_register(msg.data)
-        host_id = _host_uuid(register.host_id)
-        async with self.runtime.db.transaction() as session:
-            host = await hosts.register_host(session, register, approval_required=self.approval_required)
-        view = self.fleet.get(host_id)
-        fresh = hosts.view_of(host)
-        if view is not None:  # keep what heartbeats taught us; take capabilities and decisions from the row
-            for attr in ("gpu_model", "gpu_vram_mb", "cpu_cores", "ram_mb", "region"):
-                setattr(view, attr, getattr(fresh, attr))
-            self.fleet.apply_decision(host_id, host.status, host.approved, host.owner_id)
-        else:
-            self.fleet.put(fresh)
-        log.info("hosts.registered", host_id=register.host_id, status=host.status)
-        self._spawn(self.probe(register.host_id))
+        host = await self.intake.register(None, msg.data)
+        self._spawn(self.probe(str(host.id)))
 
     async def on_pairing(self, msg: Any) -> None:
         try:
@@ -137,20 +121,8 @@ class HostHandler:
             await self.nc.publish(msg.reply, reply.encode())
 
     async def on_heartbeat(self, msg: Any) -> None:
-        raw_id = subjects.host_id_from_subject(msg.subject)
-        host_id = _host_uuid(raw_id)
-        beat = messages.parse_heartbeat(msg.data)
-        if beat.host_id != raw_id:  # the subject is the identity; a payload naming another Island is forged
-            raise ProtocolError("payload host_id does not match the subject")
-        view = self.fleet.get(host_id)
-        if view is None:  # registration lost (coordinator was down): the heartbeat registers it
-            async with self.runtime.db.transaction() as session:
-                host = await hosts.ensure_host(session, host_id, approval_required=self.approval_required)
-            view = self.fleet.get(host_id) or hosts.view_of(host)
-            self.fleet.put(view)
-        self.fleet.apply_heartbeat(view, beat)
-        self.flusher.record(host_id, beat, msg.data)
-        metrics.heartbeats.inc()
+        # The subject is the identity; a payload naming another Island is forged (refused by the intake).
+        await self.intake.heartbeat(_host_uuid(subjects.host_id_from_subject(msg.subject)), msg.data)
 
     async def probe(self, host_id: str, wait_seconds: float = 3.0) -> float | None:
         """Round-trip time of a request on `host.<id>.probe` in ms (None if the Island did not answer)."""
@@ -186,6 +158,7 @@ class HostHandlerChild(Child):
             known = await hosts.load_fleet(session, self.handler.fleet)
         self.runtime.components["publisher"] = Publisher(nc, self.runtime.base_url)
         self.runtime.components["host_handler"] = self.handler
+        self.runtime.components[ISLAND_INTAKE_COMPONENT] = self.handler.intake
         await self.handler.start(nc)
         log.info("hosts.fleet_loaded", hosts=known)
         ready()

@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
 from nats.errors import MaxPayloadError
 
 from coordinator.jobs.events import BUS_COMPONENT, DISPATCHER_COMPONENT, UndeliverableAssignment
-from coordinator.nats.publisher import Publisher
+from coordinator.nats.island_push import ASSIGN_JOB, CANCEL_JOB, publish_push
+from coordinator.nats.publisher import Publisher, absolute_url
 from coordinator.nats.streams import ensure_streams
-from coordinator.protocol.messages import AssignJob
+from coordinator.protocol.messages import AssignJob, CancelJob
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 
@@ -24,22 +26,39 @@ log = structlog.get_logger(__name__)
 DISPATCH_WAKE = "coordinator.dispatch.wake"
 
 
-class NatsJobBus:
-    """`jobs.events.JobBus` over the protocol publisher of one NATS connection."""
+def nats_transport(_: uuid.UUID) -> str:
+    return "nats"
 
-    def __init__(self, nc: Any, base_url: str) -> None:
+
+class NatsJobBus:
+    """`jobs.events.JobBus` over the protocol publisher of one NATS connection. Islands on the channel
+    transport (`transport_of(host_id) == "websocket"`) get their messages pushed down their socket,
+    through the replica holding it (`nats/island_push.py`), instead of JetStream."""
+
+    def __init__(
+        self, nc: Any, base_url: str, transport_of: Callable[[uuid.UUID], str] = nats_transport
+    ) -> None:
         self.nc = nc
         self.publisher = Publisher(nc, base_url)
+        self.transport_of = transport_of
 
     async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
         try:
-            await self.publisher.publish_assignment(str(host_id), job, msg_id)
+            if self.transport_of(host_id) == "websocket":
+                if job.wasm_url is not None:
+                    job = replace(job, wasm_url=absolute_url(job.wasm_url, self.publisher.base_url))
+                await publish_push(self.nc, host_id, ASSIGN_JOB, job.to_dict())
+            else:
+                await self.publisher.publish_assignment(str(host_id), job, msg_id)
         except MaxPayloadError as exc:
             raise UndeliverableAssignment(
                 f"the AssignJob is larger than the NATS server's max_payload ({self.nc.max_payload} bytes)"
             ) from exc
 
     async def publish_cancel(self, host_id: uuid.UUID, job_id: uuid.UUID) -> None:
+        if self.transport_of(host_id) == "websocket":
+            await publish_push(self.nc, host_id, CANCEL_JOB, CancelJob(str(job_id)).to_dict())
+            return
         await self.publisher.publish_cancel(str(host_id), str(job_id))
 
     async def purge_host_jobs(self, host_id: uuid.UUID) -> None:
@@ -57,6 +76,12 @@ class JobBusChild(Child):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
+    def transport_of(self, host_id: uuid.UUID) -> str:
+        """How an Island is reached, from the fleet view (hydrated from `hosts.transport`)."""
+        fleet = self.runtime.components.get("fleet")
+        view = fleet.get(host_id) if fleet is not None else None
+        return view.transport if view is not None else "nats"
+
     async def run(self, ready: Callable[[], None]) -> None:
         nc = self.runtime.nats
         if nc is None:
@@ -69,7 +94,7 @@ class JobBusChild(Child):
                 dispatcher.wake()
 
         sub = await nc.subscribe(DISPATCH_WAKE, cb=wake)
-        self.runtime.components[BUS_COMPONENT] = NatsJobBus(nc, self.runtime.base_url)
+        self.runtime.components[BUS_COMPONENT] = NatsJobBus(nc, self.runtime.base_url, self.transport_of)
         ready()
         try:
             await asyncio.Event().wait()

@@ -1,4 +1,5 @@
-"""Core-NATS job messages from Islands: `host.*.output|progress|image|lease` → jobs intake.
+"""Core-NATS job messages from Islands: `host.*.output|progress|image|lease` → jobs intake (the same
+`apply_job_message` the `island:<id>` channel calls; here the sender is the subject's second token).
 
 Malformed payloads are logged with their subject, counted in `nats_malformed` and dropped."""
 
@@ -12,16 +13,16 @@ from typing import Any
 
 import structlog
 
-from coordinator.jobs.intake import JobIntake
-from coordinator.protocol import messages, subjects
+from coordinator.jobs.intake import INTAKE_COMPONENT, apply_job_message, intake_of
+from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 from coordinator.telemetry import context, metrics
 
-log = structlog.get_logger(__name__)
+__all__ = ["INTAKE_COMPONENT", "handle_core_message", "intake_of", "sender"]
 
-INTAKE_COMPONENT = "job_intake"
+log = structlog.get_logger(__name__)
 
 
 def sender(subject: str) -> uuid.UUID:
@@ -35,37 +36,12 @@ def sender(subject: str) -> uuid.UUID:
         raise ProtocolError("host id is not a UUID") from None
 
 
-def intake_of(runtime: Runtime) -> JobIntake:
-    intake = runtime.components.get(INTAKE_COMPONENT)
-    if intake is None:
-        intake = runtime.components[INTAKE_COMPONENT] = JobIntake(runtime)
-    assert isinstance(intake, JobIntake)
-    return intake
-
-
 async def handle_core_message(runtime: Runtime, subject: str, payload: bytes) -> None:
     """Parse and apply one output/progress/image/lease message; never raises on bad input."""
     kind = subject.rsplit(".", 1)[-1]
     metrics.nats_messages.labels(subject_class=kind).inc()
-    intake = intake_of(runtime)
     try:
-        host_id = sender(subject)
-        if kind == "output":
-            out = messages.parse_output(payload)
-            with context.bind(host_id=host_id, job_id=context.clean_id(out.job_id)):
-                await intake.output(host_id, out.job_id, out.seq, out.chunk, out.is_final)
-        elif kind == "progress":
-            progress = messages.parse_progress(payload)
-            with context.bind(host_id=host_id, job_id=context.clean_id(progress.job_id)):
-                await intake.progress(host_id, progress.job_id, progress.step, progress.total)
-        elif kind == "image":
-            image = messages.parse_image(payload)
-            with context.bind(host_id=host_id, job_id=context.clean_id(image.job_id)):
-                await intake.image(host_id, image.job_id, image)
-        elif kind == "lease":
-            lease = messages.parse_lease(payload)
-            with context.bind(host_id=host_id, job_id=context.clean_id(lease.job_id)):
-                await intake.lease(host_id, lease.job_id, lease.extend_seconds)
+        await apply_job_message(runtime, sender(subject), kind, payload)
     except ProtocolError as exc:
         metrics.nats_malformed.labels(subject_class=kind).inc()
         log.warning("nats.malformed", subject=subject, error=str(exc))

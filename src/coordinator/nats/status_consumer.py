@@ -14,9 +14,10 @@ import orjson
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
 
-from coordinator.nats.job_handler import intake_of, sender
+from coordinator.jobs.intake import apply_status_message
+from coordinator.nats.job_handler import sender
 from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
-from coordinator.protocol import messages, subjects
+from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
@@ -44,9 +45,7 @@ async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
     """Apply one JobStatus; raises only on a transient failure worth a redelivery."""
     metrics.nats_messages.labels(subject_class="status").inc()
     try:
-        status = messages.parse_status(payload)
-        if not await intake_of(runtime).status(sender(subject), status.job_id, status.state, status.error):
-            raise ProtocolError(f"unknown state {status.state!r}")
+        await apply_status_message(runtime, sender(subject), payload)
     except ProtocolError as exc:
         metrics.nats_malformed.labels(subject_class="status").inc()
         log.warning("nats.malformed", subject=subject, error=str(exc))

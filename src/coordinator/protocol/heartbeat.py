@@ -97,6 +97,48 @@ class PerformanceEstimates(Message):
         return out
 
 
+THERMAL_STATES = ("nominal", "fair", "serious", "critical")
+NETWORKS = ("wifi", "cellular")
+
+
+@dataclass
+class MobileState(Message):
+    """The optional fields a phone or browser Island adds to its heartbeat (channels spec §4)."""
+
+    battery_level: int | None = None
+    charging: bool | None = None
+    thermal_state: str | None = None
+    network: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return without_none(
+            [
+                ("battery_level", self.battery_level),
+                ("charging", self.charging),
+                ("thermal_state", self.thermal_state),
+                ("network", self.network),
+            ]
+        )
+
+
+def _parse_mobile(obj: dict[str, Any]) -> MobileState | None:
+    if not any(key in obj for key in ("battery_level", "charging", "thermal_state", "network")):
+        return None
+    battery = opt_int(obj, "battery_level")
+    if battery is not None and not 0 <= battery <= 100:
+        raise ProtocolError("battery_level: expected 0-100")
+    charging = obj.get("charging")
+    if charging is not None and not isinstance(charging, bool):
+        raise ProtocolError("charging: expected a boolean")
+    thermal = opt_str(obj, "thermal_state")
+    if thermal is not None and thermal not in THERMAL_STATES:
+        raise ProtocolError(f"thermal_state: expected one of {', '.join(THERMAL_STATES)}")
+    network = opt_str(obj, "network")
+    if network is not None and network not in NETWORKS:
+        raise ProtocolError(f"network: expected one of {', '.join(NETWORKS)}")
+    return MobileState(battery, charging, thermal, network)
+
+
 @dataclass
 class Heartbeat(Message):
     host_id: str
@@ -109,9 +151,10 @@ class Heartbeat(Message):
     performance_estimates: PerformanceEstimates = field(default_factory=PerformanceEstimates)
     asking_prices: dict[str, str] | None = None
     status: str = "online"
+    mobile: MobileState | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return without_none(
+        out = without_none(
             [
                 ("host_id", self.host_id),
                 ("status", self.status),
@@ -125,6 +168,9 @@ class Heartbeat(Message):
                 ("asking_prices", dict(self.asking_prices) if self.asking_prices else None),
             ]
         )
+        if self.mobile is not None:
+            out.update(self.mobile.to_dict())
+        return out
 
 
 def _parse_gpus(items: list[Any] | None) -> list[GpuMetrics] | None:
@@ -197,4 +243,5 @@ def parse_heartbeat(data: bytes) -> Heartbeat:
             nats_rtt_ms=opt_float(perf, "nats_rtt_ms"),
         ),
         asking_prices=_parse_prices(obj),
+        mobile=_parse_mobile(obj),
     )

@@ -77,6 +77,16 @@ open_streams = Gauge(
     "coordinator_open_streams", "Open SSE streams and WebSockets", ["kind"], multiprocess_mode="livesum"
 )
 
+# Channels (the Phoenix socket at /socket/websocket)
+channel_joins = Counter(
+    "coordinator_channel_joins_total", "Channel joins, by topic kind and outcome", ["kind", "outcome"]
+)
+channel_rejected = Counter(
+    "coordinator_channel_rejected_frames_total",
+    "Socket frames refused (malformed, too large, unknown topic, not joined, invalid payload)",
+    ["reason"],
+)
+
 # Background jobs
 worker_runs = Counter("coordinator_worker_runs_total", "Background job runs", ["worker", "outcome"])
 worker_seconds = Histogram(

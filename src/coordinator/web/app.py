@@ -21,6 +21,7 @@ from coordinator.web.api.v1 import (
     auth,
     batches,
     chat,
+    devices,
     health,
     hosts,
     island,
@@ -33,6 +34,7 @@ from coordinator.web.api.v1 import (
     workloads,
 )
 from coordinator.web.bodylimit import BodyLimit
+from coordinator.web.channels import endpoint as channels_endpoint
 from coordinator.web.errors import install_envelope_openapi, install_error_handlers
 from coordinator.web.ratelimit import RateLimitHeaders
 
@@ -55,6 +57,8 @@ ROUTERS = [
     verification.router,
     network.router,
     metrics.router,
+    devices.router,
+    channels_endpoint.router,
 ]
 
 

@@ -83,9 +83,9 @@ async def _lost_final(runtime: Runtime, job_id: uuid.UUID, position: int) -> Eve
 class _Cursor:
     """What one connection has delivered: the last position, and whether the final event went out."""
 
-    def __init__(self, runtime: Runtime, job_id: uuid.UUID) -> None:
+    def __init__(self, runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> None:
         self.runtime, self.job_id = runtime, job_id
-        self.last = 0
+        self.last = after
         self.finished = False
 
     def _take(self, events: list[Event]) -> list[Event]:
@@ -109,10 +109,11 @@ class _Cursor:
 
 
 async def job_event_batches(
-    runtime: Runtime, job_id: uuid.UUID, *, maybe_terminal: bool = True
+    runtime: Runtime, job_id: uuid.UUID, *, maybe_terminal: bool = True, after: int = 0
 ) -> AsyncIterator[list[Event]]:
     """Every event of the job once, in order (replay, then live), in batches of what is ready now; an
-    empty batch marks a keep-alive tick. Ends after `done`/`error`.
+    empty batch marks a keep-alive tick. Ends after `done`/`error`. `after` skips the positions a client
+    already has (a channel re-join with `after_seq`); the SSE stream and the job channel both read this.
 
     Subscribe first, then replay, then skip live positions already replayed; a live position that jumps
     ahead is filled from the store. Events another replica published before this subscription existed
@@ -120,7 +121,7 @@ async def job_event_batches(
     hub = pubsub_of(runtime.components)
     keepalive = runtime.settings.sse_keepalive_seconds
     catch_up = min(keepalive, max(0.05, runtime.settings.output_flush_interval_seconds * 5))
-    cursor = _Cursor(runtime, job_id)
+    cursor = _Cursor(runtime, job_id, after)
     check_row = maybe_terminal  # a job seen unfinished at connect needs no row check until it goes quiet
     while True:
         sub = hub.subscribe(job_topic(job_id))
