@@ -110,7 +110,7 @@ async def exchange_token(body: TokenRequest, request: Request) -> DeviceTokenIss
     )
 
 
-@router.get("/api/v1/devices", response_model=DeviceTokenList, responses=error_responses(401, 403))
+@router.get("/api/v1/devices", response_model=DeviceTokenList, responses=error_responses(401, 403, 429))
 async def list_devices(request: Request, principal: Principal = Depends(require_read)) -> DeviceTokenList:
     """The caller's device tokens (never the secrets), newest first."""
     async with get_runtime(request).db.read() as session:
@@ -119,7 +119,7 @@ async def list_devices(request: Request, principal: Principal = Depends(require_
 
 
 @router.delete(
-    "/api/v1/devices/{token_id}", response_model=DeviceTokenOne, responses=error_responses(401, 403, 404)
+    "/api/v1/devices/{token_id}", response_model=DeviceTokenOne, responses=error_responses(401, 403, 404, 429)
 )
 async def revoke_device(
     token_id: str, request: Request, principal: Principal = Depends(require_write)
