@@ -242,7 +242,8 @@ async def test_a_terminal_status_frees_a_single_slot_at_once_despite_a_stale_hea
     coordinator: Runtime, http: httpx.AsyncClient, nats_url: str
 ) -> None:
     consumer = await make_consumer(coordinator)
-    island = await start_island(coordinator, nats_url, max_concurrent=1, heartbeat_every=3600, delay=0.5)
+    # The first job runs long enough (3 s) for its heartbeat to arrive while it runs, even on a loaded machine.
+    island = await start_island(coordinator, nats_url, max_concurrent=1, heartbeat_every=3600, delay=3.0)
     fleet = service.fleet_of(coordinator)
     assert fleet is not None
     view = fleet.get(island.host_id)
