@@ -262,6 +262,6 @@ async def test_a_scenario_that_starves_on_purpose_is_reported_invalid(
     assert any(reason.startswith("zero accepted in second(s)") for reason in result.invalid_reasons)
     json_path, md_path = write_report([result], machine_description(), tmp_path, quick=True)
     record = json.loads(json_path.read_text())["results"][0]
-    assert record["valid"] is False and record["load"]["refused"] == {"http_402": refused}
+    assert record["valid"] is False and record["load"]["refused"] == dict(load.refused)
     assert sum(record["load"]["per_second"]["offered"]) == load.totals["offered"]
     assert "| starved | t | **no**: " in md_path.read_text()

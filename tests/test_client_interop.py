@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
@@ -36,7 +37,11 @@ CHAT = {"workload": "llm-chat", "input": {"prompt": "Hello there, Island", "max_
 
 
 @pytest_asyncio.fixture
-async def coordinator(database_url: str, nats_url: str) -> AsyncIterator[Runtime]:
+async def coordinator(
+    request: pytest.FixtureRequest, database_url: str, nats_url: str
+) -> AsyncIterator[Runtime]:
+    # A short unplaceable timeout for the price test; a test can ask for another by indirect parameter.
+    unplaceable = getattr(request, "param", 1.5)
     async with running_coordinator(
         database_url,
         nats_url,
@@ -44,7 +49,7 @@ async def coordinator(database_url: str, nats_url: str) -> AsyncIterator[Runtime
         output_flush_interval_seconds=0.02,
         output_grace_seconds=0.3,
         dispatch_interval_seconds=0.5,
-        job_unplaceable_timeout_seconds=1.5,
+        job_unplaceable_timeout_seconds=unplaceable,
     ) as runtime:
         await seed_cargos(runtime)
         async with runtime.db.transaction() as session:
@@ -238,11 +243,12 @@ async def test_a_job_no_island_can_afford_says_why_then_fails_with_a_full_refund
         await island.stop()
 
 
+@pytest.mark.parametrize("coordinator", [60.0], indirect=True)
 async def test_a_terminal_status_frees_a_single_slot_at_once_despite_a_stale_heartbeat(
     coordinator: Runtime, http: httpx.AsyncClient, nats_url: str
 ) -> None:
     consumer = await make_consumer(coordinator)
-    # The first job runs long enough (3 s) for its heartbeat to arrive while it runs, even on a loaded machine.
+    # The first job runs 3 s, so its heartbeat arrives while it runs even on a loaded machine.
     island = await start_island(coordinator, nats_url, max_concurrent=1, heartbeat_every=3600, delay=3.0)
     fleet = service.fleet_of(coordinator)
     assert fleet is not None
