@@ -27,6 +27,7 @@ from coordinator.web.api.v1 import (
     workloads,
 )
 from coordinator.web.errors import install_error_handlers
+from coordinator.web.pages import install_pages
 from coordinator.web.ratelimit import RateLimitHeaders
 
 ROUTERS = [
@@ -83,4 +84,5 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(RateLimitHeaders)
     for router in ROUTERS:
         app.include_router(router)
+    install_pages(app)
     return app
