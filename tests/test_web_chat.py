@@ -97,6 +97,11 @@ async def test_sign_in_by_magic_link_and_chat_streams_token_by_token(
         assert meta is not None and f"{len(tokens)} tokens" in meta
         assert f"{float(job.charged):.4g} credits" in meta  # the clearing price, once settled
         await screenshot(page, "chat")
+        for path, name in (("/credits", "credits"), ("/jobs", "jobs"), (f"/jobs/{job_id}", "job")):
+            await page.goto(f"{stack.url}{path}")
+            await screenshot(page, name)
+        assert job_id in (await page.locator("h1").text_content() or "")
+        assert await page.locator("#job-output").text_content() == job.output
 
         # The history is there after a reload, with the finished reply.
         await page.reload()
@@ -120,7 +125,9 @@ async def test_stop_cancels_the_streaming_reply(stack: WebStack, browser: Browse
         job_id = await turn.get_attribute("data-job-id")
         assert job_id is not None
         job = await job_of(stack, job_id)
-        assert job.state == "cancelled" and job.charged == 0 and job.refunded == job.budget  # refunded in full
+        assert (
+            job.state == "cancelled" and job.charged == 0 and job.refunded == job.budget
+        )  # refunded in full
         shown = await turn.locator(".reply-text").text_content() or ""
         assert shown and len(shown) < len("You said: " + prompt)
 

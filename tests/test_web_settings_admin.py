@@ -22,7 +22,14 @@ from tests.web_support import WebStack, island_status, new_page, screenshot, sig
 
 browser = web_support.browser  # one Chromium for the module's tests
 
-ADMIN_PAGES = ["/admin", "/admin/fleet", "/admin/fleet/table", "/admin/jobs", "/admin/jobs/counts", "/admin/users"]
+ADMIN_PAGES = [
+    "/admin",
+    "/admin/fleet",
+    "/admin/fleet/table",
+    "/admin/jobs",
+    "/admin/jobs/counts",
+    "/admin/users",
+]
 
 
 @pytest_asyncio.fixture
@@ -62,7 +69,9 @@ async def test_api_keys_are_shown_once_and_revoked(stack: WebStack, browser: Bro
             bearer = {"Authorization": f"Bearer {secret}"}
             assert (await http.get("/api/v1/account", headers=bearer)).status_code == 200
             # Created with the read scope only: writing is refused.
-            refused = await http.post("/api/v1/jobs", headers=bearer, json={"workload": "llm-chat", "input": {}})
+            refused = await http.post(
+                "/api/v1/jobs", headers=bearer, json={"workload": "llm-chat", "input": {}}
+            )
             assert refused.status_code == 403
             # Shown once: the list page never shows the secret again.
             await page.goto(f"{stack.url}/settings/api-keys")
@@ -98,7 +107,9 @@ async def _code(stack: WebStack) -> str | None:
     return stack.island.pairing_code
 
 
-async def test_admin_approves_and_suspends_and_the_fleet_page_follows(stack: WebStack, browser: Browser) -> None:
+async def test_admin_approves_and_suspends_and_the_fleet_page_follows(
+    stack: WebStack, browser: Browser
+) -> None:
     host_id = stack.island.host_id
 
     async def pending() -> bool:
@@ -130,7 +141,7 @@ async def test_admin_approves_and_suspends_and_the_fleet_page_follows(stack: Web
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] button", has_text="Resume").click()
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] .status-online").wait_for()
 
-        for path in ("/admin/jobs", "/admin/users", "/credits", "/jobs", "/cargo", "/exchange", "/settings"):
+        for path in ("/admin/jobs", "/admin/users", "/cargo", "/exchange", "/settings"):
             await page.goto(f"{stack.url}{path}")
             assert await page.locator("h1").count() == 1
             await screenshot(page, path.strip("/").replace("/", "-"))

@@ -48,10 +48,11 @@ def bar_chart(points: Sequence[tuple[str, float]], title: str) -> Markup:
     bars, xs = [], []
     for i, (label, value) in enumerate(points):
         h = plot_h * max(value, 0) / top
-        x = PAD_LEFT + 4 + i * step
-        xs.append(x + step * 0.4)
+        bar_w = min(step * 0.8, 48.0)
+        x = PAD_LEFT + 4 + i * step + (step - bar_w) / 2
+        xs.append(x + bar_w / 2)
         bars.append(
-            f'<rect x="{x:.1f}" y="{PAD_TOP + plot_h - h:.1f}" width="{step * 0.8:.1f}" height="{h:.1f}" '
+            f'<rect x="{x:.1f}" y="{PAD_TOP + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
             f'class="bar"><title>{escape(label)}: {_fmt(value)}</title></rect>'
         )
     return _frame(title, top, "".join(bars) + _labels([p[0] for p in points], xs))
