@@ -104,7 +104,7 @@ async def test_sign_in_by_magic_link_and_chat_streams_token_by_token(
         assert await page.locator("#job-output").text_content() == job.output
 
         # The history is there after a reload, with the finished reply.
-        await page.reload()
+        await page.goto(f"{stack.url}/chat")
         again = page.locator(f"article[data-job-id='{job_id}']")
         assert await again.locator(".reply-text").text_content() == job.output
         assert f"{len(tokens)} tokens" in (await again.locator(".final").text_content() or "")

@@ -75,17 +75,34 @@ async def recent_jobs_of_kind(
     return [(r[0], r[1]) for r in rows]
 
 
-# How many token events a job streamed (its reply's length in tokens when the Island reports no usage).
-TOKEN_EVENTS_SQL = text("SELECT count(*) FROM job_events WHERE job_id = :job_id AND event->>'type' = 'token'")
+# How many token events each job streamed (a reply's length in tokens when the Island reports no usage).
+TOKEN_EVENTS_SQL = text(
+    """
+    SELECT job_id, count(*) FROM job_events
+    WHERE job_id = ANY(:job_ids) AND event->>'type' = 'token'
+    GROUP BY job_id
+    """
+)
 
 
-async def streamed_tokens(session: AsyncSession, job_id: uuid.UUID) -> int:
-    return int(await session.scalar(TOKEN_EVENTS_SQL, {"job_id": job_id}) or 0)
-
-
-async def reply_tokens(session: AsyncSession, job: Job) -> int:
-    """Completion tokens as the Island reported them, else as many as were streamed."""
+def _reported_tokens(job: Job) -> int | None:
     reported = (job.usage or {}).get("completion_tokens")
     if isinstance(reported, int) and not isinstance(reported, bool) and reported > 0:
         return reported
-    return await streamed_tokens(session, job.id)
+    return None
+
+
+async def reply_tokens_of(session: AsyncSession, jobs: list[Job]) -> dict[uuid.UUID, int]:
+    """Each job's completion tokens as its Island reported them, else as many as it streamed (one query
+    for all the jobs that need counting)."""
+    counts = {job.id: n for job in jobs if (n := _reported_tokens(job)) is not None}
+    missing = [job.id for job in jobs if job.id not in counts]
+    if missing:
+        rows = await session.execute(TOKEN_EVENTS_SQL, {"job_ids": missing})
+        streamed = {row[0]: int(row[1]) for row in rows}
+        counts.update({job_id: streamed.get(job_id, 0) for job_id in missing})
+    return counts
+
+
+async def reply_tokens(session: AsyncSession, job: Job) -> int:
+    return (await reply_tokens_of(session, [job]))[job.id]

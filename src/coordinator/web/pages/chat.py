@@ -63,10 +63,8 @@ async def chat_page(request: Request, principal: Principal = Depends(signed_in))
     async with runtime.db.read() as session:
         default = await workloads.default_chat_workload(session)
         history = await monitor.recent_jobs_of_kind(session, principal.user.id, "chat", limit=20)
-        turns = [
-            turn(job, slug, await monitor.reply_tokens(session, job) if rules.is_terminal(job.state) else 0)
-            for job, slug in reversed(history)
-        ]
+        tokens = await monitor.reply_tokens_of(session, [j for j, _ in history if rules.is_terminal(j.state)])
+        turns = [turn(job, slug, tokens.get(job.id, 0)) for job, slug in reversed(history)]
     context = {"turns": turns, "cargos": await _cargos(request, "chat"), "default": default.slug}
     return render(request, "chat.html", context)
 
