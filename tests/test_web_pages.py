@@ -366,3 +366,23 @@ def test_charts_scale_bars_and_lines_to_the_largest_value() -> None:
     line = str(line_chart([("x", 2.0), ("y", 1.0)], "<t>"))
     assert line.count("<circle") == 2 and "&lt;t&gt;" in line  # titles are escaped
     assert "no data yet" in str(bar_chart([], "empty"))
+
+
+async def test_sessions_are_listed_and_revoked_from_settings(stack: Stack, alice: Browserish) -> None:
+    laptop = await signed_in(stack, "alice@example.com")  # a second browser of Alice's
+    bob = await signed_in(stack, "bob@example.com")
+    try:
+        page = await alice.page("/settings")
+        ids = re.findall(r'data-session-id="(\d+)"', page.text)
+        assert len(ids) == 2 and page.text.count("(this browser)") == 1
+        mine = re.search(r'data-session-id="(\d+)"><td>[^<]*<strong>\(this browser\)', page.text).group(1)  # type: ignore[union-attr]
+        other = next(i for i in ids if i != mine)
+        # Bob cannot sign Alice's browser out.
+        assert (await bob.post(f"/settings/sessions/{other}/revoke")).status_code == 404
+        assert (await laptop.http.get("/settings")).status_code == 200
+        assert (await alice.post(f"/settings/sessions/{other}/revoke")).status_code == 303
+        assert (await laptop.http.get("/settings")).status_code == 303  # the laptop is signed out
+        assert (await alice.page("/settings")).status_code == 200  # this browser is not
+    finally:
+        await laptop.http.aclose()
+        await bob.http.aclose()

@@ -285,6 +285,25 @@ async def authenticate_session(
     return Principal(user=user, scopes=VALID_SCOPES)
 
 
+async def list_sessions(session: AsyncSession, user_id: int) -> list[UserSession]:
+    """The user's open sessions (one per signed-in browser), most recently used first."""
+    rows = await session.execute(
+        select(UserSession)
+        .where(UserSession.user_id == user_id, UserSession.expires_at > utcnow())
+        .order_by(UserSession.last_seen_at.desc())
+    )
+    return list(rows.scalars())
+
+
+async def revoke_session(session: AsyncSession, user_id: int, session_id: int) -> None:
+    """Sign one of the user's browsers out; another user's session is 'not found'."""
+    result = await session.execute(
+        delete(UserSession).where(UserSession.id == session_id, UserSession.user_id == user_id)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        raise NotFound("Session not found")
+
+
 async def close_session(session: AsyncSession, secret_key: str, token: str) -> None:
     await session.execute(delete(UserSession).where(UserSession.token_hash == digest(secret_key, token)))
 

@@ -14,6 +14,7 @@ from coordinator.billing import statements
 from coordinator.errors import ValidationFailed
 from coordinator.hosts import owners, pairing
 from coordinator.hosts import service as hosts
+from coordinator.web.auth import SESSION_COOKIE
 from coordinator.web.pages.base import PageRoute, check_csrf, redirect, render, runtime_of, signed_in
 from coordinator.web.pages.charts import bar_chart
 from coordinator.web.pages.fleet import heartbeat_age
@@ -71,7 +72,22 @@ async def credits_balance(request: Request, principal: Principal = Depends(signe
 
 @router.get("/settings")
 async def settings_page(request: Request, principal: Principal = Depends(signed_in)) -> HTMLResponse:
-    return render(request, "settings.html", {"account": principal.user})
+    runtime = runtime_of(request)
+    async with runtime.db.read() as session:
+        sessions = await accounts.list_sessions(session, principal.user.id)
+    current = accounts.digest(runtime.settings.secret_key, request.cookies.get(SESSION_COOKIE, ""))
+    context = {"account": principal.user, "sessions": sessions, "current_hash": current}
+    return render(request, "settings.html", context)
+
+
+@router.post("/settings/sessions/{session_id}/revoke", dependencies=[Depends(check_csrf)])
+async def revoke_session(
+    session_id: int, request: Request, principal: Principal = Depends(signed_in)
+) -> Response:
+    """Sign a browser out (this one included: it then lands on the login page)."""
+    async with runtime_of(request).db.transaction() as session:
+        await accounts.revoke_session(session, principal.user.id, session_id)
+    return redirect("/settings")
 
 
 @router.get("/settings/api-keys")
