@@ -102,6 +102,7 @@ async def test_sign_in_by_magic_link_and_chat_streams_token_by_token(
             await screenshot(page, name)
         assert job_id in (await page.locator("h1").text_content() or "")
         assert await page.locator("#job-output").text_content() == job.output
+        assert await page.locator("#job-tokens").text_content() == f"0 in · {len(tokens)} out"
 
         # The history is there after a reload, with the finished reply.
         await page.goto(f"{stack.url}/chat")

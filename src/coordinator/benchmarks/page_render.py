@@ -115,7 +115,7 @@ async def page_render(env: BenchEnv) -> Result:
             "per_page_p99_ms": {p: latency_summary(s)["p99_ms"] for p, s in per_page.items()},
         },
         {"page render (ms)": [s * 1000 for s in everything]},
-        target="p99 ≤ 50 ms (every page, 10,000 jobs)",
+        target="p99 ≤ 50 ms over every page load (10,000 jobs); the slowest page is reported",
         primary="p99_ms",
         met=failures == 0 and summary["p99_ms"] <= 50,
     )

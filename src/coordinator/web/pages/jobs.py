@@ -13,7 +13,7 @@ from starlette.responses import StreamingResponse
 
 from coordinator.accounts.service import Principal
 from coordinator.errors import NotFound
-from coordinator.jobs import rules
+from coordinator.jobs import monitor, rules
 from coordinator.jobs import service as jobs
 from coordinator.jobs.views import usage_of
 from coordinator.web.pages.base import PageRoute, check_csrf, is_htmx, redirect, render, runtime_of, signed_in
@@ -45,7 +45,9 @@ async def job_detail(
 ) -> HTMLResponse:
     async with runtime_of(request).db.read() as session:
         job, slug = await jobs.get_job(session, principal.user, job_id)
+        tokens = await monitor.reply_tokens(session, job)
     context = {
+        "tokens": tokens,
         "job": job,
         "slug": slug,
         "status": rules.public_status(job.state),
