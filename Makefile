@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 # Debian packages the tests need (installed by `make test` when missing).
-APT_PACKAGES :=
+APT_PACKAGES := chromium
 
 JS_STAMP := tests/js/node_modules/.installed
 

@@ -99,7 +99,7 @@ async def test_sessions_slide_and_sign_in_over_http(runtime: Runtime, http: http
         body = (await session.execute(select(EmailOutbox.body))).scalar_one()
     token = body.split("/auth/magic/")[1].split()[0]
     landing = await http.get(f"/auth/magic/{token}")
-    assert landing.status_code == 200
+    assert landing.status_code == 303 and landing.headers["location"] == "/chat"
     cookie = landing.cookies.get("coordinator_session")
     assert cookie
     account = await http.get("/api/v1/account", cookies={"coordinator_session": cookie})

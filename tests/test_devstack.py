@@ -59,16 +59,16 @@ def _start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, 
 
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + 90
-    while len(lines) < 3 and time.monotonic() < deadline:
+    while len(lines) < 4 and time.monotonic() < deadline:
         try:
             line = received.get(timeout=1)
         except queue.Empty:
             assert proc.poll() is None, "coordinator dev exited during start-up"
             continue
         key, _, value = line.strip().partition(": ")
-        if key in ("URL", "NATS", "API key"):
+        if key in ("URL", "NATS", "API key", "Sign in"):
             lines[key] = value
-    assert set(lines) == {"URL", "NATS", "API key"}, lines
+    assert set(lines) == {"URL", "NATS", "API key", "Sign in"}, lines
     return proc, lines
 
 
@@ -113,6 +113,12 @@ def test_dev_stack_serves_the_demo_account_and_keeps_its_data(tmp_path: Path) ->
         assert account.status_code == 200
         demo = account.json()["data"]
         assert demo["email"] == "demo@archipelag.local" and demo["credits"] > 0
+        # The printed one-click link signs the demo account in (once).
+        assert first["Sign in"].startswith(f"{first['URL']}/auth/magic/")
+        landing = httpx.get(first["Sign in"])
+        assert landing.status_code == 303 and landing.headers["location"] == "/chat"
+        chat = httpx.get(f"{first['URL']}/chat", cookies=landing.cookies)
+        assert chat.status_code == 200 and "demo@archipelag.local" in chat.text
         ready = httpx.get(f"{first['URL']}/readyz").json()["checks"]
         assert ready == {"database": "ok", "nats": "ok", "started": "ok"}
         # The demo Island runs a chat job end to end.
@@ -156,6 +162,9 @@ def test_dev_stack_serves_the_demo_account_and_keeps_its_data(tmp_path: Path) ->
     try:
         # Same data: the stored demo key still works and names the same account.
         assert second["API key"] == first["API key"]
+        # A new run prints a new link of its own, and it works.
+        assert second["Sign in"] != first["Sign in"]
+        assert httpx.get(second["Sign in"]).status_code == 303
         again = httpx.get(
             f"{second['URL']}/api/v1/account", headers={"Authorization": f"Bearer {second['API key']}"}
         ).json()["data"]

@@ -201,11 +201,12 @@ class IslandChild(Child):
 async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no-untyped-def]
     from coordinator.app import build_children, run_until_signalled
     from coordinator.runtime import Runtime
-    from coordinator.seed import seed_demo
+    from coordinator.seed import demo_sign_in_link, seed_demo
     from coordinator.supervisor import Supervisor
 
     runtime = Runtime.from_settings(settings)
     demo = await seed_demo(runtime, root / "demo-api-key")
+    sign_in = await demo_sign_in_link(runtime)
     children = build_children(runtime, with_worker=True)
     children.append(IslandChild(settings.nats_url, root / "island"))
     supervisor = Supervisor(children)
@@ -214,6 +215,7 @@ async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no
         print(f"URL: {runtime.base_url}", flush=True)
         print(f"NATS: {settings.nats_url}", flush=True)
         print(f"API key: {demo.api_key}", flush=True)
+        print(f"Sign in: {sign_in}", flush=True)
         print(
             f"Started in {time.monotonic() - started:.1f} s; press Ctrl-C to stop.",
             file=sys.stderr,

@@ -6,11 +6,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy import delete
+
 from coordinator.accounts import service as accounts
+from coordinator.accounts.models import MagicLink
 from coordinator.runtime import Runtime
 from coordinator.workloads.service import seed_default_cargos
 
 DEMO_EMAIL = "demo@archipelag.local"
+# How long the one-click sign-in link `make run` prints stays valid (it also dies with the next run).
+DEMO_LINK_TTL_SECONDS = 12 * 3600
 
 
 @dataclass
@@ -39,3 +44,21 @@ async def seed_demo(runtime: Runtime, key_file: Path) -> DemoAccount:
     key_file.write_text(plaintext + "\n")
     key_file.chmod(0o600)
     return DemoAccount(DEMO_EMAIL, plaintext)
+
+
+async def demo_sign_in_link(runtime: Runtime) -> str:
+    """A one-click sign-in link for the demo account, valid for this run: the unused links of earlier
+    runs are dropped first. Like every magic link it works once."""
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            delete(MagicLink).where(MagicLink.email == DEMO_EMAIL, MagicLink.used_at.is_(None))
+        )
+        token = await accounts.request_magic_link(
+            session,
+            runtime.settings.secret_key,
+            runtime.mailer,
+            DEMO_EMAIL,
+            base_url=runtime.base_url,
+            ttl_seconds=DEMO_LINK_TTL_SECONDS,
+        )
+    return f"{runtime.base_url.rstrip('/')}/auth/magic/{token}"

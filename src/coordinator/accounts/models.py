@@ -21,10 +21,17 @@ class User(Timestamps, Base):
     role: Mapped[str] = mapped_column(String(16), server_default="user")
     verification_status: Mapped[str] = mapped_column(String(16), server_default="unverified")
     confirmed_at: Mapped[datetime | None]
+    # Set by an operator: the user's keys and sessions stop working (docs: the admin users page).
+    banned_at: Mapped[datetime | None]
+    ban_reason: Mapped[str | None] = mapped_column(Text)
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def is_banned(self) -> bool:
+        return self.banned_at is not None
 
 
 class MagicLink(Base):

@@ -81,6 +81,26 @@ async def set_admin(session: AsyncSession, user: User, admin: bool) -> None:
     await session.flush()
 
 
+async def set_banned(session: AsyncSession, user_id: int, banned: bool, reason: str | None = None) -> User:
+    """Ban (or lift the ban on) a user: a banned user's API keys and sessions are refused from the next
+    request on; their jobs and money are left as they are."""
+    user = await session.get(User, user_id, with_for_update=True)
+    if user is None:
+        raise NotFound("User not found")
+    user.banned_at = utcnow() if banned else None
+    user.ban_reason = (reason or "").strip()[:2000] or None if banned else None
+    await session.flush()
+    return user
+
+
+async def list_users(session: AsyncSession, *, search: str | None = None, limit: int = 50) -> list[User]:
+    """Users for the operators' page, newest first; `search` matches part of the e-mail."""
+    query = select(User).order_by(User.id.desc()).limit(limit)
+    if search:
+        query = query.where(User.email.contains(search.strip().lower(), autoescape=True))
+    return list((await session.execute(query)).scalars())
+
+
 # --- API keys -------------------------------------------------------------------------------------------
 
 
@@ -135,7 +155,7 @@ async def authenticate_api_key(session: AsyncSession, secret_key: str, token: st
         return None
     key, user = row
     now = utcnow()
-    if key.expires_at is not None and key.expires_at <= now:
+    if (key.expires_at is not None and key.expires_at <= now) or user.is_banned:
         return None
     due = key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION
     return Principal(user=user, scopes=frozenset(key.scopes), api_key_id=key.id, key_use_due=due)
@@ -260,9 +280,28 @@ async def authenticate_session(
         return None
     user = await session.get(User, user_id)
     await session.commit()
-    if user is None:
+    if user is None or user.is_banned:
         return None
     return Principal(user=user, scopes=VALID_SCOPES)
+
+
+async def list_sessions(session: AsyncSession, user_id: int) -> list[UserSession]:
+    """The user's open sessions (one per signed-in browser), most recently used first."""
+    rows = await session.execute(
+        select(UserSession)
+        .where(UserSession.user_id == user_id, UserSession.expires_at > utcnow())
+        .order_by(UserSession.last_seen_at.desc())
+    )
+    return list(rows.scalars())
+
+
+async def revoke_session(session: AsyncSession, user_id: int, session_id: int) -> None:
+    """Sign one of the user's browsers out; another user's session is 'not found'."""
+    result = await session.execute(
+        delete(UserSession).where(UserSession.id == session_id, UserSession.user_id == user_id)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        raise NotFound("Session not found")
 
 
 async def close_session(session: AsyncSession, secret_key: str, token: str) -> None:

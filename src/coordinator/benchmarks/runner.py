@@ -21,6 +21,7 @@ SCENARIO_MODULES = [
     "coordinator.benchmarks.baselines",
     "coordinator.benchmarks.scenarios",
     "coordinator.benchmarks.channels",
+    "coordinator.benchmarks.page_render",
 ]
 for _module in SCENARIO_MODULES:
     importlib.import_module(_module)

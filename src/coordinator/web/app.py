@@ -36,6 +36,7 @@ from coordinator.web.api.v1 import (
 from coordinator.web.bodylimit import BodyLimit
 from coordinator.web.channels import endpoint as channels_endpoint
 from coordinator.web.errors import install_envelope_openapi, install_error_handlers
+from coordinator.web.pages import install_pages
 from coordinator.web.ratelimit import RateLimitHeaders
 
 ROUTERS = [
@@ -106,6 +107,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         app.include_router(router)
     install_offline_docs(app)
     install_envelope_openapi(app)
+    install_pages(app)
     return app
 
 

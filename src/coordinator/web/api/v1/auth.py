@@ -1,12 +1,12 @@
-"""Passwordless sign-in: request a magic link, spend it for a session cookie, sign out."""
+"""Passwordless sign-in over the API: request a magic link, spend it for a session cookie, sign out.
+
+The browser's landing page `/auth/magic/<token>` is in `web/pages/auth.py`."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from coordinator.accounts import service as accounts
@@ -88,14 +88,3 @@ async def delete_session(request: Request, response: Response) -> dict[str, Any]
             await accounts.close_session(session, runtime.settings.secret_key, cookie)
     response.delete_cookie(SESSION_COOKIE)
     return {"data": {"signed_out": True}}
-
-
-@router.get("/auth/magic/{token}", response_class=HTMLResponse, include_in_schema=False)
-async def magic_link_landing(token: str, request: Request) -> HTMLResponse:
-    user, session_token = await _consume(request, token)
-    response = HTMLResponse(
-        f"<!doctype html><title>Signed in</title><p>Signed in as {html.escape(user.email)}. "
-        '<a href="/">Continue</a></p>'
-    )
-    _set_session_cookie(response, request, session_token)
-    return response

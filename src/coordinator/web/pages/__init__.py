@@ -1,0 +1,22 @@
+"""The web app's pages: server-rendered Jinja2 + htmx (vendored, served from `/static`), live over SSE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from coordinator.web.pages import account, auth, catalog, chat, fleet, jobs
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+
+router = APIRouter()
+for module in (auth, chat, jobs, account, catalog, fleet):
+    router.include_router(module.router)
+
+
+def install_pages(app: FastAPI) -> None:
+    """Mount the page routes and the static files (htmx, its SSE extension, the stylesheet)."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
