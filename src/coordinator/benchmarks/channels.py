@@ -16,7 +16,7 @@ import httpx
 import websockets
 
 from coordinator.benchmarks.fake_island import FakeFleet, JobBehaviour
-from coordinator.benchmarks.harness import BenchEnv, Result, Stopwatch, scenario
+from coordinator.benchmarks.harness import BenchEnv, Load, Result, Stopwatch, scenario
 from coordinator.benchmarks.scenarios import _submit, http_client, stack, start_fleet
 from coordinator.devstack import free_port
 
@@ -28,7 +28,11 @@ async def _connect(url: str) -> Any:
 
 
 async def _fanout(
-    urls: list[str], join: list[Any] | None, tokens: int, release: Callable[[], Awaitable[None]]
+    urls: list[str],
+    join: list[Any] | None,
+    tokens: int,
+    release: Callable[[], Awaitable[None]],
+    load: Load | None = None,
 ) -> dict[str, float]:
     """Connect one client per URL (sending `join[i]` first, when given), trigger `release`, and time from
     the first token frame (at any client) to the last: the fan-out rate, without the time the producer
@@ -48,13 +52,20 @@ async def _fanout(
                 now = time.perf_counter()
                 first[0], last[0] = min(first[0], now), now
                 got[i] += 1
+                if load is not None:
+                    load.complete()
                 if got[i] >= tokens:
                     finished[i].set()
                     return
 
     readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    if load is not None:
+        load.begin()
+        load.offer(tokens * len(sockets))
     await release()
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in finished)), 300)
+    if load is not None:
+        load.end()
     elapsed = max(last[0] - first[0], 1e-6)
     for task in readers:
         task.cancel()
@@ -96,19 +107,27 @@ async def baseline_ws(env: BenchEnv) -> Result:
     return Result("baseline_ws", {"clients": clients, "tokens": tokens}, metrics)
 
 
-async def _idle_sockets(url: str, count: int) -> list[Any]:
+async def _idle_sockets(url: str, count: int, load: Load | None = None) -> list[Any]:
     """`count` sockets, each answered once (a heartbeat round trip), then left idle."""
     sockets: list[Any] = []
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def one(i: int) -> None:
         async with gate:
+            if load is not None:
+                load.offer()
             ws = await _connect(url)
             await ws.send(json.dumps([None, str(i), "phoenix", "heartbeat", {}]))
             await ws.recv()
             sockets.append(ws)
+            if load is not None:
+                load.complete()
 
+    if load is not None:
+        load.begin()
     await asyncio.gather(*(one(i) for i in range(count)))
+    if load is not None:
+        load.end()
     return sockets
 
 
@@ -129,7 +148,8 @@ async def channels(env: BenchEnv) -> Result:
         await asyncio.sleep(1.0)
         rss_before = s.coordinator.rss_mb()
         watch = Stopwatch()
-        sockets = await _idle_sockets(url, idle)
+        connects = Load()  # a socket offered, completed once its heartbeat was answered
+        sockets = await _idle_sockets(url, idle, connects)
         metrics["idle_connect_seconds"] = round(watch.elapsed, 2)
         await asyncio.sleep(1.0)  # let the allocator settle before reading RSS
         rss_after = s.coordinator.rss_mb()
@@ -153,7 +173,8 @@ async def channels(env: BenchEnv) -> Result:
         async def release() -> None:
             await fleet.run_job(fleet.held[job_id], job_id, tokens=tokens, yield_every=50, pace=0.0)
 
-        result = await _fanout([url] * clients, joins, tokens, release)
+        fanout = Load()  # every token × joined socket offered at the release, completed on arrival
+        result = await _fanout([url] * clients, joins, tokens, release, fanout)
         await fleet.stop()
     for key, value in result.items():
         metrics[f"c{clients}_{key}"] = value
@@ -173,4 +194,4 @@ async def channels(env: BenchEnv) -> Result:
         notes="Idle sockets are authenticated (API key) and answered once (a heartbeat), then left idle. "
         "The fan-out clients and the bare broadcaster's clients are the same code (websockets, one "
         "process); a token is counted when its frame arrives.",
-    )
+    ).with_load(("idle_sockets", connects), ("fanout", fanout))
