@@ -12,6 +12,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
+from coordinator.billing import exchange as market
 from coordinator.billing import quotas, settlement
 from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
 from coordinator.hosts.fleet import FleetView
@@ -22,7 +23,6 @@ from coordinator.jobs.events import BUS_COMPONENT, JobBus, JobRef
 from coordinator.jobs.hooks import HookRegistry, TransitionResult, registry_of
 from coordinator.jobs.models import Job
 from coordinator.karma import service as karma
-from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules

@@ -1,1 +1,1 @@
-"""Marketplace: the compute exchange (asking prices, surge, clearing prices, snapshots)."""
+"""Marketplace: the Cargo registry (submissions, scans, signatures, reviews, publishing, reputation)."""

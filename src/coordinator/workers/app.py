@@ -11,10 +11,10 @@ import procrastinate
 import structlog
 
 from coordinator.accounts import service as accounts
+from coordinator.billing import exchange as market
 from coordinator.billing import payouts, providers
 from coordinator.hosts import liveness
 from coordinator.jobs import recovery
-from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context as telemetry_context
 from coordinator.telemetry import metrics
