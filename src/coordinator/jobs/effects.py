@@ -75,4 +75,7 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
         if bus is not None:
             await bus.wake_dispatchers()
 
-    return [count, free_capacity, tell_output, wake_dispatch]
+    # The Cargo registry's reputation events (success, failure, timeout, cancel) of finished jobs.
+    from coordinator.marketplace.reputation import job_hook
+
+    return [count, free_capacity, tell_output, wake_dispatch, job_hook(runtime)]

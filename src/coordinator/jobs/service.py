@@ -181,7 +181,9 @@ async def could_ever_run(
 
 
 def _check_submission(workload: Workload, input: Any, priority: int, region: str | None) -> None:
-    if not workload.is_enabled or workload.suspended_at is not None:
+    if workload.suspended_at is not None:
+        raise ValidationFailed("Cargo is suspended", {"workload": ["is suspended"]})
+    if not workload.is_enabled:
         raise ValidationFailed("Cargo is not available", {"workload": ["is disabled"]})
     errors = workload_rules.validate_input(workload.input_schema, input)
     if (

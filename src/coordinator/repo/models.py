@@ -6,6 +6,7 @@ from coordinator.billing import models as billing
 from coordinator.hosts import models as hosts
 from coordinator.jobs import models as jobs
 from coordinator.karma import models as karma
+from coordinator.marketplace import tables as marketplace
 from coordinator.repo.base import Base
 from coordinator.verification import models as verification
 from coordinator.workloads import models as workloads
@@ -19,6 +20,7 @@ __all__ = [
     "hosts",
     "jobs",
     "karma",
+    "marketplace",
     "metadata",
     "verification",
     "workloads",

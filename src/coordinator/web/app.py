@@ -13,6 +13,7 @@ from coordinator.web import metrics
 from coordinator.web.api.v1 import (
     account,
     admin_hosts,
+    admin_marketplace,
     api_keys,
     auth,
     batches,
@@ -23,6 +24,7 @@ from coordinator.web.api.v1 import (
     jobs,
     karma,
     market,
+    marketplace,
     stream,
     workloads,
 )
@@ -45,6 +47,8 @@ ROUTERS = [
     island.router,
     karma.router,
     market.router,
+    marketplace.router,
+    admin_marketplace.router,
     metrics.router,
 ]
 
