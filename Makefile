@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 # Debian packages the tests need (installed by `make test` when missing).
-APT_PACKAGES :=
+APT_PACKAGES := docker-registry
 
 .PHONY: run test lint typecheck contracts venv lock bench clean system-deps
 
