@@ -334,4 +334,4 @@ class OsvScanner:
         try:
             return await asyncio.wait_for(asyncio.to_thread(self._scan, image), time_limit)
         except TimeoutError:
-            return ScanOutcome(self.name, ERROR, reason=f"builtin did not finish within {time_limit:g} s")
+            return ScanOutcome(self.name, ERROR, reason=f"builtin did not finish within {time_limit:.3g} s")

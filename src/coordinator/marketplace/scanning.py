@@ -119,7 +119,7 @@ async def _scan_one(scanner: Scanner, image: Any, time_limit: float) -> ScanOutc
             return await scanner.scan(image, time_limit)
     except TimeoutError:
         return ScanOutcome(
-            scanner.name, ERROR, reason=f"{scanner.name} did not finish within {time_limit:g} s"
+            scanner.name, ERROR, reason=f"{scanner.name} did not finish within {time_limit:.3g} s"
         )
     except Exception as exc:
         log.exception("registry.scanner_crashed", scanner=scanner.name)
