@@ -132,7 +132,8 @@ class BinaryScanner:
         try:
             code, stdout, stderr = await run_report_command(self.argv(path, image), time_limit)
         except TimeoutError:
-            return ScanOutcome(self.name, ERROR, reason=f"{self.name} did not finish within {time_limit:.3g} s")
+            reason = f"{self.name} did not finish within {time_limit:.3g} s"
+            return ScanOutcome(self.name, ERROR, reason=reason)
         except OSError as exc:
             return ScanOutcome(self.name, ERROR, reason=f"{self.name} could not run: {exc}")
         if code != 0:
