@@ -163,13 +163,15 @@ def _scan_rows(scan: ImageScan, image: str, **owner: Any) -> list[SecurityScan]:
 
 
 async def scan_submission(runtime: Runtime, submission_id: int) -> dict[str, Any]:
-    """The WorkloadScan job for a submission: submitted → scanning → in_review (at least one scanner
+    """(Results name no ids: the worker's log lines carry the job's own as correlation ids.)
+
+    The WorkloadScan job for a submission: submitted → scanning → in_review (at least one scanner
     completed) or → changes_requested with the reason (fetch failed, no scanner completed)."""
     async with runtime.db.transaction() as session:
         try:
             submission = await registry.transition(session, submission_id, "start_scan", actor_id=None)
         except Conflict:
-            return {"submission_id": submission_id, "skipped": "not waiting for a scan"}
+            return {"skipped": "not waiting for a scan"}
         spec = dict(submission.spec)
         publisher = await registry.publisher_of(session, submission.publisher_id)
         key = publisher.signing_public_key
@@ -204,7 +206,7 @@ async def _finish_submission(
                 reason=reason_if_unscanned,
                 values={**common, "max_trust_level": 0},
             )
-            return {"submission_id": submission_id, "status": rules.IN_REVIEW, "scanned": False}
+            return {"status": rules.IN_REVIEW, "scanned": False}
         if scan.fetch_error is not None or not scan.completed:
             reason = scan.fetch_error or "no scanner completed: " + "; ".join(
                 f"{o.scanner}: {o.reason}" for o in scan.outcomes
@@ -213,7 +215,7 @@ async def _finish_submission(
                 session, submission_id, "scan_failed", actor_id=None, reason=reason, values=common
             )
             log.info("registry.scan_failed", submission_id=submission_id, reason=reason)
-            return {"submission_id": submission_id, "status": rules.CHANGES_REQUESTED, "reason": reason}
+            return {"status": rules.CHANGES_REQUESTED, "reason": reason}
         per_scanner = {o.scanner: o.findings for o in scan.completed}
         counts = trust.severity_counts(trust.merge_findings(per_scanner))
         allowed, why = trust.max_trust_by_findings(counts)
@@ -226,7 +228,6 @@ async def _finish_submission(
             values={**common, "max_trust_level": allowed},
         )
         return {
-            "submission_id": submission_id,
             "status": rules.IN_REVIEW,
             "max_trust_level": allowed,
             **counts,
@@ -238,7 +239,7 @@ async def rescan_workload(runtime: Runtime, workload_id: int) -> dict[str, Any]:
     async with runtime.db.session() as session:
         workload = await session.get(Workload, workload_id)
         if workload is None or not workload.container_image or not workload.image_digest:
-            return {"workload_id": workload_id, "skipped": "no image"}
+            return {"skipped": "no image"}
         name = rules.split_image(workload.container_image)[0]
         digest = workload.image_digest
         key = None
@@ -253,7 +254,6 @@ async def rescan_workload(runtime: Runtime, workload_id: int) -> dict[str, Any]:
         if scan.fetch_error is not None or not scan.completed:
             # Not a pass: the Cargo stays due and is tried again by the next rescan.
             return {
-                "workload_id": workload_id,
                 "scanned": False,
                 "reason": scan.fetch_error or "no scanner completed",
             }
@@ -266,7 +266,7 @@ async def rescan_workload(runtime: Runtime, workload_id: int) -> dict[str, Any]:
             log.info("registry.demoted", workload_id=workload_id, reason=why, to=allowed)
             workload.trust_level = allowed
         workload.last_scanned_at = datetime.now(UTC)
-        return {"workload_id": workload_id, "scanned": True, "demoted": demoted, **counts}
+        return {"scanned": True, "demoted": demoted, **counts}
 
 
 async def due_for_rescan(session: AsyncSession, days: int) -> list[int]:
