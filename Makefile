@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 # Debian packages the tests need (installed by `make test` when missing).
-APT_PACKAGES := chromium
+APT_PACKAGES := chromium docker-registry
 
 JS_STAMP := tests/js/node_modules/.installed
 

@@ -10,9 +10,9 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
+from coordinator.billing import exchange as market
+from coordinator.billing.exchange import TtlCache
 from coordinator.jobs import rules, service
-from coordinator.marketplace import service as market
-from coordinator.marketplace.service import TtlCache
 from coordinator.telemetry import metrics
 from coordinator.workloads import service as workloads
 from tests.factories import make_consumer, seed_cargos

@@ -8,7 +8,7 @@ from decimal import Decimal
 import httpx
 from sqlalchemy import select, text
 
-from coordinator.marketplace import service as market
+from coordinator.billing import exchange as market
 from coordinator.runtime import Runtime
 from coordinator.workloads.models import Workload
 from tests.factories import make_consumer, seed_cargos

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.marketplace import rules
-from coordinator.marketplace.service import TtlCache
+from coordinator.billing import exchange_rules as rules
+from coordinator.billing.exchange import TtlCache
 
 
 @dataclass

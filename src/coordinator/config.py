@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     stripe_identity_webhook_tolerance_seconds: int = 300  # older signed timestamps are refused (replays)
     stripe_identity_return_url: str | None = None  # default: <public_url>/verify
 
+    # the Cargo registry (docs/registry.md)
+    registry_scanners: list[str] = ["trivy", "grype", "builtin"]
+    registry_advisory_dir: str | None = None  # OSV JSON files for the built-in scanner
+    registry_max_image_bytes: int = 2 * 1024**3
+    registry_scan_timeout_seconds: float = 600.0  # per image: fetch + every scanner
+    registry_scan_concurrency: int = 2  # images scanned at once per worker process
+    registry_insecure_hosts: list[str] = ["localhost", "127.0.0.1"]  # registries reached over plain HTTP
+    registry_work_dir: str | None = None  # where fetched images are unpacked (a temp dir by default)
+    registry_rescan_days: int = 7
+    registry_success_window_days: int = 7  # success rate of the hourly reputation worker
+
     # streaming (output accumulator, pub/sub, SSE)
     output_flush_interval_seconds: float = 0.05
     output_grace_seconds: float = 2.0

@@ -19,7 +19,7 @@ from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from island import system
 from island.cargo_io import JobFailed
-from island.runtimes import RUNNERS, RuntimeOptions, runtime_for
+from island.runtimes import RUNNERS, RuntimeOptions, container_timeout, runtime_for
 
 log = structlog.get_logger(__name__)
 
@@ -228,7 +228,15 @@ class Island:
                 )
             if runtime in LEASED_RUNTIMES:
                 lease = asyncio.create_task(self._renew_lease(job.job_id))
-            await RUNNERS[runtime](job, report, self.config.runtime)
+            if runtime == "wasm":  # the WASM runtime keeps its own 60 s wall clock
+                await RUNNERS[runtime](job, report, self.config.runtime)
+            else:
+                limit = container_timeout(job)
+                try:
+                    await asyncio.wait_for(RUNNERS[runtime](job, report, self.config.runtime), limit)
+                except TimeoutError:
+                    # The official text always says 300 s, whatever the tier (island-protocol §7).
+                    raise JobFailed("Timeout: job exceeded 300s limit") from None
         except JobFailed as failure:
             await report.status("failed", str(failure))
         except asyncio.CancelledError:

@@ -23,6 +23,14 @@ from island.png import gradient_png
 WASM_FUEL = 100_000_000_000
 WASM_TIMEOUT_SECONDS = 60.0
 WASM_STDOUT_CAP = 4096
+# Container job time limits by AssignJob `sandbox_tier` (island-protocol §9, §10); absent or unknown: 300 s.
+TIER_TIMEOUT_SECONDS = {"restricted": 60.0, "standard": 300.0, "elevated": 600.0}
+DEFAULT_CONTAINER_TIMEOUT = 300.0
+
+
+def container_timeout(job: AssignJob) -> float:
+    """The container time limit the official Island applies for the job's sandbox tier."""
+    return TIER_TIMEOUT_SECONDS.get(job.sandbox_tier or "", DEFAULT_CONTAINER_TIMEOUT)
 
 
 @dataclass

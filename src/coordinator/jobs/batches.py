@@ -25,13 +25,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
+from coordinator.billing import exchange as market
 from coordinator.billing import quotas
 from coordinator.errors import DomainError, InsufficientCredits, NotFound, ValidationFailed
 from coordinator.jobs import rules, service
 from coordinator.jobs.batch_rules import BatchSpec, batch_state, merge_outputs, parent_outcome
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.models import Job
-from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child as SupervisedChild
 from coordinator.workloads import rules as workload_rules

@@ -85,4 +85,7 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
         if result.from_state is None or rules.is_terminal(result.to_state):
             await account_events.credits_changed(runtime, result.user_id)
 
-    return [count, free_capacity, tell_output, wake_dispatch, tell_account]
+    # The Cargo registry's reputation events (success, failure, timeout, cancel) of finished jobs.
+    from coordinator.marketplace.reputation import job_hook
+
+    return [count, free_capacity, tell_output, wake_dispatch, tell_account, job_hook(runtime)]

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from coordinator.billing import exchange_rules as market_rules
 from coordinator.hosts import rules as host_rules
 from coordinator.hosts.fleet import HostView
-from coordinator.marketplace import rules as market_rules
 
 QUEUED, ASSIGNED, RUNNING = "queued", "assigned", "running"
 SUCCEEDED, FAILED, CANCELLED, TIMEOUT = "succeeded", "failed", "cancelled", "timeout"

@@ -12,6 +12,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
+from coordinator.billing import exchange as market
 from coordinator.billing import quotas, settlement
 from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
 from coordinator.hosts import rules as host_rules
@@ -23,7 +24,6 @@ from coordinator.jobs.events import BUS_COMPONENT, JobBus, JobRef
 from coordinator.jobs.hooks import HookRegistry, TransitionResult, registry_of
 from coordinator.jobs.models import Job
 from coordinator.karma import service as karma
-from coordinator.marketplace import service as market
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
@@ -198,7 +198,9 @@ async def meetable_default_budget(
 
 
 def _check_submission(workload: Workload, input: Any, priority: int, region: str | None) -> None:
-    if not workload.is_enabled or workload.suspended_at is not None:
+    if workload.suspended_at is not None:
+        raise ValidationFailed("Cargo is suspended", {"workload": ["is suspended"]})
+    if not workload.is_enabled:
         raise ValidationFailed("Cargo is not available", {"workload": ["is disabled"]})
     errors = workload_rules.validate_input(workload.input_schema, input)
     if (

@@ -323,8 +323,3 @@ class AgentUpdate(Open):
 
 class Recommendations(Open):
     recommendations: list[dict[str, Any]]
-
-
-class SigningKey(Open):
-    key_id: str | None = None
-    public_key: str | None = None

@@ -11,10 +11,11 @@ import procrastinate
 import structlog
 
 from coordinator.accounts import service as accounts
+from coordinator.billing import exchange as market
 from coordinator.billing import payouts, providers
 from coordinator.hosts import liveness
 from coordinator.jobs import recovery
-from coordinator.marketplace import service as market
+from coordinator.marketplace import reputation, scanning
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context as telemetry_context
 from coordinator.telemetry import metrics
@@ -55,14 +56,6 @@ async def _timed(name: str, body: Callable[[], Awaitable[dict[str, Any]]]) -> di
         metrics.worker_seconds.labels(worker=name).observe(elapsed)
         log.info("worker.ran", duration_ms=round(elapsed * 1000, 1), **result)
     return result
-
-
-def _pending(name: str, owner: str) -> Callable[[], Awaitable[dict[str, Any]]]:
-    async def body() -> dict[str, Any]:
-        log.info("worker.not_implemented", worker=name, owner=owner)
-        return {"implemented": False}
-
-    return body
 
 
 def register_tasks(app: procrastinate.App) -> None:
@@ -116,15 +109,40 @@ def register_tasks(app: procrastinate.App) -> None:
 
     @app.periodic(cron="30 * * * *", periodic_id="reputation")
     @app.task(queue="maintenance", name="reputation", pass_context=True)
-    async def reputation(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
-        return await _timed("reputation", _pending("reputation", "the registry work (no issue yet)"))
+    async def reputation_task(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
+        runtime = _runtime(context)
+        return await _timed("reputation", lambda: reputation.run_hourly(runtime))
 
     @app.periodic(cron="0 3 * * 0", periodic_id="rescan_scheduler")
     @app.task(queue="maintenance", name="rescan_scheduler", pass_context=True)
     async def rescan_scheduler(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
-        return await _timed(
-            "rescan_scheduler", _pending("rescan_scheduler", "the registry work (no issue yet)")
-        )
+        runtime = _runtime(context)
+
+        async def body() -> dict[str, Any]:
+            async with runtime.db.session() as session:
+                due = await scanning.due_for_rescan(session, runtime.settings.registry_rescan_days)
+            queued = [await _defer_scan(app, workload_id=workload_id) for workload_id in due]
+            return {"due": len(due), "queued": sum(queued)}
+
+        return await _timed("rescan_scheduler", body)
+
+    @app.periodic(cron="*/5 * * * *", periodic_id="scan_backstop")
+    @app.task(queue="maintenance", name="scan_backstop", pass_context=True)
+    async def scan_backstop(context: procrastinate.JobContext, timestamp: int) -> dict[str, Any]:
+        # Submissions whose scan job was never queued (a failed deferral) or whose worker died.
+        runtime = _runtime(context)
+
+        async def body() -> dict[str, Any]:
+            async with runtime.db.transaction() as session:
+                waiting = await scanning.requeue_stuck_scans(
+                    session,
+                    submitted_for=120,
+                    scanning_for=2 * runtime.settings.registry_scan_timeout_seconds + 60,
+                )
+            queued = [await _defer_scan(app, submission_id=submission_id) for submission_id in waiting]
+            return {"waiting": len(waiting), "queued": sum(queued)}
+
+        return await _timed("scan_backstop", body)
 
     @app.periodic(cron="0 2 * * 0", periodic_id="payout_batch")
     @app.task(queue="payouts", name="payout_batch", pass_context=True)
@@ -169,5 +187,36 @@ def register_tasks(app: procrastinate.App) -> None:
         return await _timed("market_snapshot", body)
 
     @app.task(queue="security_scans", name="workload_scan", pass_context=True)
-    async def workload_scan(context: procrastinate.JobContext, workload_id: int) -> dict[str, Any]:
-        return await _timed("workload_scan", _pending("workload_scan", "the registry work (no issue yet)"))
+    async def workload_scan(
+        context: procrastinate.JobContext, submission_id: int | None = None, workload_id: int | None = None
+    ) -> dict[str, Any]:
+        """Scan one image on demand: a submission's (then it moves on) or a published Cargo's rescan."""
+        runtime = _runtime(context)
+        if submission_id is not None:
+            return await _timed("workload_scan", lambda: scanning.scan_submission(runtime, submission_id))
+        if workload_id is not None:
+            return await _timed("workload_scan", lambda: scanning.rescan_workload(runtime, workload_id))
+        return {"skipped": "nothing to scan"}
+
+
+async def _defer_scan(app: procrastinate.App, **target: int) -> bool:
+    """Queue one WorkloadScan (once: a scan already queued for the same target is not queued again)."""
+    ((kind, value),) = target.items()
+    task = app.tasks["workload_scan"].configure(queueing_lock=f"scan-{kind}-{value}")
+    try:
+        await task.defer_async(**target)
+    except procrastinate.exceptions.AlreadyEnqueued:
+        return False
+    return True
+
+
+async def defer_scan(runtime: Runtime, **target: int) -> bool:
+    """Queue a WorkloadScan from outside a worker (after a submission commits). A failure is logged and
+    left to the `scan_backstop` sweep, which queues submissions still waiting after two minutes."""
+    try:
+        app = create_app(runtime.settings.libpq_database_url)
+        async with app.open_async():
+            return await _defer_scan(app, **target)
+    except Exception:
+        log.exception("registry.defer_scan_failed", **target)
+        return False

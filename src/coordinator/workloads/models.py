@@ -48,6 +48,14 @@ class Workload(Timestamps, Base):
     signed: Mapped[bool] = mapped_column(server_default="false")
     last_scanned_at: Mapped[datetime | None]
     suspended_at: Mapped[datetime | None]
+    # The registry (marketplace/): catalogue category, published version, reputation bookkeeping.
+    category: Mapped[str | None] = mapped_column(String(50))
+    version: Mapped[str | None] = mapped_column(String(50))
+    changelog: Mapped[str | None] = mapped_column(Text)
+    success_streak: Mapped[int] = mapped_column(Integer, server_default="0")
+    flagged_at: Mapped[datetime | None]
+    reputation_warned_at: Mapped[datetime | None]
+    suspension_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class WorkloadSubmission(Timestamps, Base):
@@ -59,10 +67,18 @@ class WorkloadSubmission(Timestamps, Base):
     slug: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]]
-    # draft, submitted, scanning, in_review, approved, rejected, published
+    # draft, submitted, scanning, in_review, approved, published, rejected, changes_requested
     status: Mapped[str] = mapped_column(String(20), server_default="draft")
     reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     review_notes: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(50), server_default="1.0.0")
+    # Why the last move happened (a failed fetch, a reviewer's reason); shown to the publisher.
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    # Set by the scan: the highest trust level the findings allow, and the cosign verdict.
+    max_trust_level: Mapped[int | None] = mapped_column(Integer)
+    signature_verified: Mapped[bool] = mapped_column(server_default="false")
+    signature_reason: Mapped[str | None] = mapped_column(Text)
+    scanned_at: Mapped[datetime | None]
 
 
 class SecurityScan(Base):
@@ -75,7 +91,7 @@ class SecurityScan(Base):
     )
     image: Mapped[str] = mapped_column(String(500))
     scanner: Mapped[str] = mapped_column(String(20))
-    # queued, running, passed, failed, error, scanner_missing
+    # completed (findings recorded), error (reason says why), scanner_missing
     status: Mapped[str] = mapped_column(String(20), server_default="queued")
     critical: Mapped[int] = mapped_column(Integer, server_default="0")
     high: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -84,6 +100,8 @@ class SecurityScan(Base):
     report: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
+    digest: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class CargoReputationEvent(Base):

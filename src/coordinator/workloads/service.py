@@ -73,4 +73,8 @@ def public_view(workload: Workload) -> dict[str, Any]:
         ),
         "input_schema": workload.input_schema,
         "reputation": float(workload.reputation),
+        "category": workload.category,
+        "version": workload.version,
+        "signed": bool(workload.signed),
+        "publisher_id": workload.publisher_id,
     }

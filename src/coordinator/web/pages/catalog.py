@@ -7,8 +7,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
 from coordinator.accounts.service import Principal
+from coordinator.billing import exchange as market
 from coordinator.jobs import service as jobs
-from coordinator.marketplace import service as market
 from coordinator.web.pages.base import PageRoute, render, runtime_of, signed_in
 from coordinator.web.pages.charts import line_chart
 from coordinator.workloads import service as workloads

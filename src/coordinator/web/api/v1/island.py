@@ -14,7 +14,9 @@ from fastapi.responses import Response
 
 from coordinator.hosts.recommendations import queued_demand
 from coordinator.hosts.service import parse_host_id
+from coordinator.marketplace import registry
 from coordinator.web import schemas
+from coordinator.web.api.v1.marketplace_schemas import SigningKey
 from coordinator.web.auth import get_runtime
 from coordinator.web.errors import error_responses
 from coordinator.web.routing import ApiRouter
@@ -71,9 +73,13 @@ async def island_recommendations(request: Request, host_id: str | None = None) -
     return {"recommendations": items}
 
 
-@router.get("/api/v1/signing-keys", response_model=list[schemas.SigningKey])
+@router.get("/api/v1/signing-keys", response_model=list[SigningKey], response_model_exclude_none=True)
 async def signing_keys(request: Request) -> list[dict[str, Any]]:
-    return list(get_runtime(request).settings.signing_keys)
+    """The cosign keys Islands trust: the operator's configured keys, then every verified publisher's."""
+    runtime = get_runtime(request)
+    async with runtime.db.session() as session:
+        publishers = await registry.verified_publisher_keys(session)
+    return [*runtime.settings.signing_keys, *publishers]
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ from fastapi import Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from coordinator.accounts.service import Principal, parse_uuid
-from coordinator.marketplace import service as market
+from coordinator.billing import exchange as market
 from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_read, require_write
 from coordinator.web.errors import error_responses

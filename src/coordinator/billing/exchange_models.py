@@ -1,4 +1,4 @@
-"""Tables of the marketplace context."""
+"""Tables of the compute exchange (billing context): market snapshots."""
 
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coordinator.billing import exchange_rules as rules
 from coordinator.errors import Forbidden, NotFound, ValidationFailed
 from coordinator.hosts.rules import can_run
-from coordinator.marketplace import rules
 from coordinator.workloads.models import Workload
 
 V = TypeVar("V")
