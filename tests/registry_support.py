@@ -5,21 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 
 from coordinator.runtime import Runtime
-from tests.factories import Consumer
+from coordinator.verification import rules
+from coordinator.verification import service as verification
+from coordinator.verification.providers import BuiltinProvider
+from tests.factories import Consumer, make_consumer
 
 
 async def verify_identity(runtime: Runtime, user_id: int) -> None:
-    """A passed KYC check (the verifications row the verification context writes)."""
+    """A passed KYC check, through the verification service the API uses: a built-in statement of name
+    and country, approved by an admin."""
+    admin = await make_consumer(runtime, f"kyc-admin-{user_id}@example.com", admin=True)
+    await verification.start(
+        runtime.db, runtime.mailer, BuiltinProvider(), user_id, legal_name="Test Publisher", country="DE"
+    )
     async with runtime.db.transaction() as session:
-        await session.execute(
-            text(
-                "INSERT INTO verifications (user_id, status, verified_name) VALUES (:u, 'verified', 'Test')"
-            ),
-            {"u": user_id},
-        )
+        await verification.decide(session, runtime.mailer, user_id, rules.APPROVE, admin_id=admin.user.id)
 
 
 async def create_submission(

@@ -28,7 +28,7 @@ router = APIRouter(tags=["admin"])
 
 
 @router.get(
-    "/api/v1/admin/marketplace/queue", response_model=SubmissionList, responses=error_responses(401, 403)
+    "/api/v1/admin/marketplace/queue", response_model=SubmissionList, responses=error_responses(401, 403, 429)
 )
 async def review_queue(request: Request, _: Principal = Depends(require_admin)) -> SubmissionList:
     async with get_runtime(request).db.session() as session:
@@ -43,7 +43,7 @@ async def review_queue(request: Request, _: Principal = Depends(require_admin)) 
 @router.post(
     "/api/v1/admin/marketplace/submissions/{submission_id}/approve",
     response_model=SubmissionAnswer,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
 )
 async def approve(
     submission_id: int,
@@ -63,7 +63,7 @@ async def approve(
 @router.post(
     "/api/v1/admin/marketplace/submissions/{submission_id}/reject",
     response_model=SubmissionAnswer,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
 )
 async def reject(
     submission_id: int, body: ReasonIn, request: Request, admin: Principal = Depends(require_admin)
@@ -76,7 +76,7 @@ async def reject(
 @router.post(
     "/api/v1/admin/marketplace/submissions/{submission_id}/request-changes",
     response_model=SubmissionAnswer,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
 )
 async def request_changes(
     submission_id: int, body: ReasonIn, request: Request, admin: Principal = Depends(require_admin)
@@ -89,7 +89,7 @@ async def request_changes(
 @router.put(
     "/api/v1/admin/marketplace/{slug}/trust-level",
     response_model=CargoAnswer,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
 )
 async def set_trust_level(
     slug: str, body: TrustIn, request: Request, _: Principal = Depends(require_admin)
@@ -102,7 +102,7 @@ async def set_trust_level(
 @router.post(
     "/api/v1/admin/marketplace/{slug}/suspend",
     response_model=CargoAnswer,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 422, 429),
 )
 async def suspend(
     slug: str, body: ReasonIn, request: Request, _: Principal = Depends(require_admin)
@@ -115,7 +115,7 @@ async def suspend(
 @router.post(
     "/api/v1/admin/marketplace/{slug}/unsuspend",
     response_model=CargoAnswer,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 429),
 )
 async def unsuspend(slug: str, request: Request, _: Principal = Depends(require_admin)) -> CargoAnswer:
     async with get_runtime(request).db.transaction() as session:
@@ -127,7 +127,7 @@ async def unsuspend(slug: str, request: Request, _: Principal = Depends(require_
     "/api/v1/admin/marketplace/{slug}/rescan",
     status_code=202,
     response_model=CargoAnswer,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 429),
 )
 async def rescan(slug: str, request: Request, _: Principal = Depends(require_admin)) -> CargoAnswer:
     runtime = get_runtime(request)
@@ -140,7 +140,7 @@ async def rescan(slug: str, request: Request, _: Principal = Depends(require_adm
 @router.put(
     "/api/v1/admin/marketplace/publishers/{user_id}",
     response_model=PublisherAnswer,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 422, 429),
 )
 async def set_publisher(
     user_id: int, body: AdminPublisherIn, request: Request, _: Principal = Depends(require_admin)

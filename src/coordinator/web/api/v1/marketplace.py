@@ -34,7 +34,7 @@ from coordinator.workers.app import defer_scan
 router = APIRouter(tags=["marketplace"])
 
 
-@router.get("/api/v1/marketplace", response_model=CargoList, responses=error_responses(401, 403))
+@router.get("/api/v1/marketplace", response_model=CargoList, responses=error_responses(401, 403, 429))
 async def list_catalogue(
     request: Request,
     category: str | None = None,
@@ -47,7 +47,7 @@ async def list_catalogue(
 
 
 @router.get(
-    "/api/v1/marketplace/categories", response_model=CategoryList, responses=error_responses(401, 403)
+    "/api/v1/marketplace/categories", response_model=CategoryList, responses=error_responses(401, 403, 429)
 )
 async def list_categories(request: Request, _: Principal = Depends(require_read)) -> CategoryList:
     async with get_runtime(request).db.session() as session:
@@ -56,7 +56,7 @@ async def list_categories(request: Request, _: Principal = Depends(require_read)
 
 
 @router.get(
-    "/api/v1/marketplace/publisher", response_model=PublisherAnswer, responses=error_responses(401, 403)
+    "/api/v1/marketplace/publisher", response_model=PublisherAnswer, responses=error_responses(401, 403, 429)
 )
 async def get_publisher(request: Request, principal: Principal = Depends(require_read)) -> PublisherAnswer:
     async with get_runtime(request).db.transaction() as session:
@@ -65,7 +65,9 @@ async def get_publisher(request: Request, principal: Principal = Depends(require
 
 
 @router.put(
-    "/api/v1/marketplace/publisher", response_model=PublisherAnswer, responses=error_responses(401, 403, 422)
+    "/api/v1/marketplace/publisher",
+    response_model=PublisherAnswer,
+    responses=error_responses(401, 403, 422, 429),
 )
 async def update_publisher(
     body: PublisherIn, request: Request, principal: Principal = Depends(require_write)
@@ -78,7 +80,7 @@ async def update_publisher(
 
 
 @router.get(
-    "/api/v1/marketplace/submissions", response_model=SubmissionList, responses=error_responses(401, 403)
+    "/api/v1/marketplace/submissions", response_model=SubmissionList, responses=error_responses(401, 403, 429)
 )
 async def my_submissions(request: Request, principal: Principal = Depends(require_read)) -> SubmissionList:
     from sqlalchemy import select
@@ -95,7 +97,7 @@ async def my_submissions(request: Request, principal: Principal = Depends(requir
     "/api/v1/marketplace/submissions",
     status_code=201,
     response_model=SubmissionAnswer,
-    responses=error_responses(401, 403, 409, 422),
+    responses=error_responses(401, 403, 409, 422, 429),
 )
 async def create_submission(
     body: SubmissionCreate, request: Request, principal: Principal = Depends(require_write)
@@ -111,7 +113,7 @@ async def create_submission(
 @router.get(
     "/api/v1/marketplace/submissions/{submission_id}",
     response_model=SubmissionAnswer,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 429),
 )
 async def get_submission(
     submission_id: int, request: Request, principal: Principal = Depends(require_read)
@@ -127,7 +129,7 @@ async def get_submission(
 @router.put(
     "/api/v1/marketplace/submissions/{submission_id}",
     response_model=SubmissionAnswer,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
 )
 async def update_submission(
     submission_id: int,
@@ -144,7 +146,7 @@ async def update_submission(
 @router.post(
     "/api/v1/marketplace/submissions/{submission_id}/submit",
     response_model=SubmissionAnswer,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
 )
 async def submit_submission(
     submission_id: int, request: Request, principal: Principal = Depends(require_write)
@@ -158,7 +160,9 @@ async def submit_submission(
 
 
 @router.get(
-    "/api/v1/marketplace/{slug}", response_model=CargoDetailAnswer, responses=error_responses(401, 403, 404)
+    "/api/v1/marketplace/{slug}",
+    response_model=CargoDetailAnswer,
+    responses=error_responses(401, 403, 404, 429),
 )
 async def get_cargo(slug: str, request: Request, _: Principal = Depends(require_read)) -> CargoDetailAnswer:
     async with get_runtime(request).db.session() as session:
@@ -176,7 +180,9 @@ async def get_cargo(slug: str, request: Request, _: Principal = Depends(require_
 
 
 @router.get(
-    "/api/v1/marketplace/{slug}/reviews", response_model=ReviewList, responses=error_responses(401, 403, 404)
+    "/api/v1/marketplace/{slug}/reviews",
+    response_model=ReviewList,
+    responses=error_responses(401, 403, 404, 429),
 )
 async def list_reviews(slug: str, request: Request, _: Principal = Depends(require_read)) -> ReviewList:
     async with get_runtime(request).db.session() as session:
@@ -188,7 +194,7 @@ async def list_reviews(slug: str, request: Request, _: Principal = Depends(requi
     "/api/v1/marketplace/{slug}/reviews",
     status_code=201,
     response_model=ReviewAnswer,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
 )
 async def add_review(
     slug: str, body: ReviewIn, request: Request, principal: Principal = Depends(require_write)
