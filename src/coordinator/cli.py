@@ -126,6 +126,7 @@ def dev(
     """Everything on this machine with no set-up: embedded PostgreSQL and NATS, migrations, demo data,
     the coordinator with its worker and one reference Island."""
     from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port, project_data_dir
+    from coordinator.hosts.nats_access import SHARED_USER, island_url
     from coordinator.repo.migrate import upgrade
 
     started = time.monotonic()
@@ -136,11 +137,12 @@ def dev(
         secret_file.write_text(secrets.token_urlsafe(48))
         secret_file.chmod(0o600)
     postgres = EmbeddedPostgres(root / "postgres")
-    nats_server = EmbeddedNats(root / "nats")
+    auth, shared_password = _dev_nats_auth(root)
+    nats_server = EmbeddedNats(root / "nats", auth=auth)
     try:
         postgres.start()
         database_url = postgres.ensure_database("coordinator")
-        nats_url = nats_server.start()
+        nats_server.start()
         http_port = (
             port or int(os.environ.get("COORDINATOR_PORT", 0)) or (4000 if _port_free(4000) else free_port())
         )
@@ -148,16 +150,42 @@ def dev(
             env="development",
             secret_key=os.environ.get("COORDINATOR_SECRET_KEY") or secret_file.read_text().strip(),
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_server.coordinator_url,
+            nats_auth_issuer_seed=auth.issuer_seed,
+            nats_shared_island_password=shared_password,
+            nats_public_url=nats_server.url,
             port=http_port,
             require_host_approval=False,
         )
         _logging(settings)
         upgrade(settings.database_url)
-        run_loop(_dev(settings, root, started))
+        island_nats_url = island_url(nats_server.url, SHARED_USER, shared_password)
+        run_loop(_dev(settings, root, started, island_nats_url))
     finally:
         nats_server.stop()
         postgres.stop()
+
+
+def _dev_nats_auth(root: Path):  # type: ignore[no-untyped-def]
+    """The dev stack's NATS credentials, kept in `<data dir>/nats-auth.json` so Islands that joined keep
+    working across restarts: auth ON (callout), compatibility mode ON (the shared password)."""
+    import json
+
+    from coordinator.devstack import NatsAuth
+
+    path = root / "nats-auth.json"
+    if not path.exists():
+        fresh = NatsAuth.generate()
+        values = {
+            "issuer_seed": fresh.issuer_seed,
+            "coordinator_password": fresh.coordinator_password,
+            "shared_password": secrets.token_urlsafe(24),
+        }
+        path.write_text(json.dumps(values))
+        path.chmod(0o600)
+    values = json.loads(path.read_text())
+    auth = NatsAuth(issuer_seed=values["issuer_seed"], coordinator_password=values["coordinator_password"])
+    return auth, str(values["shared_password"])
 
 
 class IslandChild(Child):
@@ -195,7 +223,7 @@ class IslandChild(Child):
             await agent.stop()
 
 
-async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no-untyped-def]
+async def _dev(settings, root: Path, started: float, island_nats_url: str) -> None:  # type: ignore[no-untyped-def]
     from coordinator.app import build_children, run_until_signalled
     from coordinator.runtime import Runtime
     from coordinator.seed import seed_demo
@@ -204,12 +232,13 @@ async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no
     runtime = Runtime.from_settings(settings)
     demo = await seed_demo(runtime, root / "demo-api-key")
     children = build_children(runtime, with_worker=True)
-    children.append(IslandChild(settings.nats_url, root / "island"))
+    children.append(IslandChild(island_nats_url, root / "island"))
     supervisor = Supervisor(children)
 
     def announce() -> None:
         print(f"URL: {runtime.base_url}", flush=True)
-        print(f"NATS: {settings.nats_url}", flush=True)
+        # The shared (compatibility-mode) credential: any unchanged Island can join with this URL.
+        print(f"NATS: {island_nats_url}", flush=True)
         print(f"API key: {demo.api_key}", flush=True)
         print(
             f"Started in {time.monotonic() - started:.1f} s; press Ctrl-C to stop.",
