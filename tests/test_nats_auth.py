@@ -361,3 +361,45 @@ async def test_an_island_with_its_own_credential_runs_a_job(stack: JobStack, aut
 
 async def test_an_island_with_the_shared_credential_runs_a_job(stack: JobStack, auth_nats: AuthNats) -> None:
     await _lifecycle(stack, auth_nats, own_credential=False)
+
+
+async def test_an_owner_issues_and_revokes_an_islands_credential_over_the_api(
+    stack: JobStack, auth_nats: AuthNats
+) -> None:
+    owner = await make_consumer(stack.runtime)
+    stranger = await make_consumer(stack.runtime, "stranger@example.com")
+    host_id = uuid.uuid4()
+    await make_island(stack.runtime, host_id=host_id, owner_id=owner.user.id)
+    path = f"/api/v1/hosts/{host_id}/nats-credentials"
+    assert (await stack.http.post(path, headers=stranger.headers)).status_code == 403
+    assert (
+        await stack.http.post("/api/v1/hosts/not-a-uuid/nats-credentials", headers=owner.headers)
+    ).status_code == 404
+    answer = await stack.http.post(path, headers=owner.headers)
+    assert answer.status_code == 201, answer.text
+    data = answer.json()["data"]
+    assert data["user"] == str(host_id)
+    assert data["nats_url"] == f"nats://{host_id}:{data['password']}@127.0.0.1:{auth_nats.server.port}"
+    live = await nats.connect(data["nats_url"], allow_reconnect=False)
+    closed = asyncio.Event()
+
+    async def on_disconnect() -> None:
+        closed.set()
+
+    live._disconnected_cb = on_disconnect
+    assert (await stack.http.delete(path, headers=stranger.headers)).status_code == 403
+    revoked = await stack.http.delete(path, headers=owner.headers)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["data"] == {"host_id": str(host_id), "revoked": 1, "disconnected": 1}
+    await asyncio.wait_for(closed.wait(), 10)
+    await live.close()
+    assert await refused(data["nats_url"])
+
+
+async def test_a_new_credential_replaces_the_old_one(stack: JobStack, auth_nats: AuthNats) -> None:
+    host_id = uuid.uuid4()
+    await make_island(stack.runtime, host_id=host_id)
+    old = await credential_for(stack, host_id)
+    new = await credential_for(stack, host_id)
+    assert await refused(auth_nats.url_for(str(host_id), old))
+    assert not await refused(auth_nats.url_for(str(host_id), new))

@@ -385,6 +385,45 @@ def create_user(
         _with_runtime(body)
 
 
+@admin_app.command("island-credentials")
+def island_credentials(
+    host_id: str,
+    revoke: Annotated[bool, typer.Option("--revoke", help="Revoke the Island's credential instead.")] = False,
+) -> None:
+    """Issue (or --revoke) an Island's own NATS credential; prints the `nats_url` for its config once."""
+    import uuid
+
+    from coordinator.hosts import nats_access
+
+    try:
+        parsed = uuid.UUID(host_id)
+    except ValueError:
+        typer.echo("HOST_ID must be the Island's UUID", err=True)
+        raise typer.Exit(2) from None
+
+    async def body(runtime):  # type: ignore[no-untyped-def]
+        async with runtime.db.transaction() as session:
+            if revoke:
+                count = await nats_access.revoke_credentials(session, parsed, owner_id=None)
+                typer.echo(f"revoked: {count}")
+                return
+            issued = await nats_access.issue_credential(
+                session, runtime.settings.secret_key, parsed, owner_id=None, actor_id=None
+            )
+        typer.echo(f"user: {issued.user}")
+        typer.echo(f"password: {issued.password}")
+        url = nats_access.island_url(runtime.settings.island_nats_url, issued.user, issued.password)
+        typer.echo(f"nats_url: {url}")
+
+    from coordinator.errors import DomainError
+
+    try:
+        _with_runtime(body)
+    except DomainError as exc:  # an unknown Island
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
 @admin_app.command("grant-credits")
 def grant_credits(email: str, amount: str) -> None:
     """Grant credits to a user (recorded in the ledger)."""

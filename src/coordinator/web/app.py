@@ -23,6 +23,7 @@ from coordinator.web.api.v1 import (
     jobs,
     karma,
     market,
+    nats_credentials,
     stream,
     workloads,
 )
@@ -41,6 +42,7 @@ ROUTERS = [
     stream.router,
     chat.router,
     hosts.router,
+    nats_credentials.router,
     admin_hosts.router,
     island.router,
     karma.router,
