@@ -403,3 +403,87 @@ async def test_a_new_credential_replaces_the_old_one(stack: JobStack, auth_nats:
     new = await credential_for(stack, host_id)
     assert await refused(auth_nats.url_for(str(host_id), old))
     assert not await refused(auth_nats.url_for(str(host_id), new))
+
+
+@asynccontextmanager
+async def hosts_stack(database_url: str, auth_nats: AuthNats) -> AsyncIterator[Runtime]:
+    from coordinator.app import hosts_children
+    from coordinator.hosts.fleet import FleetView
+
+    runtime = Runtime.from_settings(
+        make_settings(
+            database_url,
+            nats_url=auth_nats.server.coordinator_url,
+            nats_auth_issuer_seed=auth_nats.auth.issuer_seed,
+            nats_shared_island_password=SHARED_PASSWORD,
+            require_host_approval=False,
+        )
+    )
+    fleet = FleetView(heartbeat_timeout=30.0)
+    supervisor = Supervisor(
+        [NatsConnectionChild(runtime), AuthCalloutChild(runtime), *hosts_children(runtime, fleet)]
+    )
+    await supervisor.start()
+    try:
+        yield runtime
+    finally:
+        await supervisor.stop()
+        await runtime.db.dispose()
+
+
+def register_body(host_id: uuid.UUID, ram_mb: int) -> bytes:
+    import json
+
+    caps = {"gpu_model": None, "gpu_vram_mb": None, "cpu_cores": 8, "ram_mb": ram_mb, "region": "eu"}
+    return json.dumps({"host_id": str(host_id), "capabilities": caps, "version": "0.4.0"}).encode()
+
+
+async def test_island_a_cannot_register_as_or_claim_the_pairing_code_of_another_host(
+    database_url: str, auth_nats: AuthNats
+) -> None:
+    import json
+
+    from sqlalchemy import select
+
+    from coordinator.hosts.models import Host
+
+    async with hosts_stack(database_url, auth_nats) as runtime:
+        stack = JobStack(runtime, httpx.AsyncClient())
+        attacker = await island_client(auth_nats, stack)
+        victim = uuid.uuid4()
+        await make_island(runtime, host_id=victim, ram_mb=16384)
+        async with runtime.db.transaction() as session:
+            await nats_access.issue_credential(
+                session, runtime.settings.secret_key, victim, owner_id=None, actor_id=None
+            )
+        try:
+            # Pairing for a host with its own credential: no code to whoever asks.
+            reply = await attacker.request(
+                "coordinator.hosts.pairing", json.dumps({"host_id": str(victim)}).encode()
+            )
+            assert json.loads(reply.data) == {"success": False, "error": "Island already paired"}
+
+            # A forged registration for the victim (offline: nobody holds its probe subject) is not applied,
+            # while the attacker's own registration (it answers its own probe) is.
+            async def pong(msg: Any) -> None:
+                await attacker.publish(msg.reply, b"pong")
+
+            await attacker.subscribe(f"host.{attacker.host_id}.probe", cb=pong)
+            await attacker.publish("coordinator.hosts.register", register_body(victim, ram_mb=1))
+            await attacker.publish("coordinator.hosts.register", register_body(attacker.host_id, ram_mb=2048))
+            await attacker.flush()
+
+            async def own_registered() -> Host | None:
+                async with runtime.db.session() as session:
+                    host = (
+                        await session.execute(select(Host).where(Host.id == attacker.host_id))
+                    ).scalar_one()
+                    return host if host.ram_mb == 2048 else None
+
+            own = await eventually(own_registered)
+            assert own.nats_credential == nats_access.OWN_CREDENTIAL
+            async with runtime.db.session() as session:
+                victim_row = (await session.execute(select(Host).where(Host.id == victim))).scalar_one()
+            assert victim_row.ram_mb == 16384  # the forged 1 MB registration changed nothing
+        finally:
+            await attacker.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from coordinator.hosts import pairing
+from coordinator.hosts import nats_access, pairing
 from coordinator.hosts import service as hosts
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.flusher import HeartbeatFlusher
@@ -26,6 +26,9 @@ from coordinator.telemetry import context, metrics
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Any], Awaitable[None]]
+
+# With broker auth, how long a registration waits for its Island to answer `host.<id>.probe`.
+PROOF_WINDOW_SECONDS = 30.0
 
 
 def _host_uuid(raw: str | None) -> uuid.UUID:
@@ -101,6 +104,33 @@ class HostHandler:
     async def on_register(self, msg: Any) -> None:
         register = messages.parse_register(msg.data)
         host_id = _host_uuid(register.host_id)
+        if self.runtime.settings.nats_auth_enabled:
+            # `coordinator.hosts.register` is a shared subject: with broker auth, a registration for X
+            # counts only once a holder of X's subjects answers on `host.X.probe` (only X's own credential,
+            # or the compatibility mode's shared one, may subscribe there). The Island subscribes to it
+            # after pairing, so keep asking for a while, off the message loop.
+            self._spawn(self._register_when_proven(register, host_id))
+            return
+        await self._apply_register(register, host_id)
+
+    async def _register_when_proven(self, register: messages.RegisterHost, host_id: uuid.UUID) -> None:
+        deadline = time.monotonic() + PROOF_WINDOW_SECONDS
+        while time.monotonic() < deadline:
+            if await self.probe(register.host_id, wait_seconds=2.0) is not None:
+                async with self.runtime.db.transaction() as session:
+                    own = await nats_access.has_own_credential(session, host_id)
+                await self._apply_register(register, host_id, probed=True)
+                async with self.runtime.db.transaction() as session:
+                    kind = nats_access.OWN_CREDENTIAL if own else nats_access.SHARED_CREDENTIAL
+                    await nats_access.mark_credential(session, host_id, kind)
+                return
+            await asyncio.sleep(0.5)
+        metrics.nats_rejected.labels("register", "unproven").inc()
+        log.warning("hosts.register_unproven", host_id=register.host_id)
+
+    async def _apply_register(
+        self, register: messages.RegisterHost, host_id: uuid.UUID, *, probed: bool = False
+    ) -> None:
         async with self.runtime.db.transaction() as session:
             host = await hosts.register_host(session, register, approval_required=self.approval_required)
         view = self.fleet.get(host_id)
@@ -112,7 +142,8 @@ class HostHandler:
         else:
             self.fleet.put(fresh)
         log.info("hosts.registered", host_id=register.host_id, status=host.status)
-        self._spawn(self.probe(register.host_id))
+        if not probed:
+            self._spawn(self.probe(register.host_id))
 
     async def on_pairing(self, msg: Any) -> None:
         try:
@@ -125,6 +156,16 @@ class HostHandler:
                 )
             raise
         settings = self.runtime.settings
+        if settings.nats_auth_enabled:
+            # A host with its own credential was provisioned by its owner: it is paired, and its code
+            # (if any) must not be handed to whoever asks on this shared subject.
+            async with self.runtime.db.session() as session:
+                owned = await nats_access.has_own_credential(session, host_id)
+            if owned:
+                if msg.reply:
+                    answer = messages.PairingResponse(False, error="Island already paired")
+                    await self.nc.publish(msg.reply, answer.encode())
+                return
         async with self.runtime.db.transaction() as session:
             reply = await pairing.request_pairing(
                 session,
