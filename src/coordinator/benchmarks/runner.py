@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from coordinator.benchmarks import baselines, scenarios  # noqa: F401 - registers the scenarios
+from coordinator.benchmarks import baselines, nats_auth, scenarios  # noqa: F401 - registers the scenarios
 from coordinator.benchmarks.harness import SCENARIOS, BenchEnv, Result, Runner, machine_description
 from coordinator.benchmarks.report import write_report
 
