@@ -56,6 +56,7 @@ class FakeIsland:
         self._nc = await nats.connect(self.nats_url, name=f"island-{self.id[:8]}")
         js = self._nc.jetstream()
         config = ConsumerConfig(
+            name=f"host-{self.id}",  # CONSUMER.CREATE.JOBS.<name>.<filter>, as the official Island
             durable_name=f"host-{self.id}",
             filter_subject=f"host.{self.id}.jobs",
             ack_policy=AckPolicy.EXPLICIT,

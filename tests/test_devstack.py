@@ -105,7 +105,9 @@ def test_dev_stack_serves_the_demo_account_and_keeps_its_data(tmp_path: Path) ->
     proc, first = _start(data_dir, port)
     try:
         assert first["URL"] == f"http://127.0.0.1:{port}"
-        assert first["NATS"].startswith("nats://127.0.0.1:")
+        # Auth is on; the printed URL carries the compatibility-mode shared credential (user `island`),
+        # which the demo Island itself uses to run the job below.
+        assert first["NATS"].startswith("nats://island:") and "@127.0.0.1:" in first["NATS"]
         assert first["API key"].startswith("ak_")
         account = httpx.get(
             f"{first['URL']}/api/v1/account", headers={"Authorization": f"Bearer {first['API key']}"}
@@ -165,6 +167,8 @@ def test_dev_stack_serves_the_demo_account_and_keeps_its_data(tmp_path: Path) ->
         # A new run prints a new link of its own, and it works.
         assert second["Sign in"] != first["Sign in"]
         assert httpx.get(second["Sign in"]).status_code == 303
+        # The same credentials across restarts (the port may differ).
+        assert second["NATS"].rpartition("@")[0] == first["NATS"].rpartition("@")[0]
         again = httpx.get(
             f"{second['URL']}/api/v1/account", headers={"Authorization": f"Bearer {second['API key']}"}
         ).json()["data"]

@@ -183,6 +183,10 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
     runtime.components["fleet"] = fleet
     if runtime.settings.nats_enabled:
         children.append(NatsConnectionChild(runtime))
+        if runtime.settings.nats_auth_enabled:
+            from coordinator.nats.auth_callout import AuthCalloutChild
+
+            children.append(AuthCalloutChild(runtime))
         children.extend(hosts_children(runtime, fleet))
         children.extend(job_children(runtime))
     children.append(ReadyMarker(runtime))

@@ -123,6 +123,7 @@ def dev(
         remove_stack_file,
         write_stack_file,
     )
+    from coordinator.hosts.nats_access import SHARED_USER, island_url
     from coordinator.repo.migrate import upgrade
 
     started = time.monotonic()
@@ -133,11 +134,12 @@ def dev(
         secret_file.write_text(secrets.token_urlsafe(48))
         secret_file.chmod(0o600)
     postgres = EmbeddedPostgres(root / "postgres")
-    nats_server = EmbeddedNats(root / "nats")
+    auth, shared_password = _dev_nats_auth(root)
+    nats_server = EmbeddedNats(root / "nats", auth=auth)
     try:
         postgres.start()
         database_url = postgres.ensure_database("coordinator")
-        nats_url = nats_server.start()
+        nats_server.start()
         http_port = port or int(os.environ.get("COORDINATOR_PORT", 0))
         if not http_port:
             http_port, note = choose_dev_port(root)
@@ -147,20 +149,49 @@ def dev(
             env="development",
             secret_key=os.environ.get("COORDINATOR_SECRET_KEY") or secret_file.read_text().strip(),
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_server.coordinator_url,
+            nats_auth_issuer_seed=auth.issuer_seed,
+            nats_shared_island_password=shared_password,
+            nats_public_url=nats_server.url,
             port=http_port,
             require_host_approval=False,
         )
         _logging(settings)
         upgrade(settings.database_url)
         write_stack_file(
-            root, database_url=database_url, nats_url=nats_url, url=f"http://127.0.0.1:{http_port}"
+            root,
+            database_url=database_url,
+            nats_url=nats_server.url,  # without credentials: the file names no secret
+            url=f"http://127.0.0.1:{http_port}",
         )
-        run_loop(_dev(settings, root, started))
+        island_nats_url = island_url(nats_server.url, SHARED_USER, shared_password)
+        run_loop(_dev(settings, root, started, island_nats_url))
     finally:
         remove_stack_file(root)
         nats_server.stop()
         postgres.stop()
+
+
+def _dev_nats_auth(root: Path):  # type: ignore[no-untyped-def]
+    """The dev stack's NATS credentials, kept in `<data dir>/nats-auth.json` so Islands that joined keep
+    working across restarts: auth ON (callout), compatibility mode ON (the shared password)."""
+    import json
+
+    from coordinator.devstack import NatsAuth
+
+    path = root / "nats-auth.json"
+    if not path.exists():
+        fresh = NatsAuth.generate()
+        values = {
+            "issuer_seed": fresh.issuer_seed,
+            "coordinator_password": fresh.coordinator_password,
+            "shared_password": secrets.token_urlsafe(24),
+        }
+        path.write_text(json.dumps(values))
+        path.chmod(0o600)
+    values = json.loads(path.read_text())
+    auth = NatsAuth(issuer_seed=values["issuer_seed"], coordinator_password=values["coordinator_password"])
+    return auth, str(values["shared_password"])
 
 
 class IslandChild(Child):
@@ -198,7 +229,7 @@ class IslandChild(Child):
             await agent.stop()
 
 
-async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no-untyped-def]
+async def _dev(settings, root: Path, started: float, island_nats_url: str) -> None:  # type: ignore[no-untyped-def]
     from coordinator.app import build_children, run_until_signalled
     from coordinator.runtime import Runtime
     from coordinator.seed import demo_sign_in_link, seed_demo
@@ -208,12 +239,13 @@ async def _dev(settings, root: Path, started: float) -> None:  # type: ignore[no
     demo = await seed_demo(runtime, root / "demo-api-key")
     sign_in = await demo_sign_in_link(runtime)
     children = build_children(runtime, with_worker=True)
-    children.append(IslandChild(settings.nats_url, root / "island"))
+    children.append(IslandChild(island_nats_url, root / "island"))
     supervisor = Supervisor(children)
 
     def announce() -> None:
         print(f"URL: {runtime.base_url}", flush=True)
-        print(f"NATS: {settings.nats_url}", flush=True)
+        # The shared (compatibility-mode) credential: any unchanged Island can join with this URL.
+        print(f"NATS: {island_nats_url}", flush=True)
         print(f"API key: {demo.api_key}", flush=True)
         print(f"Sign in: {sign_in}", flush=True)
         print(
@@ -421,6 +453,45 @@ def create_user(
 
     with contextlib.suppress(KeyboardInterrupt):
         _with_runtime(body, prints_key=api_key)
+
+
+@admin_app.command("island-credentials")
+def island_credentials(
+    host_id: str,
+    revoke: Annotated[bool, typer.Option("--revoke", help="Revoke the Island's credential instead.")] = False,
+) -> None:
+    """Issue (or --revoke) an Island's own NATS credential; prints the `nats_url` for its config once."""
+    import uuid
+
+    from coordinator.hosts import nats_access
+
+    try:
+        parsed = uuid.UUID(host_id)
+    except ValueError:
+        typer.echo("HOST_ID must be the Island's UUID", err=True)
+        raise typer.Exit(2) from None
+
+    async def body(runtime):  # type: ignore[no-untyped-def]
+        async with runtime.db.transaction() as session:
+            if revoke:
+                count = await nats_access.revoke_credentials(session, parsed, owner_id=None)
+                typer.echo(f"revoked: {count}")
+                return
+            issued = await nats_access.issue_credential(
+                session, runtime.settings.secret_key, parsed, owner_id=None, actor_id=None
+            )
+        typer.echo(f"user: {issued.user}")
+        typer.echo(f"password: {issued.password}")
+        url = nats_access.island_url(runtime.settings.island_nats_url, issued.user, issued.password)
+        typer.echo(f"nats_url: {url}")
+
+    from coordinator.errors import DomainError
+
+    try:
+        _with_runtime(body)
+    except DomainError as exc:  # an unknown Island
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
 
 @admin_app.command("grant-credits")

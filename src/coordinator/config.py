@@ -46,6 +46,14 @@ class Settings(BaseSettings):
         False, validation_alias=AliasChoices("NATS_DISABLED", "COORDINATOR_NATS_DISABLED")
     )
 
+    # Broker-enforced Island identity (docs/decisions/nats-auth.md): the account nkey seed (`SA…`) whose
+    # public key is the nats-server `auth_callout { issuer }`; set = this process answers the callout.
+    nats_auth_issuer_seed: str | None = None
+    # Compatibility mode (off unless set): the original's one shared password for user `island`.
+    nats_shared_island_password: str | None = None
+    # The URL Islands are given (credentials are added to it); default: nats_url without its userinfo.
+    nats_public_url: str | None = None
+
     host: str = "127.0.0.1"
     port: int = 4000
     public_url: str | None = None
@@ -186,6 +194,17 @@ class Settings(BaseSettings):
     @property
     def is_dev(self) -> bool:
         return self.env != "production"
+
+    @property
+    def nats_auth_enabled(self) -> bool:
+        return self.nats_enabled and bool(self.nats_auth_issuer_seed)
+
+    @property
+    def island_nats_url(self) -> str:
+        """Where Islands connect, without userinfo."""
+        url = self.nats_public_url or self.nats_url or "nats://127.0.0.1:4222"
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
     @property
     def nats_enabled(self) -> bool:

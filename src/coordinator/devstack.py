@@ -69,12 +69,46 @@ class EmbeddedPostgres:
             self._server = None
 
 
+@dataclass(frozen=True)
+class NatsAuth:
+    """Authentication for `EmbeddedNats`: the coordinator is a static user (and the callout's
+    `auth_users`), every other CONNECT is decided by the coordinator's auth callout (signed by `issuer`)."""
+
+    issuer_seed: str
+    coordinator_password: str
+    coordinator_user: str = "coordinator"
+
+    @classmethod
+    def generate(cls) -> NatsAuth:
+        import secrets
+
+        from coordinator.nats.nkey_jwt import new_account_seed
+
+        return cls(issuer_seed=new_account_seed(), coordinator_password=secrets.token_urlsafe(24))
+
+    def config_lines(self) -> list[str]:
+        from coordinator.nats.nkey_jwt import public_key
+
+        user, password = self.coordinator_user, self.coordinator_password
+        return [
+            "authorization {",
+            f'  users: [ {{ user: "{user}", password: "{password}" }} ]',
+            "  auth_callout {",
+            f'    issuer: "{public_key(self.issuer_seed)}"',
+            f'    auth_users: [ "{user}" ]',
+            "  }",
+            "}",
+        ]
+
+
 @dataclass
 class EmbeddedNats:
-    """A nats-server child process with JetStream on, an 8 MiB max_payload and a free port."""
+    """A nats-server child process with JetStream on, an 8 MiB max_payload and a free port; with `auth`,
+    authentication through the coordinator's auth callout (docs/decisions/nats-auth.md)."""
 
     data_dir: Path
     port: int = 0
+    auth: NatsAuth | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 15.0) -> str:
@@ -89,6 +123,7 @@ class EmbeddedNats:
                     "jetstream {",
                     f'  store_dir: "{self.data_dir / "jetstream"}"',
                     "}",
+                    *(self.auth.config_lines() if self.auth else []),
                     "",
                 ]
             )
@@ -109,6 +144,13 @@ class EmbeddedNats:
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def coordinator_url(self) -> str:
+        """The URL the coordinator connects with (its credential in the userinfo when auth is on)."""
+        if self.auth is None:
+            return self.url
+        return f"nats://{self.auth.coordinator_user}:{self.auth.coordinator_password}@127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self._proc is None:

@@ -174,6 +174,10 @@ class Island:
                     await js.add_consumer(
                         subjects.JOBS_STREAM,
                         ConsumerConfig(
+                            # `name` too: the API subject then carries the filter (CONSUMER.CREATE.JOBS
+                            # .<name>.<filter>), as the official Island's, which a broker confining
+                            # Islands to their own consumer allows (DURABLE.CREATE it does not).
+                            name=durable,
                             durable_name=durable,
                             filter_subject=self.subject("jobs"),
                             ack_policy=AckPolicy.EXPLICIT,

@@ -22,6 +22,7 @@ SCENARIO_MODULES = [
     "coordinator.benchmarks.scenarios",
     "coordinator.benchmarks.channels",
     "coordinator.benchmarks.page_render",
+    "coordinator.benchmarks.nats_auth",
 ]
 for _module in SCENARIO_MODULES:
     importlib.import_module(_module)

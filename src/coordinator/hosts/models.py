@@ -47,6 +47,9 @@ class Host(Timestamps, Base):
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(index=True)
     paired_at: Mapped[datetime | None]
     device_token_hash: Mapped[str | None] = mapped_column(String(64))
+    # How the Island authenticated to NATS when it last registered: "island" (its own credential),
+    # "shared" (the compatibility mode's shared password) or None (a broker without authentication).
+    nats_credential: Mapped[str | None] = mapped_column(String(10))
 
 
 class PairingCode(Base):
@@ -86,3 +89,18 @@ class DeviceToken(Base):
     expires_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class HostNatsCredential(Base):
+    """A NATS user/password for one Island (user = host id); only the HMAC digest of the secret is kept.
+    Issuing a new one revokes the previous; a revoked one is refused by the auth callout at connect."""
+
+    __tablename__ = "host_nats_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    secret_digest: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None]
+    last_connected_at: Mapped[datetime | None]

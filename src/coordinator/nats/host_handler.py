@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from coordinator.hosts import pairing
+from coordinator.hosts import nats_access, pairing
 from coordinator.hosts import service as hosts
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.flusher import HeartbeatFlusher
@@ -27,6 +27,9 @@ from coordinator.telemetry import context, metrics
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Any], Awaitable[None]]
+
+# With broker auth, how long a registration waits for its Island to answer `host.<id>.probe`.
+PROOF_WINDOW_SECONDS = 30.0
 
 
 _host_uuid = host_uuid
@@ -95,8 +98,32 @@ class HostHandler:
             await self.nc.publish(msg.reply, b"pong")
 
     async def on_register(self, msg: Any) -> None:
+        if self.runtime.settings.nats_auth_enabled:
+            # `coordinator.hosts.register` is a shared subject: with broker auth, a registration for X
+            # counts only once a holder of X's subjects answers on `host.X.probe` (only X's own credential,
+            # or the compatibility mode's shared one, may subscribe there). The Island subscribes to it
+            # after pairing, so keep asking for a while, off the message loop.
+            register = messages.parse_register(msg.data)  # a malformed one is counted by the guard
+            self._spawn(self._register_when_proven(register, msg.data))
+            return
         host = await self.intake.register(None, msg.data)
         self._spawn(self.probe(str(host.id)))
+
+    async def _register_when_proven(self, register: messages.RegisterHost, payload: bytes) -> None:
+        host_id = host_uuid(register.host_id)
+        deadline = time.monotonic() + PROOF_WINDOW_SECONDS
+        while time.monotonic() < deadline:
+            if await self.probe(register.host_id, wait_seconds=2.0) is not None:
+                async with self.runtime.db.transaction() as session:
+                    own = await nats_access.has_own_credential(session, host_id)
+                await self.intake.register(None, payload)
+                async with self.runtime.db.transaction() as session:
+                    kind = nats_access.OWN_CREDENTIAL if own else nats_access.SHARED_CREDENTIAL
+                    await nats_access.mark_credential(session, host_id, kind)
+                return
+            await asyncio.sleep(0.5)
+        metrics.nats_rejected.labels("register", "unproven").inc()
+        log.warning("hosts.register_unproven", host_id=register.host_id)
 
     async def on_pairing(self, msg: Any) -> None:
         try:
@@ -109,6 +136,16 @@ class HostHandler:
                 )
             raise
         settings = self.runtime.settings
+        if settings.nats_auth_enabled:
+            # A host with its own credential was provisioned by its owner: it is paired, and its code
+            # (if any) must not be handed to whoever asks on this shared subject.
+            async with self.runtime.db.session() as session:
+                owned = await nats_access.has_own_credential(session, host_id)
+            if owned:
+                if msg.reply:
+                    answer = messages.PairingResponse(False, error="Island already paired")
+                    await self.nc.publish(msg.reply, answer.encode())
+                return
         async with self.runtime.db.transaction() as session:
             reply = await pairing.request_pairing(
                 session,
