@@ -55,7 +55,7 @@ def _host_id(raw: str) -> uuid.UUID:
     "/api/v1/hosts/{host_id}/nats-credentials",
     status_code=201,
     response_model=NatsCredentialAnswer,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 429),
 )
 async def issue_nats_credential(
     host_id: str, request: Request, principal: Principal = Depends(require_write)
@@ -85,7 +85,7 @@ async def issue_nats_credential(
 @router.delete(
     "/api/v1/hosts/{host_id}/nats-credentials",
     response_model=RevokedAnswer,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, 429),
 )
 async def revoke_nats_credential(
     host_id: str, request: Request, principal: Principal = Depends(require_write)
