@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import Request
+from fastapi import Request, Response
 
 from coordinator.accounts import service as accounts
 from coordinator.accounts.service import Principal
@@ -14,6 +14,20 @@ from coordinator.telemetry import context
 from coordinator.web import ratelimit
 
 SESSION_COOKIE = "coordinator_session"
+
+
+def set_session_cookie(request: Request, response: Response, token: str) -> None:
+    """The session cookie of the API's sign-in and the pages': HttpOnly, SameSite=Lax, Secure outside
+    development, as long-lived as the session."""
+    settings = get_runtime(request).settings
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_ttl_days * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=not settings.is_dev,
+    )
 
 
 def get_runtime(request: Request) -> Runtime:

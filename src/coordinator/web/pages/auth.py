@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, Response
 from coordinator.accounts import service as accounts
 from coordinator.errors import ValidationFailed
 from coordinator.web import ratelimit
-from coordinator.web.auth import SESSION_COOKIE
+from coordinator.web.auth import SESSION_COOKIE, set_session_cookie
 from coordinator.web.pages.base import (
     PageRoute,
     check_csrf,
@@ -19,18 +19,6 @@ from coordinator.web.pages.base import (
 )
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
-
-
-def set_session_cookie(request: Request, response: Response, token: str) -> None:
-    settings = runtime_of(request).settings
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=settings.session_ttl_days * 86400,
-        httponly=True,
-        samesite="lax",
-        secure=not settings.is_dev,
-    )
 
 
 @router.get("/")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from coordinator.accounts import service as accounts
 from coordinator.web import ratelimit, schemas
-from coordinator.web.auth import SESSION_COOKIE, get_runtime
+from coordinator.web.auth import SESSION_COOKIE, get_runtime, set_session_cookie
 from coordinator.web.errors import error_responses
 from coordinator.web.routing import ApiRouter
 
@@ -44,18 +44,6 @@ async def request_magic_link(body: MagicLinkRequest, request: Request) -> dict[s
     return {"data": {"sent": True}}
 
 
-def _set_session_cookie(response: Response, request: Request, token: str) -> None:
-    runtime = get_runtime(request)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=runtime.settings.session_ttl_days * 86400,
-        httponly=True,
-        samesite="lax",
-        secure=not runtime.settings.is_dev,
-    )
-
-
 async def _consume(request: Request, token: str) -> tuple[Any, str]:
     ratelimit.limit_sign_ins(request)
     runtime = get_runtime(request)
@@ -76,7 +64,7 @@ async def _consume(request: Request, token: str) -> tuple[Any, str]:
 )
 async def create_session(body: SessionRequest, request: Request, response: Response) -> dict[str, Any]:
     user, session_token = await _consume(request, body.token)
-    _set_session_cookie(response, request, session_token)
+    set_session_cookie(request, response, session_token)
     return {"data": {"user_id": str(user.id), "email": user.email}}
 
 
