@@ -11,7 +11,7 @@ import nats
 from sqlalchemy import text
 
 from coordinator.accounts.service import digest
-from coordinator.benchmarks.harness import BenchEnv, Result, latency_summary, scenario
+from coordinator.benchmarks.harness import BenchEnv, Load, Result, latency_summary, scenario
 from coordinator.config import Settings
 from coordinator.devstack import EmbeddedNats, NatsAuth
 from coordinator.nats.auth_callout import AuthCallout
@@ -51,6 +51,7 @@ async def nats_auth_connect(env: BenchEnv) -> Result:
         callout = AuthCallout(runtime)
         await callout.start(runtime.nats)
         latencies: list[float] = []
+        load = Load()  # a CONNECT offered, completed once the server accepted it through the callout
         queue: asyncio.Queue[uuid.UUID] = asyncio.Queue()
         for host_id in ids:
             queue.put_nowait(host_id)
@@ -59,14 +60,24 @@ async def nats_auth_connect(env: BenchEnv) -> Result:
             while not queue.empty():
                 host_id = queue.get_nowait()
                 started = time.perf_counter()
-                nc = await nats.connect(
-                    f"nats://{host_id}:{host_id}@127.0.0.1:{server.port}", allow_reconnect=False
-                )
+                load.offer()
+                try:
+                    nc = await nats.connect(
+                        f"nats://{host_id}:{host_id}@127.0.0.1:{server.port}",
+                        allow_reconnect=False,
+                        max_reconnect_attempts=0,
+                    )
+                except Exception as exc:  # an unanswered or refused CONNECT is the datum
+                    load.refuse(f"connect_{type(exc).__name__}")
+                    continue
                 latencies.append(time.perf_counter() - started)
+                load.complete()
                 await nc.close()
 
         wall = time.perf_counter()
+        load.begin()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        load.end()
         wall = time.perf_counter() - wall
         await callout.stop()
         await runtime.nats.close()
@@ -88,4 +99,4 @@ async def nats_auth_connect(env: BenchEnv) -> Result:
         met=FLEET / rate <= 60,
         notes="One callout (one process, one database look-up per CONNECT); clients and server share the "
         "machine. Replicas answer in one queue group, so the rate scales with them.",
-    )
+    ).with_load(load)
