@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from coordinator.telemetry import metrics
 from tests.factories import make_consumer, seed_cargos
-from tests.fake_island import FakeIsland, dumps
+from tests.fake_island import FakeIsland, dumps, now_ms
+from tests.jetstream_support import handled, publish_status
 from tests.job_stack import CHAT, JobStack, eventually, islands, job_stack, status_of, submit, wait_status
 from tests.job_support import (
     assert_money_conserved,
@@ -154,8 +155,8 @@ async def test_cancel_sends_cancel_job_refunds_and_ignores_a_late_success(
         await eventually(lambda: asyncio.sleep(0, job_id in island.cancels))
         # GGUF-style: the Island finishes anyway and reports success after the cancel.
         await island.publish("output", {"job_id": job_id, "seq": 0, "chunk": "late", "is_final": False})
-        await island.status(job_id, "succeeded")
-        await asyncio.sleep(0.5)
+        late = dumps({"job_id": job_id, "state": "succeeded", "timestamp": now_ms()})
+        await handled(island._nc, await publish_status(island._nc, island.id, late))  # seen and acked
         job = await status_of(stack, consumer, job_id)
         assert job["status"] == "cancelled" and job["usage"]["credits_used"] == 0.0
         assert await balance(stack.runtime, consumer.user.id) == Decimal(10000)
@@ -189,13 +190,13 @@ async def test_malformed_messages_are_acknowledged_counted_and_harmless(
     try:
         for payload in (b"not json", b"[]", dumps({"job_id": 5, "state": "started"}), dumps({"job_id": "x"})):
             await island._nc.publish(f"host.{island.id}.status", payload)
-        await island._nc.publish(f"host.{island.id}.status", dumps({"job_id": "x", "state": "exploded"}))
+        last = await publish_status(island._nc, island.id, dumps({"job_id": "x", "state": "exploded"}))
         await island._nc.publish(f"host.{island.id}.output", b"\xff\xfe")
         job_id = await submit(stack, consumer)
         await wait_status(stack, consumer, job_id, "completed")
-        assert malformed._value.get() - before == 5
-        # Acknowledged, not redelivered: a nak'd message would come back within a second and count again.
-        await asyncio.sleep(1.5)
+        # Acknowledged, not redelivered: the consumer's ack floor is past them with nothing pending (a
+        # nak'd message would be pending redelivery, and count again when it came back).
+        await handled(island._nc, last)
         assert malformed._value.get() - before == 5
     finally:
         await island.stop()
