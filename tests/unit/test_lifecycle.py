@@ -73,7 +73,7 @@ async def test_only_the_assigned_island_can_move_its_job() -> None:
 async def test_success_settles_once_pays_the_island_and_gives_karma() -> None:
     store, job_id = store_with(rules.RUNNING, budget="2")
     result = await lifecycle.transition_in(store, moves.SUCCEED, job_id, Inputs(host_id=ISLAND, output="ok"))
-    assert result is not None and result.released_host_id == ISLAND
+    assert result is not None and result.released_host_id == ISLAND and result.reported_by == ISLAND
     again = await lifecycle.transition_in(store, moves.SUCCEED, job_id, Inputs(host_id=ISLAND))
     assert again is None
     assert store.settlements == [(job_id, rules.SUCCEEDED)]
@@ -104,6 +104,7 @@ async def test_a_sweep_names_the_penalty_and_the_island_it_left_pays_it() -> Non
     inputs = Inputs(host_id=ISLAND, attempt=1, penalty="lease_expired")
     result = await lifecycle.transition_in(store, moves.REQUEUE, job_id, inputs)
     assert result is not None and result.released_host_id == ISLAND and result.host_id is None
+    assert result.reported_by is None  # the sweep decided it, not the Island
     assert store.karma == [(ISLAND, "lease_expired", job_id)]
     assert store.jobs[job_id].excluded_host_ids == [str(ISLAND)]
     assert store.settlements == []  # a requeue moves no money

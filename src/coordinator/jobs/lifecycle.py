@@ -205,7 +205,8 @@ def result_of(moved: Moved, move: Move, inputs: Inputs, released: uuid.UUID | No
         released_host_id=released,
         stream_owner=moved.stream_owner,
         move=move.name,
-        reported_by=inputs.host_id,
+        # A requeue or give-back names the Island it takes the job from, not one that reported anything.
+        reported_by=None if move.target == moves.REQUEUE.target else inputs.host_id,
     )
 
 
