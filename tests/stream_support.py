@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from coordinator.app import HttpChild, NatsConnectionChild, job_children, streaming_children
+from coordinator.app import HttpChild, NatsConnectionChild, build_runtime, job_children, streaming_children
 from coordinator.jobs import repository as sql
 from coordinator.jobs import service
 from coordinator.jobs.events import JobRef
@@ -55,7 +55,7 @@ async def stream_stack(
 ) -> AsyncIterator[Stack]:
     """Pub/sub, accumulator and HTTP (plus, with `nats_url`, the NATS connection and pub/sub bridge;
     with `jobs_pipeline`, the dispatcher and Island handlers too)."""
-    runtime = Runtime.from_settings(make_settings(database_url, nats_url=nats_url, **{**FAST, **overrides}))
+    runtime = build_runtime(make_settings(database_url, nats_url=nats_url, **{**FAST, **overrides}))
     children: list[Child] = list(streaming_children(runtime))
     if nats_url:
         children.append(NatsConnectionChild(runtime))
@@ -104,7 +104,7 @@ async def assign(stack: Stack, job_id: uuid.UUID, *, start: bool = True) -> JobR
             )
         ).one()
     result = service.transition_result(row, "queued")
-    await service.hooks(stack.runtime).run(result)
+    await stack.runtime.hooks.run(result)
     if start:
         assert await service.start_job(stack.runtime, job_id, stack.host_id) is not None
     return await service.job_ref(stack.runtime, result)

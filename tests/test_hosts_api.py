@@ -38,7 +38,7 @@ async def _status_is(runtime: Runtime, host_id: str, expected: str) -> bool:
 
 async def test_silent_island_goes_offline_and_gets_no_work(database_url: str, nats_url: str) -> None:
     async with running_coordinator(database_url, nats_url, heartbeat_timeout_seconds=1) as runtime:
-        fleet = runtime.components["fleet"]
+        fleet = runtime.fleet
         host_id = str(uuid.uuid4())
         nc = await nats.connect(nats_url)
         try:
@@ -59,7 +59,7 @@ async def test_silent_island_goes_offline_and_gets_no_work(database_url: str, na
 
 async def test_approval_suspension_and_resumption(database_url: str, nats_url: str) -> None:
     async with running_coordinator(database_url, nats_url, require_host_approval=True) as runtime:
-        fleet = runtime.components["fleet"]
+        fleet = runtime.fleet
         admin = await make_consumer(runtime, "admin@example.com", admin=True)
         user = await make_consumer(runtime, "user@example.com")
         host_id = str(uuid.uuid4())
@@ -208,7 +208,7 @@ async def test_decisions_from_another_replica_reach_the_fleet_view(database_url:
     async with running_coordinator(
         database_url, nats_url, require_host_approval=True, heartbeat_timeout_seconds=3
     ) as runtime:
-        fleet = runtime.components["fleet"]
+        fleet = runtime.fleet
         host_id = str(uuid.uuid4())
         nc = await nats.connect(nats_url)
 

@@ -75,11 +75,10 @@ def migrate() -> None:
 
 
 async def _serve(settings, *, with_worker: bool, http: bool = True) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.app import build_children, run_until_signalled
-    from coordinator.runtime import Runtime
+    from coordinator.app import build_children, build_runtime, run_until_signalled
     from coordinator.supervisor import Supervisor
 
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     supervisor = Supervisor(build_children(runtime, with_worker=with_worker, http=http))
     await run_until_signalled(supervisor)
 
@@ -230,12 +229,11 @@ class IslandChild(Child):
 
 
 async def _dev(settings, root: Path, started: float, island_nats_url: str) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.app import build_children, run_until_signalled
-    from coordinator.runtime import Runtime
+    from coordinator.app import build_children, build_runtime, run_until_signalled
     from coordinator.seed import demo_sign_in_link, seed_demo
     from coordinator.supervisor import Supervisor
 
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     demo = await seed_demo(runtime, root / "demo-api-key")
     sign_in = await demo_sign_in_link(runtime)
     children = build_children(runtime, with_worker=True)
@@ -407,12 +405,12 @@ def _admin_settings(*, prints_key: bool = False):  # type: ignore[no-untyped-def
 
 
 def _with_runtime(coro_factory, *, prints_key: bool = False):  # type: ignore[no-untyped-def]
-    from coordinator.runtime import Runtime
+    from coordinator.app import build_runtime
 
     settings = _admin_settings(prints_key=prints_key)
 
     async def runner():  # type: ignore[no-untyped-def]
-        runtime = Runtime.from_settings(settings)
+        runtime = build_runtime(settings)
         try:
             return await coro_factory(runtime)
         finally:

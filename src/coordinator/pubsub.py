@@ -31,7 +31,6 @@ from coordinator.supervisor import Child
 
 log = structlog.get_logger(__name__)
 
-PUBSUB_COMPONENT = "pubsub"
 SUBJECT_PREFIX = "coordinator.pubsub"
 REPLICA_HEADER = "Coordinator-Replica"
 POSITION_HEADER = "Coordinator-Position"
@@ -192,17 +191,8 @@ class PubSub:
         self._nc = None
 
 
-def pubsub_of(components: dict[str, Any]) -> PubSub:
-    """The runtime's hub (created on first use, so contexts and tests work without the supervisor)."""
-    hub = components.get(PUBSUB_COMPONENT)
-    if hub is None:
-        hub = components[PUBSUB_COMPONENT] = PubSub()
-    assert isinstance(hub, PubSub)
-    return hub
-
-
 class PubSubChild(Child):
-    """Registers the hub and, while the process's NATS connection exists, bridges it across replicas."""
+    """Bridges the runtime's hub across replicas while the process's NATS connection exists."""
 
     name = "pubsub"
 
@@ -210,10 +200,7 @@ class PubSubChild(Child):
         self.runtime = runtime
 
     async def run(self, ready: Callable[[], None]) -> None:
-        components = self.runtime.components
-        if PUBSUB_COMPONENT not in components:
-            components[PUBSUB_COMPONENT] = PubSub(queue_size=self.runtime.settings.pubsub_queue_size)
-        hub = pubsub_of(components)
+        hub = self.runtime.pubsub
         ready()
         bridged: Any = None
         try:

@@ -39,8 +39,6 @@ from coordinator.workloads import service as workloads
 
 log = structlog.get_logger(__name__)
 
-BATCH_HOOK_COMPONENT = "batch_hook"
-
 # The parent: a job row that no dispatcher claims (running, no Island, no lease), budget and charge 0.
 INSERT_PARENT_SQL = text(
     """
@@ -218,7 +216,7 @@ def children_of(config: dict[str, Any], rows: Sequence[Any]) -> list[Child]:
 
 def ensure_hook(runtime: Runtime) -> None:
     """Register the batch hook on this process's transitions (idempotent)."""
-    if runtime.components.get(BATCH_HOOK_COMPONENT):
+    if runtime.batch_hook is not None:
         return
 
     async def on_transition(result: TransitionResult) -> None:
@@ -231,8 +229,8 @@ def ensure_hook(runtime: Runtime) -> None:
         elif result.to_state == rules.CANCELLED:
             await cancel_children(runtime, result.job_id)  # no-op unless it is a batch parent
 
-    runtime.components[BATCH_HOOK_COMPONENT] = on_transition
-    service.hooks(runtime).register(on_transition)
+    runtime.batch_hook = on_transition
+    runtime.hooks.register(on_transition)
 
 
 async def advance_batch(runtime: Runtime, parent_id: uuid.UUID) -> None:
@@ -312,7 +310,7 @@ async def _finish_parent(
             )
         ).first()
     if row is not None:
-        await service.hooks(runtime).run(service.transition_result(row, rules.RUNNING))
+        await runtime.hooks.run(service.transition_result(row, rules.RUNNING))
 
 
 async def _cancel_child(runtime: Runtime, job_id: uuid.UUID, reason: str) -> None:
@@ -321,12 +319,12 @@ async def _cancel_child(runtime: Runtime, job_id: uuid.UUID, reason: str) -> Non
         result = await service.finish_in(session, job_id, rules.CANCELLED, error=reason)
     if result is None:
         return
-    bus = service.bus_of(runtime)
+    bus = runtime.bus
     if result.released_host_id is not None and bus is not None:
         await service.best_effort(
             bus.publish_cancel(result.released_host_id, job_id), "publish_cancel", job_id
         )
-    await service.hooks(runtime).run(result)
+    await runtime.hooks.run(result)
 
 
 async def cancel_children(runtime: Runtime, parent_id: uuid.UUID) -> int:

@@ -23,11 +23,10 @@ from coordinator.hosts.fleet import FleetView, HostView
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules, service
 from coordinator.jobs.assignment import assign_job_message
-from coordinator.jobs.events import DISPATCHER_COMPONENT, UndeliverableAssignment
+from coordinator.jobs.events import UndeliverableAssignment
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob
-from coordinator.pubsub import pubsub_of
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
 from coordinator.telemetry import context, metrics
@@ -53,14 +52,6 @@ class Assignment:
     message: AssignJob
     created_at: datetime
     result: TransitionResult
-
-
-def ensure_fleet(runtime: Runtime) -> FleetView:
-    fleet = service.fleet_of(runtime)
-    if fleet is None:
-        fleet = FleetView(heartbeat_timeout=runtime.settings.heartbeat_timeout_seconds)
-        runtime.components[service.FLEET_COMPONENT] = fleet
-    return fleet
 
 
 def host_view_of(row: Any, last_heartbeat: float) -> HostView:
@@ -99,23 +90,16 @@ class Dispatcher(LoopService):
         self.runtime = runtime
         self.interval = runtime.settings.dispatch_interval_seconds
         self.batch_size = runtime.settings.dispatch_batch_size
-        self._listening_to: FleetView | None = None
-        ensure_fleet(runtime)
+        runtime.fleet.on_capacity(self.wake)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
         self._failed: list[TransitionResult] = []
 
     async def setup(self) -> None:
-        self.runtime.components[DISPATCHER_COMPONENT] = self
-        _ = self.fleet
+        self.runtime.dispatcher = self
 
     @property
     def fleet(self) -> FleetView:
-        """The runtime's fleet view (looked up each time: the hosts context may install its own)."""
-        fleet = ensure_fleet(self.runtime)
-        if fleet is not self._listening_to:
-            fleet.on_capacity(self.wake)
-            self._listening_to = fleet
-        return fleet
+        return self.runtime.fleet
 
     async def run_once(self) -> None:
         if self.batch_size <= 0:  # dispatching disabled on this replica (it still serves Islands)
@@ -169,7 +153,7 @@ class Dispatcher(LoopService):
             if not rows:
                 return 0
             hosts = await self._lock_capacity(session, candidates) if candidates else []
-            surge = await service.current_surge(self.runtime, session)
+            surge = await self.runtime.surge.current(session)
             waiting: list[tuple[uuid.UUID, dict[str, Any]]] = []
             plans = [
                 p for row in rows if (p := await self._plan(session, row, hosts, surge, waiting)) is not None
@@ -181,7 +165,7 @@ class Dispatcher(LoopService):
             await asyncio.gather(*(self._publish(a) for a in assignments))
         failed, self._failed = self._failed, []
         for result in failed:
-            await service.hooks(self.runtime).run(result)
+            await self.runtime.hooks.run(result)
         return len(assignments)
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
@@ -232,7 +216,7 @@ class Dispatcher(LoopService):
         """Every planned move in one guarded UPDATE; the jobs' streams are owned by this replica."""
         if not plans:
             return []
-        owner = pubsub_of(self.runtime.components).replica_id
+        owner = self.runtime.pubsub.replica_id
         params = sql.assign_many_params([p.move for p in plans], owner)
         done = {row.id: row for row in await session.execute(sql.ASSIGN_MANY_SQL, params)}
         assignments = []
@@ -262,7 +246,7 @@ class Dispatcher(LoopService):
             await self._publish_bound(assignment)
 
     async def _publish_bound(self, assignment: Assignment) -> None:
-        bus = service.bus_of(self.runtime)
+        bus = self.runtime.bus
         try:
             if bus is None:
                 raise RuntimeError("no Island bus")
@@ -276,7 +260,7 @@ class Dispatcher(LoopService):
         latency = max(0.0, time.time() - assignment.created_at.timestamp())
         metrics.dispatch_latency.observe(latency)
         log.info("job.assigned", attempt=assignment.attempt, dispatch_seconds=round(latency, 4))
-        await service.hooks(self.runtime).run(assignment.result)
+        await self.runtime.hooks.run(assignment.result)
 
     async def _give_back(self, assignment: Assignment, exc: Exception) -> None:
         """A failed publish counts as an attempt: back to the queue, or failed with a full refund when the
@@ -306,4 +290,4 @@ class Dispatcher(LoopService):
             log.exception("dispatcher.give_back_failed", job_id=str(assignment.job_id))
         self.fleet.release(assignment.host_id)
         if result is not None:
-            await service.hooks(self.runtime).run(result)
+            await self.runtime.hooks.run(result)

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 
 from coordinator.jobs import rules
-from coordinator.jobs.events import DISPATCHER_COMPONENT, OUTPUT_COMPONENT, OutputSink
 from coordinator.jobs.hooks import Hook, TransitionResult
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
-
-
-def output_of(runtime: Runtime) -> OutputSink:
-    """The registered output sink, or the basic one (chunks by seq → `jobs.output`) when none is."""
-    sink: Any = runtime.components.get(OUTPUT_COMPONENT)
-    if sink is None:
-        from coordinator.jobs.output_basic import BasicOutput
-
-        sink = runtime.components[OUTPUT_COMPONENT] = BasicOutput(runtime)
-    assert isinstance(sink, OutputSink)
-    return sink
 
 
 def transition_event(result: TransitionResult) -> str | None:
@@ -51,15 +37,14 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
                 log.info(event, from_state=result.from_state, to_state=result.to_state, error=result.error)
 
     async def free_capacity(result: TransitionResult) -> None:
-        fleet = service.fleet_of(runtime)
-        if fleet is not None and result.released_host_id is not None:
-            fleet.release(result.released_host_id)
+        if result.released_host_id is not None:
+            runtime.fleet.release(result.released_host_id)
 
     async def tell_output(result: TransitionResult) -> None:
         if result.from_state is None:
             return
         ref = await service.job_ref(runtime, result)
-        sink = output_of(runtime)
+        sink = runtime.output
         if rules.is_terminal(result.to_state):
             await sink.on_terminal(ref, result.to_state, result.error, result.usage)
         else:
@@ -68,10 +53,9 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
     async def wake_dispatch(result: TransitionResult) -> None:
         if result.to_state != rules.QUEUED:
             return
-        dispatcher = runtime.components.get(DISPATCHER_COMPONENT)
-        if dispatcher is not None:
-            dispatcher.wake()
-        bus = service.bus_of(runtime)
+        if runtime.dispatcher is not None:
+            runtime.dispatcher.wake()
+        bus = runtime.bus
         if bus is not None:
             await bus.wake_dispatchers()
 

@@ -24,9 +24,9 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from coordinator.jobs import rules
-from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
+from coordinator.jobs.events import JobRef
 from coordinator.jobs.output_assembly import JobAssembly, clean_usage, counted_usage, done_usage
-from coordinator.pubsub import Event, PubSub, job_topic, pubsub_of
+from coordinator.pubsub import Event, PubSub, job_topic
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 from coordinator.telemetry import metrics
@@ -109,7 +109,7 @@ class OutputAccumulator:
 
     def __init__(self, runtime: Runtime, pubsub: PubSub | None = None) -> None:
         self.runtime = runtime
-        self.pubsub = pubsub or pubsub_of(runtime.components)
+        self.pubsub = pubsub or runtime.pubsub
         self.grace_seconds = runtime.settings.output_grace_seconds
         self._streams: dict[uuid.UUID, _Stream] = {}
         self._flush_lock = asyncio.Lock()
@@ -367,8 +367,7 @@ async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> 
 
 
 def accumulator_of(runtime: Runtime) -> OutputAccumulator | None:
-    sink = runtime.components.get(OUTPUT_COMPONENT)
-    sink = getattr(sink, "local", sink)  # under a cross-replica router, this replica's accumulator
+    sink = getattr(runtime.output, "local", runtime.output)  # this replica's, under a stream router
     return sink if isinstance(sink, OutputAccumulator) else None
 
 
@@ -387,8 +386,8 @@ class OutputAccumulatorChild(Child):
             self.accumulator = OutputAccumulator(self.runtime)
         accumulator = self.accumulator
         accumulator.wake = self._wake.set
-        if getattr(self.runtime.components.get(OUTPUT_COMPONENT), "local", None) is not accumulator:
-            self.runtime.components[OUTPUT_COMPONENT] = accumulator  # (keeps a router wrapping it)
+        if getattr(self.runtime.output, "local", None) is not accumulator:
+            self.runtime.output = accumulator  # (keeps a router wrapping it)
         ready()
         interval = self.runtime.settings.output_flush_interval_seconds
         last_sweep = time.monotonic()

@@ -118,7 +118,7 @@ async def _unplaceable(runtime: Runtime, outcome: SweepOutcome) -> None:
 
 
 async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
-    bus = service.bus_of(runtime)
+    bus = runtime.bus
     if bus is not None:
         for host_id in outcome.purge_hosts:
             await service.best_effort(bus.purge_host_jobs(host_id), "purge_host_jobs", host_id)
@@ -129,7 +129,7 @@ async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
                     "publish_cancel",
                     result.job_id,
                 )
-    registry = service.hooks(runtime)
+    registry = runtime.hooks
     for result in [*outcome.requeued, *outcome.dead_lettered, *outcome.timed_out, *outcome.unplaceable]:
         with context.bind(job_id=result.job_id, host_id=result.released_host_id):
             await registry.run(result)
@@ -155,15 +155,15 @@ async def retry_queued(runtime: Runtime, *, waited_seconds: int = 60) -> dict[st
         rows = (await session.execute(sql.STALE_QUEUED_SQL, {"age": waited_seconds, "limit": 500})).all()
         for row in rows:
             needs = service.needs_of(row, workload_id=0, region=row.region)
-            fleet = service.fleet_of(runtime)
+            fleet = runtime.fleet
             if not await service.could_ever_run(session, fleet, needs, list(row.excluded_host_ids or ())):
                 error = "No Island can run this job any more: " + rules.unrunnable_reason(needs)
                 result = await service.finish_in(session, row.id, rules.FAILED, error=error)
                 if result is not None:
                     failed.append(result)
     for result in failed:
-        await service.hooks(runtime).run(result)
-    bus = service.bus_of(runtime)
+        await runtime.hooks.run(result)
+    bus = runtime.bus
     if rows and bus is not None:
         await service.best_effort(bus.wake_dispatchers(), "wake_dispatchers", uuid.UUID(int=0))
     return {"waiting": len(rows) - len(failed), "failed_unplaceable": len(failed)}

@@ -20,8 +20,8 @@ from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.models import Host
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules
-from coordinator.jobs.events import BUS_COMPONENT, JobBus, JobRef
-from coordinator.jobs.hooks import HookRegistry, TransitionResult, registry_of
+from coordinator.jobs.events import JobRef
+from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.models import Job
 from coordinator.karma import service as karma
 from coordinator.runtime import Runtime
@@ -32,56 +32,10 @@ from coordinator.workloads.models import Workload
 
 log = structlog.get_logger(__name__)
 
-FLEET_COMPONENT = "fleet"
-SURGE_COMPONENT = "surge"
-MARKET_RATES_COMPONENT = "market_rates"
-
-
-# ---------------------------------------------------------------- runtime wiring
-
-
-def fleet_of(runtime: Runtime) -> FleetView | None:
-    fleet = runtime.components.get(FLEET_COMPONENT)
-    return fleet if isinstance(fleet, FleetView) else None
-
-
-async def current_surge(runtime: Runtime, session: AsyncSession) -> Decimal:
-    """The exchange's surge factor, cached 30 seconds (the rule) in the runtime."""
-    cache = runtime.components.get(SURGE_COMPONENT)
-    if not isinstance(cache, market.TtlCache):
-        cache = runtime.components[SURGE_COMPONENT] = market.TtlCache[Decimal](ttl=30)
-    return await cache.get(lambda: market.compute_surge(session))
-
-
-def market_rates(runtime: Runtime) -> market.TtlCache[Decimal | None]:
-    """Each Cargo's market rate (an hour's average clearing price), recomputed at most every 10 s rather
-    than on every submission."""
-    cache = runtime.components.get(MARKET_RATES_COMPONENT)
-    if not isinstance(cache, market.TtlCache):
-        cache = runtime.components[MARKET_RATES_COMPONENT] = market.TtlCache[Decimal | None](ttl=10)
-    return cache
-
-
-def bus_of(runtime: Runtime) -> JobBus | None:
-    bus: JobBus | None = runtime.components.get(BUS_COMPONENT)
-    return bus
-
-
-def hooks(runtime: Runtime) -> HookRegistry:
-    """The runtime's after-commit hook registry, with the built-in effects registered first."""
-    registry = registry_of(runtime.components)
-    if not runtime.components.get("job_hooks_builtin"):
-        runtime.components["job_hooks_builtin"] = True
-        from coordinator.jobs.effects import builtin_hooks
-
-        for hook in builtin_hooks(runtime):
-            registry.register(hook)
-    return registry
-
 
 async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
     """A JobRef for a transition, with the Cargo's kind and runtime from a small per-process cache."""
-    kind, runtime_name = await workload_meta(runtime, result.workload_id)
+    kind, runtime_name = await runtime.workload_meta.get(runtime.db, result.workload_id)
     return JobRef(
         job_id=result.job_id,
         user_id=result.user_id,
@@ -92,19 +46,6 @@ async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
         created_at=result.created_at,
         stream_owner=result.stream_owner,
     )
-
-
-async def workload_meta(runtime: Runtime, workload_id: int) -> tuple[str, str]:
-    cache: dict[int, tuple[str, str]] = runtime.components.setdefault("workload_meta", {})
-    if workload_id not in cache:
-        async with runtime.db.read() as session:
-            row = (
-                await session.execute(
-                    select(Workload.kind, Workload.runtime).where(Workload.id == workload_id)
-                )
-            ).one()
-        cache[workload_id] = (row[0], row[1])
-    return cache[workload_id]
 
 
 def transition_result(row: Row[Any], from_state: str | None, **extra: Any) -> TransitionResult:
@@ -239,7 +180,7 @@ async def submit_job(
         _check_submission(workload, input, priority, region)
         markup = Decimal(str(runtime.settings.market_rate_markup))
         price = await market.resolve_budget(
-            session, user.id, workload, bid, markup=markup, rates=market_rates(runtime)
+            session, user.id, workload, bid, markup=markup, rates=runtime.market_rates
         )
         if parent_id is None:  # a batch counts once, through its parent
             await quotas.check_submit_quota(
@@ -247,9 +188,9 @@ async def submit_job(
             )
         needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
         if bid is None:
-            price = await meetable_default_budget(session, fleet_of(runtime), user.id, needs)
+            price = await meetable_default_budget(session, runtime.fleet, user.id, needs)
             needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
-        if not await could_ever_run(session, fleet_of(runtime), needs):
+        if not await could_ever_run(session, runtime.fleet, needs):
             reason = rules.unrunnable_reason(needs)
             raise ValidationFailed(reason, {"workload": [reason]})
         row = await session.execute(
@@ -280,7 +221,7 @@ async def submit_job(
     with context.bind(job_id=job_id, workload_id=workload.id, user_id=user.id):
         log.info("job.submitted", workload=workload.slug, priority=priority, budget=str(price))
         metrics.jobs_submitted.labels(workload=workload.slug).inc()
-        await hooks(runtime).run(
+        await runtime.hooks.run(
             TransitionResult(job_id, user.id, workload.id, None, rules.QUEUED, None, 0, created_at)
         )
     # The row as inserted, without reading it back (submit is a hot path).
@@ -451,9 +392,8 @@ def karma_changes(session: AsyncSession) -> list[karma.KarmaChange]:
 
 def apply_karma(runtime: Runtime, session: AsyncSession) -> None:
     """After commit: copy the transaction's new karma balances into the fleet view (placement scores them)."""
-    fleet = fleet_of(runtime)
     for change in session.info.pop("karma_changes", []):
-        view = fleet.get(change.host_id) if fleet is not None else None
+        view = runtime.fleet.get(change.host_id)
         if view is not None:
             view.karma = change.karma
 
@@ -477,7 +417,7 @@ async def finish_job(
                 await penalize_host(session, host_id, "job_failed", job_id)
     apply_karma(runtime, session)
     if result is not None:
-        await hooks(runtime).run(result)
+        await runtime.hooks.run(result)
     return result
 
 
@@ -493,7 +433,7 @@ async def start_job(runtime: Runtime, job_id: uuid.UUID, host_id: uuid.UUID) -> 
     if row is None:
         return None
     result = transition_result(row, rules.ASSIGNED)
-    await hooks(runtime).run(result)
+    await runtime.hooks.run(result)
     return result
 
 
@@ -513,11 +453,11 @@ async def cancel_job(runtime: Runtime, user: User, job_id: str) -> tuple[Job, st
         async with runtime.db.transaction() as session:
             result = await finish_in(session, job.id, rules.CANCELLED, error="cancelled by the owner")
         if result is not None:
-            if result.released_host_id is not None and (bus := bus_of(runtime)) is not None:
+            if result.released_host_id is not None and (bus := runtime.bus) is not None:
                 await best_effort(
                     bus.publish_cancel(result.released_host_id, job.id), "publish_cancel", job.id
                 )
-            await hooks(runtime).run(result)
+            await runtime.hooks.run(result)
     async with runtime.db.session() as session:
         return await get_job(session, user, job_id)
 

@@ -34,7 +34,6 @@ from coordinator.runtime import Runtime
 from coordinator.workloads.models import SecurityScan, Workload
 
 log = structlog.get_logger(__name__)
-SLOTS_COMPONENT = "registry_scan_slots"
 
 
 def scanners_from_settings(settings: Settings) -> list[Scanner]:
@@ -61,16 +60,6 @@ class ImageScan:
         return [o for o in self.outcomes if o.status == COMPLETED]
 
 
-def _slots(runtime: Runtime) -> asyncio.Semaphore:
-    slots = runtime.components.get(SLOTS_COMPONENT)
-    if slots is None:
-        slots = runtime.components[SLOTS_COMPONENT] = asyncio.Semaphore(
-            runtime.settings.registry_scan_concurrency
-        )
-    assert isinstance(slots, asyncio.Semaphore)
-    return slots
-
-
 async def scan_image(
     runtime: Runtime, name: str, digest: str, signing_key: str | None, scanners: list[Scanner] | None = None
 ) -> ImageScan:
@@ -78,7 +67,7 @@ async def scan_image(
     settings = runtime.settings
     limit = settings.registry_scan_timeout_seconds
     result = ImageScan(digest)
-    async with _slots(runtime):
+    async with runtime.scan_slots:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="cargo-scan-", dir=settings.registry_work_dir) as work:
             try:

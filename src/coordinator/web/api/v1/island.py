@@ -55,9 +55,8 @@ async def agent_update(request: Request, version: str = "0.0.0") -> dict[str, An
 @router.get("/api/v1/island/recommendations", response_model=schemas.Recommendations)
 async def island_recommendations(request: Request, host_id: str | None = None) -> dict[str, Any]:
     runtime = get_runtime(request)
-    fleet = runtime.components.get("fleet")
     parsed = parse_host_id(host_id) if host_id else None
-    view = fleet.get(parsed) if fleet is not None and parsed is not None else None
+    view = runtime.fleet.get(parsed) if parsed is not None else None
 
     async def compute() -> list[dict[str, Any]]:
         async with runtime.db.session() as session:
