@@ -16,7 +16,8 @@ from coordinator.app import (
     build_children,
     build_runtime,
 )
-from coordinator.supervisor import Child, LoopService, Supervisor
+from coordinator.loops import LoopService
+from coordinator.supervisor import Child, Supervisor
 from coordinator.telemetry.child import TelemetryChild
 from coordinator.telemetry.collectors import MetricsCollector
 from tests.conftest import make_settings

@@ -19,16 +19,17 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coordinator.hosts import service as hosts
 from coordinator.hosts.fleet import FleetView, HostView
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules, service
 from coordinator.jobs.assignment import assign_job_message
 from coordinator.jobs.events import UndeliverableAssignment
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.loops import LoopService
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob
 from coordinator.runtime import Runtime
-from coordinator.supervisor import LoopService
 from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
@@ -54,34 +55,6 @@ class Assignment:
     result: TransitionResult
 
 
-def host_view_of(row: Any, last_heartbeat: float) -> HostView:
-    return HostView(
-        id=row.id,
-        owner_id=row.owner_id,
-        status=row.status,
-        approved=bool(row.approved),
-        region=row.region,
-        platform=row.platform,
-        transport=row.transport or "nats",
-        gpu_model=row.gpu_model,
-        gpu_vram_mb=row.gpu_vram_mb,
-        cpu_cores=row.cpu_cores,
-        ram_mb=row.ram_mb,
-        supported_runtimes=tuple(row.supported_runtimes or ()),
-        max_concurrent=max(1, int(row.max_concurrent or 1)),
-        reported_active=int(row.active_jobs or 0),
-        warm_workload_ids=frozenset(row.warm_workload_ids or ()),
-        asking_prices={
-            k: price
-            for k, v in (row.asking_prices or {}).items()
-            if (price := rules.parse_price(v)) is not None
-        },
-        rtt_ms=row.rtt_ms,
-        karma=int(row.karma or 0),
-        last_heartbeat_monotonic=last_heartbeat,
-    )
-
-
 class Dispatcher(LoopService):
     name = "dispatcher"
 
@@ -104,50 +77,27 @@ class Dispatcher(LoopService):
     async def run_once(self) -> None:
         if self.batch_size <= 0:  # dispatching disabled on this replica (it still serves Islands)
             return
-        try:
-            await self.hydrate_fleet()
-            # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
-            for _ in range(1000):
-                if await self.dispatch_batch() < self.batch_size:
-                    break
-        except Exception:
-            # A database hiccup must not kill the loop; the next wake-up or interval retries.
-            log.exception("dispatcher.pass_failed")
+        # (A database hiccup fails this pass only: the loop logs it; the next wake-up or interval retries.)
+        await self.hydrate_fleet()
+        # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
+        for _ in range(1000):
+            if await self.dispatch_batch() < self.batch_size:
+                break
 
     async def hydrate_fleet(self) -> None:
-        """Add Islands the database saw heartbeat recently but this process has not (yet): after a restart
-        the in-memory view is empty until the next heartbeats. Fresher in-memory views are kept."""
+        """Top the fleet view up from the database every couple of seconds (`hosts.hydrate_fleet`)."""
         now = time.monotonic()
         if now - self._hydrated_at < HYDRATE_EVERY_SECONDS:
             return
         self._hydrated_at = now
-        timeout = self.fleet.heartbeat_timeout
         async with self.runtime.db.session() as session:
-            rows = (await session.execute(sql.RECENT_HOSTS_SQL, {"timeout": timeout})).all()
-        added = False
-        for row in rows:
-            seen = self.fleet.clock() - float(row.age or 0)
-            view = self.fleet.get(row.id)
-            if view is not None:
-                view.last_heartbeat_monotonic = max(view.last_heartbeat_monotonic, seen)
-                continue
-            self.fleet.put(host_view_of(row, seen))
-            added = True
+            added = await hosts.hydrate_fleet(session, self.fleet)
         if added:
             self.fleet.notify_capacity()
 
-    def _candidates(self) -> list[HostView]:
-        now = self.fleet.clock()
-        timeout = self.fleet.heartbeat_timeout
-        return [
-            h
-            for h in self.fleet
-            if h.approved and not h.self_gated and h.is_live(now, timeout) and h.status != "suspended"
-        ]
-
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
-        candidates = self._candidates()
+        candidates = self.fleet.candidates()
         async with self.runtime.db.transaction() as session:
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()
             if not rows:
@@ -169,13 +119,12 @@ class Dispatcher(LoopService):
         return len(assignments)
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
-        ids = [h.id for h in candidates]
-        existing = {row[0] for row in await session.execute(sql.LOCK_HOSTS_SQL, {"ids": ids})}
+        """The candidates, their rows locked, each with its count of unfinished jobs as reserved slots."""
+        hosts_ = await hosts.lock_hosts(session, candidates)
+        ids = [h.id for h in hosts_]
         counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, {"ids": ids})}
-        hosts = [h for h in candidates if h.id in existing]
-        for host in hosts:
-            host.reserved = counts.get(host.id, 0)
-        return hosts
+        self.fleet.count_reserved(hosts_, counts)
+        return hosts_
 
     async def _plan(
         self,
@@ -207,7 +156,8 @@ class Dispatcher(LoopService):
         except ProtocolError as exc:
             await self._undispatchable(session, row.id, str(exc))
             return None
-        host.reserved += 1
+        if not self.fleet.reserve(host.id):  # it left the fleet view meanwhile: the next pass places the job
+            return None
         clearing = rules.clearing_price(host, needs, surge)
         move = sql.AssignRow(row.id, host.id, lease_seconds, placement.record(clearing), clearing)
         return Plan(move, message)

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules, service
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.loops import LoopService
 from coordinator.runtime import Runtime
-from coordinator.supervisor import LoopService
 from coordinator.telemetry import context
 
 log = structlog.get_logger(__name__)
@@ -180,7 +180,4 @@ class LeaseSweeper(LoopService):
         self.interval = runtime.settings.lease_sweep_interval_seconds
 
     async def run_once(self) -> None:
-        try:
-            await sweep(self.runtime)
-        except Exception:
-            log.exception("jobs.recovery_failed")
+        await sweep(self.runtime)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -15,8 +16,7 @@ from coordinator.accounts.models import User
 from coordinator.billing import exchange as market
 from coordinator.billing import quotas, settlement
 from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
-from coordinator.hosts import rules as host_rules
-from coordinator.hosts.fleet import FleetView
+from coordinator.hosts.fleet import FleetView, view_of
 from coordinator.hosts.models import Host
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules
@@ -98,27 +98,22 @@ def needs_of(
 async def could_ever_run(
     session: AsyncSession, fleet: FleetView | None, needs: rules.JobNeeds, excluded: Sequence[str] = ()
 ) -> bool:
-    """Whether any known, not suspended Island (in the database or the live fleet) meets the hard needs."""
-    if fleet is not None:
-        for host in fleet:
-            if (
-                host.status != "suspended"
-                and str(host.id) not in excluded
-                and rules.capable(host, needs)
-                and rules.in_region(host, needs.region)
-            ):
-                return True
-    runtime_lists = await session.scalars(
+    """Whether any known Island (in the live fleet, else in the database) passes `rules.could_run`."""
+    if excluded:
+        needs = dataclasses.replace(needs, excluded_host_ids=needs.excluded_host_ids | frozenset(excluded))
+    if fleet is not None and any(rules.could_run(host, needs) for host in fleet):
+        return True
+    rows = await session.execute(
         sql.CAPABLE_HOSTS_SQL,
         {
             "ram": needs.required_ram_mb,
             "vram": needs.required_vram_mb,
             "cores": needs.required_cpu_cores,
             "region": needs.region,
-            "excluded": list(excluded),
+            "excluded": list(needs.excluded_host_ids),
         },
     )
-    return any(host_rules.can_run(runtimes, needs.runtime) for runtimes in runtime_lists)
+    return any(rules.could_run(view_of(row), needs) for row in rows)
 
 
 async def meetable_default_budget(
