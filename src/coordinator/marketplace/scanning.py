@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.config import Settings
 from coordinator.errors import Conflict
-from coordinator.marketplace import registry, trust
+from coordinator.marketplace import publishers, registry, trust
 from coordinator.marketplace import submission_rules as rules
 from coordinator.marketplace.oci import FetchError, fetch_image
 from coordinator.marketplace.osv import OsvScanner
@@ -162,7 +162,7 @@ async def scan_submission(runtime: Runtime, submission_id: int) -> dict[str, Any
         except Conflict:
             return {"skipped": "not waiting for a scan"}
         spec = dict(submission.spec)
-        publisher = await registry.publisher_of(session, submission.publisher_id)
+        publisher = await publishers.publisher_of(session, submission.publisher_id)
         key = publisher.signing_public_key
     image = rules.image_of(spec)
     if image is None:  # a WASM module is pinned by its hash; there is no image to scan
@@ -233,7 +233,7 @@ async def rescan_workload(runtime: Runtime, workload_id: int) -> dict[str, Any]:
         digest = workload.image_digest
         key = None
         if workload.publisher_id is not None:
-            key = (await registry.publisher_of(session, workload.publisher_id)).signing_public_key
+            key = (await publishers.publisher_of(session, workload.publisher_id)).signing_public_key
     scan = await scan_image(runtime, name, digest, key)
     async with runtime.db.transaction() as session:
         for row in _scan_rows(scan, f"{name}@{digest}", workload_id=workload_id):

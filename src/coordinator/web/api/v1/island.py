@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from coordinator.hosts.recommendations import queued_demand
 from coordinator.hosts.service import parse_host_id
-from coordinator.marketplace import registry
+from coordinator.marketplace import publishers
 from coordinator.web import schemas
 from coordinator.web.api.v1.marketplace_schemas import SigningKey
 from coordinator.web.auth import get_runtime
@@ -77,8 +77,8 @@ async def signing_keys(request: Request) -> list[dict[str, Any]]:
     """The cosign keys Islands trust: the operator's configured keys, then every verified publisher's."""
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
-        publishers = await registry.verified_publisher_keys(session)
-    return [*runtime.settings.signing_keys, *publishers]
+        keys = await publishers.verified_publisher_keys(session)
+    return [*runtime.settings.signing_keys, *keys]
 
 
 @lru_cache(maxsize=1)
