@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.hosts import service as hosts
+from coordinator.hosts import service as host_service
 from coordinator.hosts.fleet import FleetView, HostView
 from coordinator.jobs import repository as sql
 from coordinator.jobs import rules, service
@@ -85,13 +85,13 @@ class Dispatcher(LoopService):
                 break
 
     async def hydrate_fleet(self) -> None:
-        """Top the fleet view up from the database every couple of seconds (`hosts.hydrate_fleet`)."""
+        """Top the fleet view up from the database every couple of seconds (`hosts.service.hydrate_fleet`)."""
         now = time.monotonic()
         if now - self._hydrated_at < HYDRATE_EVERY_SECONDS:
             return
         self._hydrated_at = now
         async with self.runtime.db.session() as session:
-            added = await hosts.hydrate_fleet(session, self.fleet)
+            added = await host_service.hydrate_fleet(session, self.fleet)
         if added:
             self.fleet.notify_capacity()
 
@@ -120,11 +120,11 @@ class Dispatcher(LoopService):
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
         """The candidates, their rows locked, each with its count of unfinished jobs as reserved slots."""
-        hosts_ = await hosts.lock_hosts(session, candidates)
-        ids = [h.id for h in hosts_]
+        locked = await host_service.lock_hosts(session, candidates)
+        ids = [h.id for h in locked]
         counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, {"ids": ids})}
-        self.fleet.count_reserved(hosts_, counts)
-        return hosts_
+        self.fleet.count_reserved(locked, counts)
+        return locked
 
     async def _plan(
         self,
