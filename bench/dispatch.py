@@ -24,11 +24,10 @@ from tests.factories import make_consumer, seed_cargos
 from tests.fake_island import FakeIsland
 from tests.job_support import make_island
 
-from coordinator.app import NatsConnectionChild, hosts_children, job_children
+from coordinator.app import NatsConnectionChild, build_runtime, hosts_children, job_children
 from coordinator.config import Settings
 from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port
-from coordinator.hosts.fleet import FleetView
-from coordinator.jobs import service, wiring
+from coordinator.jobs import service
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.repo.migrate import upgrade
 from coordinator.runtime import Runtime
@@ -59,10 +58,8 @@ async def run(jobs: int, islands: int, slots: int) -> dict[str, Any]:
             active_jobs_unverified=10**8,
             daily_spend_unverified=1e12,
         )
-        runtime = Runtime.from_settings(settings)
-        fleet = FleetView(heartbeat_timeout=float(settings.heartbeat_timeout_seconds))
-        runtime.components["fleet"] = fleet
-        children = [NatsConnectionChild(runtime), *hosts_children(runtime, fleet), *job_children(runtime)]
+        runtime = build_runtime(settings)
+        children = [NatsConnectionChild(runtime), *hosts_children(runtime), *job_children(runtime)]
         supervisor = Supervisor(children)
         await supervisor.start()
         try:
@@ -91,8 +88,8 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
             if result.to_state != "succeeded":
                 not_succeeded.append(result.to_state)
 
-    wiring.hooks(runtime).register(record)
-    fleet = service.fleet_of(runtime)
+    runtime.hooks.register(record)
+    fleet = runtime.fleet
     assert fleet is not None
     fleet_islands = [
         FakeIsland(nats_url, chunks=("ok",), heartbeat_every=1.0, max_concurrent=slots)

@@ -80,10 +80,10 @@ async def known_fleet(nats_url: str, database_url: str, islands: int) -> tuple[A
     """A runtime whose database already knows `islands` Islands (steady state, not first contact)."""
     from sqlalchemy import text
 
+    from coordinator.app import build_runtime
     from coordinator.config import Settings
-    from coordinator.runtime import Runtime
 
-    runtime = Runtime.from_settings(
+    runtime = build_runtime(
         Settings(
             env="test", secret_key="bench", database_url=database_url, nats_url=nats_url, log_level="WARNING"
         )

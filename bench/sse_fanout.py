@@ -69,7 +69,7 @@ def client_main(args: argparse.Namespace) -> None:
 async def scenario(stack: Any, n_clients: int, tokens: int, rate: float) -> dict[str, Any]:
     from tests.stream_support import finish, running_job
 
-    from coordinator.pubsub import job_topic, pubsub_of
+    from coordinator.pubsub import job_topic
 
     ref = await running_job(stack)
     url = f"{stack.runtime.base_url}/api/v1/jobs/{ref.job_id}/stream"
@@ -85,7 +85,7 @@ async def scenario(stack: Any, n_clients: int, tokens: int, rate: float) -> dict
         str(n_clients),
         stdout=subprocess.PIPE,
     )
-    hub = pubsub_of(stack.runtime.components)
+    hub = stack.runtime.pubsub
     deadline = time.monotonic() + 120
     while hub.subscribers(job_topic(ref.job_id)) < n_clients:
         assert time.monotonic() < deadline, "clients did not connect"

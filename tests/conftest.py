@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from psycopg import sql
 
+from coordinator.app import build_runtime
 from coordinator.config import Settings, libpq_url, normalize_database_url
 from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port
 from coordinator.repo.migrate import upgrade
@@ -154,7 +155,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 @pytest_asyncio.fixture
 async def runtime(database_url: str) -> AsyncIterator[Runtime]:
-    rt = Runtime.from_settings(make_settings(database_url))
+    rt = build_runtime(make_settings(database_url))
     try:
         yield rt
     finally:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from coordinator.app import build_children
+from coordinator.app import build_children, build_runtime
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from tests.conftest import make_settings
@@ -21,7 +21,7 @@ async def running_coordinator(database_url: str, nats_url: str, **overrides: Any
         "require_host_approval": False,
     }
     values.update(overrides)
-    runtime = Runtime.from_settings(make_settings(database_url, **values))
+    runtime = build_runtime(make_settings(database_url, **values))
     supervisor = Supervisor(build_children(runtime))
     await supervisor.start()
     try:

@@ -11,9 +11,8 @@ from typing import Any
 
 import httpx
 
-from coordinator.app import HttpChild, NatsConnectionChild, job_children
+from coordinator.app import HttpChild, NatsConnectionChild, build_runtime, job_children
 from coordinator.hosts.fleet import FleetView
-from coordinator.jobs import service
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from tests.conftest import make_settings
@@ -29,7 +28,7 @@ class JobStack:
 
     @property
     def fleet(self) -> FleetView:
-        fleet = service.fleet_of(self.runtime)
+        fleet = self.runtime.fleet
         assert fleet is not None
         return fleet
 
@@ -38,7 +37,7 @@ class JobStack:
 async def job_stack(database_url: str, nats_url: str, **overrides: Any) -> AsyncIterator[JobStack]:
     values: dict[str, Any] = {"nats_url": nats_url, "lease_sweep_interval_seconds": 0.2}
     values.update(overrides)
-    runtime = Runtime.from_settings(make_settings(database_url, **values))
+    runtime = build_runtime(make_settings(database_url, **values))
     supervisor = Supervisor([NatsConnectionChild(runtime), *job_children(runtime), HttpChild(runtime)])
     await supervisor.start()
     try:

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from coordinator.app import HttpChild, NatsConnectionChild, job_children, streaming_children
-from coordinator.jobs import lifecycle, moves, service
+from coordinator.app import HttpChild, NatsConnectionChild, build_runtime, job_children, streaming_children
+from coordinator.jobs import lifecycle, moves, service, wiring
 from coordinator.jobs import repository as sql
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.models import Job
@@ -55,7 +55,7 @@ async def stream_stack(
 ) -> AsyncIterator[Stack]:
     """Pub/sub, accumulator and HTTP (plus, with `nats_url`, the NATS connection and pub/sub bridge;
     with `jobs_pipeline`, the dispatcher and Island handlers too)."""
-    runtime = Runtime.from_settings(make_settings(database_url, nats_url=nats_url, **{**FAST, **overrides}))
+    runtime = build_runtime(make_settings(database_url, nats_url=nats_url, **{**FAST, **overrides}))
     children: list[Child] = list(streaming_children(runtime))
     if nats_url:
         children.append(NatsConnectionChild(runtime))
@@ -104,7 +104,7 @@ async def assign(stack: Stack, job_id: uuid.UUID, *, start: bool = True) -> JobR
             host_id=stack.host_id, extend_seconds=stack.runtime.settings.job_lease_seconds
         )
         assert await lifecycle.transition(stack.runtime, moves.START, job_id, inputs) is not None
-    return await service.job_ref(stack.runtime, result)
+    return await wiring.job_ref(stack.runtime, result)
 
 
 async def newest_job(runtime: Runtime, user_id: int, *, within: float = 5.0) -> uuid.UUID:

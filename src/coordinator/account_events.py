@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from coordinator.pubsub import Event, pubsub_of
+from coordinator.pubsub import Event
 from coordinator.runtime import Runtime
 
 JOB_UPDATED = "job_updated"
@@ -28,7 +28,7 @@ def user_topic(user_id: int) -> str:
 
 async def publish(runtime: Runtime, user_id: int, event: str, payload: dict[str, Any]) -> None:
     topic = user_topic(user_id)
-    await pubsub_of(runtime.components).publish(Event.make(topic, 0, {"event": event, "payload": payload}))
+    await runtime.pubsub.publish(Event.make(topic, 0, {"event": event, "payload": payload}))
 
 
 async def job_updated(runtime: Runtime, user_id: int, job_id: uuid.UUID, status: str) -> None:

@@ -6,20 +6,65 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import structlog
 import uvicorn
 
+from coordinator.accounts.mailer import Mailer
+from coordinator.billing.exchange import Surge, TtlCache
+from coordinator.billing.quotas import RateCounter, RateCounterSync
+from coordinator.config import Settings
 from coordinator.hosts.fleet import FleetView
-from coordinator.runtime import TREE_READY_COMPONENT, Runtime
+from coordinator.hosts.network import CachedNetworkStats
+from coordinator.jobs.effects import builtin_hooks
+from coordinator.jobs.hooks import HookRegistry
+from coordinator.jobs.intake import JobIntake
+from coordinator.jobs.output_basic import BasicOutput
+from coordinator.pubsub import PubSub
+from coordinator.repo.database import Database
+from coordinator.runtime import Runtime
 from coordinator.supervisor import Child, Supervisor
 from coordinator.telemetry.child import TelemetryChild
 from coordinator.telemetry.collectors import MetricsCollector
 from coordinator.telemetry.context import correlate_job
 from coordinator.telemetry.endpoint import MetricsEndpointChild
+from coordinator.web.channels.registry import ChannelRegistry
+from coordinator.workloads.service import WorkloadMetaCache
 
 log = structlog.get_logger(__name__)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The process's components, each built once, here; the tree's children fill in the rest as they run."""
+    runtime = Runtime(
+        settings=settings,
+        db=Database(
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        ),
+        mailer=Mailer(
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            smtp_user=settings.smtp_user,
+            smtp_password=settings.smtp_password,
+            sender=settings.smtp_from,
+        ),
+        pubsub=PubSub(queue_size=settings.pubsub_queue_size),
+        fleet=FleetView(heartbeat_timeout=float(settings.heartbeat_timeout_seconds)),
+        hooks=HookRegistry(),
+        surge=Surge.from_settings(settings),
+        market_rates=TtlCache[Decimal | None](ttl=10),
+        workload_meta=WorkloadMetaCache(),
+        rate_counter=RateCounter(),
+        network_stats=CachedNetworkStats(),
+        scan_slots=asyncio.Semaphore(settings.registry_scan_concurrency),
+    )
+    runtime.builtin_hooks = builtin_hooks(runtime)  # run before the extension hooks (`jobs/lifecycle.py`)
+    runtime.output = BasicOutput(runtime)
+    runtime.job_intake = JobIntake(runtime)
+    runtime.channels = ChannelRegistry(runtime)
+    return runtime
 
 
 class DatabaseChild(Child):
@@ -149,15 +194,15 @@ class ReadyMarker(Child):
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        runtime.components[TREE_READY_COMPONENT] = False
+        runtime.tree_ready = False
 
     async def run(self, ready: Callable[[], None]) -> None:
-        self.runtime.components[TREE_READY_COMPONENT] = True
+        self.runtime.tree_ready = True
         ready()
         try:
             await asyncio.Event().wait()
         finally:
-            self.runtime.components[TREE_READY_COMPONENT] = False
+            self.runtime.tree_ready = False
 
 
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
@@ -172,28 +217,23 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
     if with_worker:
         children.append(WorkerChild(runtime))
     if http:
-        from coordinator.billing.quotas import RateCounterSync
-        from coordinator.web.ratelimit import rate_counter
-
         interval = runtime.settings.rate_limit_sync_seconds
-        children += [RateCounterSync(runtime.db, rate_counter(runtime), interval), HttpChild(runtime)]
+        children += [RateCounterSync(runtime.db, runtime.rate_counter, interval), HttpChild(runtime)]
     elif runtime.settings.metrics_port:
         children.append(MetricsEndpointChild(runtime))
-    fleet = FleetView(heartbeat_timeout=float(runtime.settings.heartbeat_timeout_seconds))
-    runtime.components["fleet"] = fleet
     if runtime.settings.nats_enabled:
         children.append(NatsConnectionChild(runtime))
         if runtime.settings.nats_auth_enabled:
             from coordinator.nats.auth_callout import AuthCalloutChild
 
             children.append(AuthCalloutChild(runtime))
-        children.extend(hosts_children(runtime, fleet))
+        children.extend(hosts_children(runtime))
         children.extend(job_children(runtime))
     children.append(ReadyMarker(runtime))
     return children
 
 
-def hosts_children(runtime: Runtime, fleet: FleetView) -> list[Child]:
+def hosts_children(runtime: Runtime) -> list[Child]:
     """Heartbeat flusher, in-memory liveness, then the host handler (stopped first, flushed last)."""
     from coordinator.hosts.flusher import HeartbeatFlusher
     from coordinator.hosts.liveness import FleetLiveness
@@ -203,7 +243,7 @@ def hosts_children(runtime: Runtime, fleet: FleetView) -> list[Child]:
     flusher = HeartbeatFlusher(
         runtime.db, approval_required=settings.approval_required, interval=settings.heartbeat_flush_seconds
     )
-    return [flusher, FleetLiveness(runtime.db, fleet), HostHandlerChild(runtime, fleet, flusher)]
+    return [flusher, FleetLiveness(runtime.db, runtime.fleet), HostHandlerChild(runtime, flusher)]
 
 
 def streaming_children(runtime: Runtime) -> list[Child]:

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from coordinator import __version__
+from coordinator.cli_admin import admin_app
+from coordinator.cli_settings import load_settings as _settings
 from coordinator.supervisor import Child
 
 app = typer.Typer(
     help="Archipelag coordinator: the control plane of a distributed compute network.", no_args_is_help=True
 )
 T = TypeVar("T")
-admin_app = typer.Typer(help="Operator tasks.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 
 
@@ -35,18 +34,6 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-def _settings(**overrides: object):  # type: ignore[no-untyped-def]
-    from pydantic import ValidationError
-
-    from coordinator.config import Settings
-
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        typer.echo(f"configuration error: {exc.errors()[0]['msg']}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _logging(settings) -> None:  # type: ignore[no-untyped-def]
@@ -75,11 +62,10 @@ def migrate() -> None:
 
 
 async def _serve(settings, *, with_worker: bool, http: bool = True) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.app import build_children, run_until_signalled
-    from coordinator.runtime import Runtime
+    from coordinator.app import build_children, build_runtime, run_until_signalled
     from coordinator.supervisor import Supervisor
 
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     supervisor = Supervisor(build_children(runtime, with_worker=with_worker, http=http))
     await run_until_signalled(supervisor)
 
@@ -230,12 +216,11 @@ class IslandChild(Child):
 
 
 async def _dev(settings, root: Path, started: float, island_nats_url: str) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.app import build_children, run_until_signalled
-    from coordinator.runtime import Runtime
+    from coordinator.app import build_children, build_runtime, run_until_signalled
     from coordinator.seed import demo_sign_in_link, seed_demo
     from coordinator.supervisor import Supervisor
 
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     demo = await seed_demo(runtime, root / "demo-api-key")
     sign_in = await demo_sign_in_link(runtime)
     children = build_children(runtime, with_worker=True)
@@ -372,156 +357,6 @@ def bench(
 
 
 # --- admin -------------------------------------------------------------------------------------------------
-
-
-DATABASE_VARIABLES = ("DATABASE_URL", "COORDINATOR_DATABASE_URL")
-
-
-def _admin_settings(*, prints_key: bool = False):  # type: ignore[no-untyped-def]
-    """The settings of an operator command: the environment's when it names a database; else the dev
-    stack running from the data dir (`make run`), with its database and secret. A key made with a secret
-    the server does not use would be rejected with 401, so such a key is never made."""
-    from coordinator.config import DEFAULT_SECRET
-    from coordinator.devstack import project_data_dir, running_stack
-
-    settings = None
-    if not any(os.environ.get(name) for name in DATABASE_VARIABLES):
-        stack = running_stack(project_data_dir())
-        if stack is not None:
-            typer.echo(f"using the dev stack running from {stack['root']} ({stack['url']})", err=True)
-            settings = _settings(
-                env="development",
-                database_url=stack["database_url"],
-                secret_key=os.environ.get("COORDINATOR_SECRET_KEY") or stack["secret_key"],
-            )
-    if settings is None:
-        settings = _settings()
-        if prints_key and settings.secret_key == DEFAULT_SECRET:
-            typer.echo(
-                "refusing to print an API key made with the default secret: set COORDINATOR_SECRET_KEY to "
-                "the server's secret (keys are checked against it), or run next to a `make run` stack",
-                err=True,
-            )
-            raise typer.Exit(2)
-    return settings
-
-
-def _with_runtime(coro_factory, *, prints_key: bool = False):  # type: ignore[no-untyped-def]
-    from coordinator.runtime import Runtime
-
-    settings = _admin_settings(prints_key=prints_key)
-
-    async def runner():  # type: ignore[no-untyped-def]
-        runtime = Runtime.from_settings(settings)
-        try:
-            return await coro_factory(runtime)
-        finally:
-            await runtime.db.dispose()
-
-    return asyncio.run(runner())
-
-
-@admin_app.command("create-user")
-def create_user(
-    email: str,
-    admin: Annotated[bool, typer.Option("--admin", help="Give the user the admin role.")] = False,
-    credits: Annotated[str, typer.Option(help="Credits to grant.")] = "10000",
-    api_key: Annotated[bool, typer.Option("--api-key", help="Also create an API key and print it.")] = False,
-) -> None:
-    """Create a user (or update the role of an existing one)."""
-    from coordinator.accounts import service as accounts
-
-    try:
-        amount = Decimal(credits)
-    except InvalidOperation:
-        typer.echo("credits must be a number", err=True)
-        raise typer.Exit(2) from None
-
-    async def body(runtime):  # type: ignore[no-untyped-def]
-        async with runtime.db.transaction() as session:
-            user = await accounts.get_user_by_email(session, email)
-            if user is None:
-                user = await accounts.create_user(session, email, credits=amount, admin=admin)
-            elif admin:
-                await accounts.set_admin(session, user, True)
-            typer.echo(f"user {user.id} {user.email} role={user.role}")
-            if api_key:
-                _, plaintext = await accounts.create_api_key(
-                    session, runtime.settings.secret_key, user, "created by admin"
-                )
-                typer.echo(f"API key: {plaintext}")
-
-    with contextlib.suppress(KeyboardInterrupt):
-        _with_runtime(body, prints_key=api_key)
-
-
-@admin_app.command("island-credentials")
-def island_credentials(
-    host_id: str,
-    revoke: Annotated[bool, typer.Option("--revoke", help="Revoke the Island's credential instead.")] = False,
-) -> None:
-    """Issue (or --revoke) an Island's own NATS credential; prints the `nats_url` for its config once."""
-    import uuid
-
-    from coordinator.hosts import nats_access
-
-    try:
-        parsed = uuid.UUID(host_id)
-    except ValueError:
-        typer.echo("HOST_ID must be the Island's UUID", err=True)
-        raise typer.Exit(2) from None
-
-    async def body(runtime):  # type: ignore[no-untyped-def]
-        async with runtime.db.transaction() as session:
-            if revoke:
-                count = await nats_access.revoke_credentials(session, parsed, owner_id=None)
-                typer.echo(f"revoked: {count}")
-                return
-            issued = await nats_access.issue_credential(
-                session, runtime.settings.secret_key, parsed, owner_id=None, actor_id=None
-            )
-        typer.echo(f"user: {issued.user}")
-        typer.echo(f"password: {issued.password}")
-        url = nats_access.island_url(runtime.settings.island_nats_url, issued.user, issued.password)
-        typer.echo(f"nats_url: {url}")
-
-    from coordinator.errors import DomainError
-
-    try:
-        _with_runtime(body)
-    except DomainError as exc:  # an unknown Island
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
-
-
-@admin_app.command("grant-credits")
-def grant_credits(email: str, amount: str) -> None:
-    """Grant credits to a user (recorded in the ledger)."""
-    from coordinator.accounts import service as accounts
-    from coordinator.billing import ledger
-
-    async def body(runtime):  # type: ignore[no-untyped-def]
-        async with runtime.db.transaction() as session:
-            user = await accounts.get_user_by_email(session, email)
-            if user is None:
-                typer.echo("no such user", err=True)
-                raise typer.Exit(1)
-            balance = await ledger.grant(session, user.id, Decimal(amount), "granted by admin")
-            typer.echo(f"balance: {balance}")
-
-    _with_runtime(body)
-
-
-@admin_app.command("seed")
-def seed() -> None:
-    """Insert the default Cargos that are missing."""
-    from coordinator.workloads.service import seed_default_cargos
-
-    async def body(runtime):  # type: ignore[no-untyped-def]
-        async with runtime.db.transaction() as session:
-            typer.echo(f"inserted {await seed_default_cargos(session)} Cargos")
-
-    _with_runtime(body)
 
 
 def main() -> None:

@@ -20,18 +20,16 @@ import base64
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from coordinator.loops import LoopService
 from coordinator.runtime import Runtime
-from coordinator.supervisor import Child
 
 log = structlog.get_logger(__name__)
 
-PUBSUB_COMPONENT = "pubsub"
 SUBJECT_PREFIX = "coordinator.pubsub"
 REPLICA_HEADER = "Coordinator-Replica"
 POSITION_HEADER = "Coordinator-Position"
@@ -192,43 +190,31 @@ class PubSub:
         self._nc = None
 
 
-def pubsub_of(components: dict[str, Any]) -> PubSub:
-    """The runtime's hub (created on first use, so contexts and tests work without the supervisor)."""
-    hub = components.get(PUBSUB_COMPONENT)
-    if hub is None:
-        hub = components[PUBSUB_COMPONENT] = PubSub()
-    assert isinstance(hub, PubSub)
-    return hub
-
-
-class PubSubChild(Child):
-    """Registers the hub and, while the process's NATS connection exists, bridges it across replicas."""
+class PubSubChild(LoopService):
+    """Bridges the runtime's hub across replicas while the process's NATS connection exists."""
 
     name = "pubsub"
+    interval = 0.05  # until bridged; then 1 s
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
         self.runtime = runtime
+        self._bridged: tuple[Any, Any] | None = None  # (connection, subscription)
 
-    async def run(self, ready: Callable[[], None]) -> None:
-        components = self.runtime.components
-        if PUBSUB_COMPONENT not in components:
-            components[PUBSUB_COMPONENT] = PubSub(queue_size=self.runtime.settings.pubsub_queue_size)
-        hub = pubsub_of(components)
-        ready()
-        bridged: Any = None
-        try:
-            while True:
-                # The NATS connection starts later in the tree (and may be replaced): follow it.
-                nc = self.runtime.nats
-                if bridged is None and nc is not None:
-                    bridged = (nc, await hub.attach(nc))
-                elif bridged is not None and nc is not bridged[0]:
-                    hub.detach()
-                    bridged = None
-                    continue
-                await asyncio.sleep(0.05 if bridged is None else 1.0)
-        finally:
-            hub.detach()
-            if bridged is not None:
-                with contextlib.suppress(Exception):
-                    await bridged[1].unsubscribe()
+    async def run_once(self) -> None:
+        # The NATS connection starts later in the tree (and may be replaced): follow it.
+        nc = self.runtime.nats
+        if self._bridged is not None and nc is not self._bridged[0]:
+            self.runtime.pubsub.detach()
+            self._bridged = None
+        if self._bridged is None and nc is not None:
+            self._bridged = (nc, await self.runtime.pubsub.attach(nc))
+        self.interval = 0.05 if self._bridged is None else 1.0
+
+    async def teardown(self) -> None:
+        self.runtime.pubsub.detach()
+        if self._bridged is not None:
+            _, sub = self._bridged
+            self._bridged = None
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

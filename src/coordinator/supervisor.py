@@ -129,30 +129,3 @@ class Supervisor:
             slot.task = None
             self._event("stopped", slot.child.name)
             log.debug("supervisor.stopped", child=slot.child.name)
-
-
-class LoopService(Child):
-    """A loop child (dispatcher, flushers...): `run_once` every `interval` seconds or when woken."""
-
-    interval: float = 1.0
-
-    def __init__(self) -> None:
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def setup(self) -> None:
-        """Runs once before the loop."""
-
-    @abstractmethod
-    async def run_once(self) -> None: ...
-
-    async def run(self, ready: Callable[[], None]) -> None:
-        await self.setup()
-        ready()
-        while True:
-            await self.run_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()

@@ -25,7 +25,7 @@ from coordinator.benchmarks.harness import (
 from coordinator.benchmarks.profile import Sampler, summarise
 from coordinator.benchmarks.report import write_report
 from coordinator.benchmarks.runner import SCENARIO_MODULES, median_run, run_one
-from coordinator.benchmarks.scenarios import _submit
+from coordinator.benchmarks.stack import _submit
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
 from tests.job_support import make_island

@@ -282,11 +282,10 @@ async def test_a_phone_on_low_battery_takes_no_new_work_until_it_charges(
         low = MobileState(battery_level=12, charging=False, thermal_state="nominal", network="wifi")
         await phone.send("heartbeat", heartbeat_payload(phone.host_id, low))
         assert phone.replies[-1]["status"] == "ok"
-        fleet = coordinator.components["fleet"]
+        fleet = coordinator.fleet
         view = fleet.get(phone.host_id)
         assert view is not None and view.self_gated and view.is_live(fleet.clock(), fleet.heartbeat_timeout)
-        dispatcher = coordinator.components["dispatcher"]
-        assert phone.host_id not in [h.id for h in dispatcher._candidates()]
+        assert phone.host_id not in [h.id for h in coordinator.fleet.candidates()]
         job_id = await submit(http, consumer)
         assert (await job_row(coordinator, job_id)).state == "queued"
         charging = MobileState(battery_level=12, charging=True, thermal_state="nominal", network="wifi")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 from sqlalchemy import text
 
-from coordinator.pubsub import pubsub_of
 from tests.channel_islands import ChannelLink, heartbeat_payload, pair_device, register_payload, run_job
 from tests.factories import make_consumer, seed_cargos
 from tests.islands_support import running_coordinator
@@ -44,7 +43,7 @@ async def test_a_consumer_on_replica_a_streams_a_job_run_by_a_phone_on_replica_b
             await phone.send("heartbeat", heartbeat_payload(phone.host_id))
 
             async def a_knows_the_phone() -> bool:  # A hydrates its fleet view from the database
-                view = a.components["fleet"].get(phone.host_id)
+                view = a.fleet.get(phone.host_id)
                 return view is not None and view.transport == "websocket" and view.status == "online"
 
             await eventually(a_knows_the_phone)
@@ -67,7 +66,7 @@ async def test_a_consumer_on_replica_a_streams_a_job_run_by_a_phone_on_replica_b
             assert [e["event"] for e in events].count("done") == 1 and events[-1]["event"] == "done"
             row = await job_row(a, job_id)
             assert row.output == "".join(TOKENS) and row.host_id == phone.host_id
-            assert row.stream_owner == pubsub_of(a.components).replica_id  # A assigned it
+            assert row.stream_owner == a.pubsub.replica_id  # A assigned it
             assert all(r["status"] == "ok" for r in phone.replies)  # every report accepted on B
         finally:
             await viewer.close()

@@ -52,7 +52,7 @@ async def test_fleet_registers_distinct_islands(database_url: str, nats_url: str
         assert len({i.host_id for i in islands}) == 6
         assert any((r.gpu_vram_mb or 0) >= 8192 for r in rows)
         assert len({r.region for r in rows}) >= 3
-        assert len(runtime.components["fleet"].available()) == 6
+        assert len(runtime.fleet.available()) == 6
         # identities persist: a restarted fleet reuses the same host ids
         again = [Island(c).host_id for c in fleet_configs(base, 6)]
         assert again == [i.host_id for i in islands]
@@ -107,7 +107,7 @@ async def test_process_runtime_over_core_fallback(database_url: str, nats_url: s
                 container_image="registry.example/custom:1",
             )
             # a JetStream publish is a normal publish too: the core subscriber receives it
-            await runtime.components["publisher"].publish_assignment(island.host_id, job, msg_id=job_id)
+            await runtime.publisher.publish_assignment(island.host_id, job, msg_id=job_id)
             await eventually(lambda: asyncio.sleep(0, any(b.get("state") == "succeeded" for _, b in wire)))
             assert [(s, b.get("state", b.get("seq", b.get("step")))) for s, b in wire] == [
                 ("status", "started"),
@@ -119,7 +119,7 @@ async def test_process_runtime_over_core_fallback(database_url: str, nats_url: s
                 ("status", "succeeded"),
             ]
             assert [b["chunk"] for s, b in wire if s == "output"] == ["TWO", "WORDS", ""]
-            await runtime.components["publisher"].purge_host_jobs(island.host_id)
+            await runtime.publisher.purge_host_jobs(island.host_id)
         finally:
             await island.stop()
             await observer.close()
@@ -137,9 +137,7 @@ async def test_island_command_runs_a_fleet_until_interrupted(
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            await eventually(
-                lambda: asyncio.sleep(0, len(runtime.components["fleet"].available()) == 3), within=20
-            )
+            await eventually(lambda: asyncio.sleep(0, len(runtime.fleet.available()) == 3), within=20)
         finally:
             proc.send_signal(signal.SIGINT)
             code = await asyncio.wait_for(proc.wait(), 20)

@@ -16,6 +16,7 @@ import nats
 from nats.js.errors import NotFoundError
 from sqlalchemy import text
 
+from coordinator.app import build_runtime
 from coordinator.devstack import free_port
 from coordinator.runtime import Runtime
 from tests.conftest import make_settings
@@ -105,7 +106,7 @@ async def counts(runtime: Runtime) -> dict[str, int]:
 async def test_sigkill_mid_dispatch_loses_no_job_and_charges_none_twice(
     database_url: str, nats_url: str, tmp_path: Path
 ) -> None:
-    runtime = Runtime.from_settings(make_settings(database_url))
+    runtime = build_runtime(make_settings(database_url))
     await seed_cargos(runtime)
     async with runtime.db.transaction() as session:
         await session.execute(text("UPDATE workloads SET cold_start_seconds = 0"))

@@ -79,7 +79,7 @@ async def rig(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterator
 
 
 def _publisher(rig: Rig) -> Any:
-    return rig.runtime.components["publisher"]
+    return rig.runtime.publisher
 
 
 async def _assign(rig: Rig, workload_runtime: str, input: Any, **fields: Any) -> str:
@@ -143,8 +143,8 @@ async def test_registers_heartbeats_and_pairs(rig: Rig) -> None:
     assert rig.on("ping"), "each heartbeat is preceded by a ping request"
     code = rig.island.pairing_code
     assert code is not None and len(code) == 6
-    view = rig.runtime.components["fleet"].get(uuid.UUID(host_id))
-    assert view in rig.runtime.components["fleet"].available() and view.max_concurrent >= 1
+    view = rig.runtime.fleet.get(uuid.UUID(host_id))
+    assert view in rig.runtime.fleet.available() and view.max_concurrent >= 1
 
     js = rig.island.nc.jetstream()
     consumer = await js.consumer_info("JOBS", f"host-{host_id}")

@@ -50,7 +50,7 @@ async def test_a_channel_island_pairs_itself_runs_jobs_and_keeps_its_device_toke
             assert credential_path(tmp_path / "phone").exists()
 
             async def beating() -> bool:
-                view = runtime.components["fleet"].get(uuid.UUID(island.host_id))
+                view = runtime.fleet.get(uuid.UUID(island.host_id))
                 return view is not None and view.status == "online"
 
             await eventually(beating)

@@ -14,7 +14,7 @@ import httpx
 import nats
 import pytest_asyncio
 
-from coordinator.app import build_children
+from coordinator.app import build_children, build_runtime
 from coordinator.marketplace import reputation
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
@@ -52,7 +52,7 @@ async def stack(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterat
         registry_scanners=["builtin"],
         registry_advisory_dir=str(advisories),
     )
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     supervisor = Supervisor(build_children(runtime, with_worker=True))
     await supervisor.start()
     island = Island(

@@ -11,9 +11,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from coordinator.jobs.dispatcher import ensure_fleet
 from coordinator.jobs.output import stored_events
-from coordinator.pubsub import pubsub_of
 from tests.factories import make_consumer
 from tests.fake_island import FakeIsland
 from tests.job_stack import eventually
@@ -32,7 +30,7 @@ async def test_a_consumer_on_one_replica_streams_a_job_whose_island_reports_to_t
     ):
         await asyncio.sleep(0.2)  # both pub/sub bridges attached
         island = FakeIsland(nats_url, chunks=TOKENS, delay=0.05)
-        fleet = ensure_fleet(a.runtime)  # only replica A knows the Island: A assigns the job
+        fleet = a.runtime.fleet  # only replica A knows the Island: A assigns the job
         await make_island(a.runtime, host_id=island.host_id, fleet=fleet)
         await island.start()
         consumer = await make_consumer(a.runtime, "replicas@example.com")
@@ -72,7 +70,7 @@ async def test_a_consumer_on_one_replica_streams_a_job_whose_island_reports_to_t
         assert stored == events  # the store holds exactly the stream the consumer saw, one writer
         async with a.runtime.db.session() as session:
             owner = await session.scalar(text("SELECT stream_owner FROM jobs WHERE id = :id"), {"id": job_id})
-        assert owner == pubsub_of(a.runtime.components).replica_id  # the assigning replica owns the stream
+        assert owner == a.runtime.pubsub.replica_id  # the assigning replica owns the stream
 
 
 LONG = tuple(f" w{i}" for i in range(12))
@@ -89,7 +87,7 @@ async def test_the_other_replica_takes_a_stream_over_when_its_owner_stops_mid_jo
         async with stream_stack(database_url, nats_url=nats_url, jobs_pipeline=True, seed=False) as b:
             await asyncio.sleep(0.2)  # both pub/sub bridges attached
             island = FakeIsland(nats_url, chunks=LONG, chunk_delay=0.15)
-            fleet = ensure_fleet(a.runtime)  # A assigns the job, so A owns its stream
+            fleet = a.runtime.fleet  # A assigns the job, so A owns its stream
             await make_island(a.runtime, host_id=island.host_id, fleet=fleet)
             await island.start()
             consumer = await make_consumer(b.runtime, "takeover@example.com")
@@ -122,6 +120,6 @@ async def test_the_other_replica_takes_a_stream_over_when_its_owner_stops_mid_jo
                 owner = await session.scalar(
                     text("SELECT stream_owner FROM jobs WHERE id = :id"), {"id": job_id}
                 )
-            assert owner == pubsub_of(b.runtime.components).replica_id  # B took the stream over
+            assert owner == b.runtime.pubsub.replica_id  # B took the stream over
     finally:
         await replica_a.aclose()

@@ -8,8 +8,7 @@ import httpx
 import pytest_asyncio
 from sqlalchemy import text
 
-from coordinator.app import build_children
-from coordinator.runtime import Runtime
+from coordinator.app import build_children, build_runtime
 from coordinator.supervisor import Supervisor
 from coordinator.telemetry.collectors import MetricsCollector
 from tests.conftest import make_settings
@@ -21,7 +20,7 @@ from tests.telemetry_support import Samples, captured_logs, lines_with, scrape, 
 @pytest_asyncio.fixture
 async def stack(database_url: str, nats_url: str) -> AsyncIterator[JobStack]:
     """The whole supervision tree of `coordinator serve` (streaming, collectors, hosts, jobs, HTTP)."""
-    runtime = Runtime.from_settings(make_settings(database_url, nats_url=nats_url))
+    runtime = build_runtime(make_settings(database_url, nats_url=nats_url))
     supervisor = Supervisor(build_children(runtime))
     await supervisor.start()
     try:

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from coordinator.billing import exchange as market
 from coordinator.billing.exchange import TtlCache
-from coordinator.jobs import lifecycle, rules, service
+from coordinator.jobs import lifecycle, rules
 from coordinator.telemetry import metrics
 from coordinator.workloads import service as workloads
 from tests.factories import make_consumer, seed_cargos
@@ -41,8 +41,7 @@ async def test_submit_budget_is_the_saved_bid_then_the_market_rate_with_markup(s
     await make_island(stack.runtime)  # registered but not live: the jobs stay queued
     consumer = await make_consumer(stack.runtime)
     now = [0.0]
-    rates = TtlCache[Decimal | None](ttl=10, clock=lambda: now[0])
-    stack.runtime.components[service.MARKET_RATES_COMPONENT] = rates
+    stack.runtime.market_rates = TtlCache[Decimal | None](ttl=10, clock=lambda: now[0])
     async with stack.runtime.db.transaction() as session:
         workload = await workloads.get_by_slug(session, "llm-chat")
         base = Decimal(workload.price_per_job)
@@ -100,13 +99,10 @@ async def test_submit_over_the_daily_spend_of_an_unverified_user_is_429(stack: J
 
 async def test_success_pays_ask_times_surge_and_credits_karma_once(stack: JobStack, nats_url: str) -> None:
     # Surge is high right now (primed through the cache's own API; it holds for 30 s).
-    surge = TtlCache[Decimal]()
-
     async def high() -> Decimal:
         return Decimal("1.25")
 
-    await surge.get(high)
-    stack.runtime.components[service.SURGE_COMPONENT] = surge
+    await stack.runtime.surge.cache.get(high)
     charge, refund, earning = counted("charge"), counted("refund"), counted("earning")
     (island,) = await islands(stack, nats_url, "succeed", asking_prices={"llm-chat": "0.4"})
     consumer = await make_consumer(stack.runtime)
@@ -130,14 +126,28 @@ async def test_success_pays_ask_times_surge_and_credits_karma_once(stack: JobSta
         await island.stop()
 
 
-async def test_clearing_price_is_capped_at_the_budget(stack: JobStack, nats_url: str) -> None:
-    surge = TtlCache[Decimal]()
+async def test_the_dispatchers_surge_follows_the_surge_settings(database_url: str, nats_url: str) -> None:
+    # Demand ratio 0: any queued job is "more than 0 × capacity", so the settings' multiplier applies at
+    # assignment (the built-in 1.25 after twice the capacity would leave a lone job at surge 1).
+    async with job_stack(database_url, nats_url, surge_multiplier=1.5, surge_demand_ratio=0.0) as stack:
+        await seed_cargos(stack.runtime)
+        async with stack.runtime.db.transaction() as session:
+            await session.execute(text("UPDATE workloads SET cold_start_seconds = 0"))
+        (island,) = await islands(stack, nats_url, "succeed", asking_prices={"llm-chat": "0.4"})
+        consumer = await make_consumer(stack.runtime)
+        try:
+            job_id = await submit(stack, consumer, {**CHAT, "budget": 1})
+            await wait_status(stack, consumer, job_id, "completed")
+            assert (await job_row(stack.runtime, job_id)).clearing_price == Decimal("0.6")  # 0.4 × 1.5
+        finally:
+            await island.stop()
 
+
+async def test_clearing_price_is_capped_at_the_budget(stack: JobStack, nats_url: str) -> None:
     async def high() -> Decimal:
         return Decimal("1.25")
 
-    await surge.get(high)
-    stack.runtime.components[service.SURGE_COMPONENT] = surge
+    await stack.runtime.surge.cache.get(high)
     (island,) = await islands(stack, nats_url, "succeed", asking_prices={"llm-chat": "0.9"})
     consumer = await make_consumer(stack.runtime)
     try:

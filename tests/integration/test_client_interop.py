@@ -15,7 +15,6 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from coordinator.hosts.fleet import FleetView, HostView
-from coordinator.jobs import service
 from coordinator.protocol.messages import parse_heartbeat
 from coordinator.runtime import Runtime
 from tests.client_contract import (
@@ -67,7 +66,7 @@ async def start_island(runtime: Runtime, nats_url: str, **kw: Any) -> FakeIsland
     """An Island known only from its heartbeats (no registration, no row made by the test)."""
     island = FakeIsland(nats_url, heartbeat_every=kw.pop("heartbeat_every", 0.2), **kw)
     await island.start()
-    fleet = service.fleet_of(runtime)
+    fleet = runtime.fleet
     assert fleet is not None
 
     async def live() -> bool:
@@ -82,7 +81,7 @@ async def start_island(runtime: Runtime, nats_url: str, **kw: Any) -> FakeIsland
 
 
 async def _known(runtime: Runtime, island: FakeIsland) -> bool:
-    fleet = service.fleet_of(runtime)
+    fleet = runtime.fleet
     return fleet is not None and fleet.get(island.host_id) is not None
 
 
@@ -139,7 +138,7 @@ async def test_an_island_that_lists_no_runtime_never_gets_a_job(
 
         # The same Island lists `container` in its next heartbeat: now it runs the job.
         island.runtimes = ("container",)
-        fleet = service.fleet_of(coordinator)
+        fleet = coordinator.fleet
         assert fleet is not None
         await eventually(lambda: _runtimes_are(coordinator, island, ("container",)))
         response = await http.post("/api/v1/jobs", headers=cli_headers(consumer.key), json=CHAT)
@@ -152,7 +151,7 @@ async def test_an_island_that_lists_no_runtime_never_gets_a_job(
 
 
 async def _runtimes_are(runtime: Runtime, island: FakeIsland, runtimes: tuple[str, ...]) -> bool:
-    fleet = service.fleet_of(runtime)
+    fleet = runtime.fleet
     view = fleet.get(island.host_id) if fleet is not None else None
     return view is not None and view.supported_runtimes == runtimes
 
@@ -173,12 +172,12 @@ async def test_a_default_budget_meets_the_supply_online_after_a_cheap_island_lef
     demo = await start_island(coordinator, nats_url)
     try:
         await _post_asks(coordinator, demo, {"llm-chat": "0.1"})
-        fleet = service.fleet_of(coordinator)
+        fleet = coordinator.fleet
         assert fleet is not None
         gone = fleet.get(cheap.host_id)
         assert gone is not None
         gone.status = "offline"  # what its heartbeat timeout does, without waiting 30 s
-        coordinator.components.pop(service.MARKET_RATES_COMPONENT, None)  # the rate is 0.01 × 1.05 now
+        coordinator.market_rates.clear()  # the rate is 0.01 × 1.05 now
         response = await http.post("/api/v1/jobs", headers=py_headers(consumer.key), json=CHAT)
         assert response.status_code == 201
         created = response.json()["data"]
@@ -197,7 +196,7 @@ async def _post_asks(runtime: Runtime, island: FakeIsland, asks: dict[str, str])
         return {**original(), "asking_prices": asks}
 
     island.heartbeat = with_asks  # type: ignore[method-assign]
-    fleet = service.fleet_of(runtime)
+    fleet = runtime.fleet
     assert fleet is not None
 
     async def applied() -> bool:
@@ -250,7 +249,7 @@ async def test_a_terminal_status_frees_a_single_slot_at_once_despite_a_stale_hea
     consumer = await make_consumer(coordinator)
     # The first job runs 3 s, so its heartbeat arrives while it runs even on a loaded machine.
     island = await start_island(coordinator, nats_url, max_concurrent=1, heartbeat_every=3600, delay=3.0)
-    fleet = service.fleet_of(coordinator)
+    fleet = coordinator.fleet
     assert fleet is not None
     view = fleet.get(island.host_id)
     assert view is not None and view.max_concurrent == 1
@@ -385,10 +384,10 @@ async def test_models_and_network_stats(coordinator: Runtime, http: httpx.AsyncC
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"] == "Hello"
 
-        coordinator.components.pop("network_stats", None)  # the cached aggregate of an earlier call
+        coordinator.network_stats.clear()  # the cached aggregate of an earlier call
 
         async def stats() -> dict[str, Any] | None:
-            coordinator.components.pop("network_stats", None)
+            coordinator.network_stats.clear()
             response = await http.get("/api/v1/network/stats")  # public: no key
             assert response.status_code == 200
             data: dict[str, Any] = response.json()["data"]

@@ -86,7 +86,7 @@ async def _placed_or_waiting(runtime: Runtime, job_id: str) -> Any:
 
 async def test_approval_suspension_and_resumption(database_url: str, nats_url: str) -> None:
     async with running_coordinator(database_url, nats_url, require_host_approval=True) as runtime:
-        fleet = runtime.components["fleet"]
+        fleet = runtime.fleet
         admin = await make_consumer(runtime, "admin@example.com", admin=True)
         user = await make_consumer(runtime, "user@example.com")
         host_id = str(uuid.uuid4())
@@ -248,7 +248,7 @@ async def test_decisions_from_another_replica_reach_the_fleet_view(database_url:
     async with running_coordinator(
         database_url, nats_url, require_host_approval=True, heartbeat_timeout_seconds=3
     ) as runtime:
-        fleet = runtime.components["fleet"]
+        fleet = runtime.fleet
         host_id = str(uuid.uuid4())
         nc = await nats.connect(nats_url)
 

@@ -85,7 +85,7 @@ async def test_register_upserts_the_host(coordinator: Runtime, island_nc: Any, t
         )
     else:
         assert row.gpu_model is None and row.ram_mb == 15935
-    fleet = coordinator.components["fleet"]
+    fleet = coordinator.fleet
     assert fleet.get(uuid.UUID(host_id)) is not None
 
 
@@ -103,7 +103,7 @@ async def test_heartbeat_from_unregistered_host_upserts_and_is_flushed(
     row = await eventually(flushed)
     assert row.status == "online"
     assert row.supported_runtimes == ["container", "wasm", "diffusers"]
-    view = coordinator.components["fleet"].get(uuid.UUID(host_id))
+    view = coordinator.fleet.get(uuid.UUID(host_id))
     if template is HEARTBEAT_GPU:
         assert row.max_concurrent == 16 and row.asking_prices == {"llm-chat": "2.0", "_default": "1.0"}
         assert str(view.asking_price("llm-chat")) == "2.0" and str(view.asking_price("sdxl")) == "1.0"
@@ -111,7 +111,7 @@ async def test_heartbeat_from_unregistered_host_upserts_and_is_flushed(
     else:
         assert row.max_concurrent == 4 and row.active_jobs == 1 and row.warm_workload_ids == ["42"]
         assert view.warm_workload_ids == frozenset({"42"}) and view.reported_active == 1
-    assert view in coordinator.components["fleet"].available()
+    assert view in coordinator.fleet.available()
 
 
 async def test_pairing_code_claim_then_already_paired(
@@ -182,9 +182,9 @@ async def test_probe_measures_rtt(coordinator: Runtime, island_nc: Any) -> None:
     await island_nc.subscribe(f"host.{host_id}.probe", cb=answer)
     await island_nc.flush()
     await island_nc.publish("coordinator.hosts.register", (REGISTER_NO_GPU % host_id).encode())
-    view = await eventually(lambda: asyncio.sleep(0, coordinator.components["fleet"].get(uuid.UUID(host_id))))
+    view = await eventually(lambda: asyncio.sleep(0, coordinator.fleet.get(uuid.UUID(host_id))))
     await eventually(lambda: asyncio.sleep(0, view.rtt_ms is not None))
-    handler = coordinator.components["host_handler"]
+    handler = coordinator.host_handler
     rtt = await handler.probe(host_id)
     assert rtt is not None and 0 < rtt < 1000
     assert await handler.probe(str(uuid.uuid4()), wait_seconds=0.2) is None

@@ -1,4 +1,4 @@
-"""The real guard of the terminal moves (the guarded UPDATE of `jobs/service.finish_in` on PostgreSQL)
+"""The real guard of the terminal moves (the guarded UPDATE `jobs/lifecycle.transition_in` renders from `jobs/moves.py`, on PostgreSQL)
 refuses every move the state table does not allow: the row, its money and its karma stay as they were."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import itertools
 
 from sqlalchemy import text
 
-from coordinator.jobs import rules, service
+from coordinator.jobs import lifecycle, moves, rules, service
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
 from tests.job_support import job_row, make_island, transactions_of
@@ -34,7 +34,8 @@ async def test_every_illegal_terminal_move_is_refused_by_the_guarded_update(runt
         before, money = await job_row(runtime, job.id), await transactions_of(runtime, job.id)
         for host_id in (None, island.id):
             async with runtime.db.transaction() as session:
-                result = await service.finish_in(session, job.id, target, host_id=host_id, error="x")
+                inputs = lifecycle.Inputs(host_id=host_id, error="x")
+                result = await lifecycle.transition_in(session, moves.finish_move(target), job.id, inputs)
             assert result is None, (source, target, host_id)
         after = await job_row(runtime, job.id)
         assert (after.state, after.error, after.completed_at, after.updated_at) == (
@@ -53,6 +54,6 @@ async def test_the_guard_lets_an_allowed_move_through(runtime: Runtime) -> None:
     consumer = await make_consumer(runtime, "guard-ok@example.com")
     job = await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}, budget="2")
     async with runtime.db.transaction() as session:
-        result = await service.finish_in(session, job.id, rules.CANCELLED)
+        result = await lifecycle.transition_in(session, moves.CANCEL, job.id)
     assert result is not None
     assert (await job_row(runtime, job.id)).state == rules.CANCELLED

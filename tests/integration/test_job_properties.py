@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import uuid
+import weakref
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,9 @@ from coordinator.jobs.intake import JobIntake
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
 from tests.job_support import assert_money_conserved, job_row, make_island, transactions_of
+
+# What the examples of one test share: two Islands, a consumer and an intake, per runtime.
+PREPARED: weakref.WeakKeyDictionary[Runtime, tuple[Any, Any, Any, JobIntake]] = weakref.WeakKeyDictionary()
 
 EVENTS = ["started", "streaming", "succeeded", "completed", "failed", "cancelled", "owner_cancel", "impostor"]
 
@@ -42,18 +47,16 @@ def expected_state(events: list[str]) -> str:
 async def test_any_message_order_ends_in_one_terminal_state_with_money_conserved(
     runtime: Runtime, events: list[str]
 ) -> None:
-    if not runtime.components.get("prepared"):
+    if runtime not in PREPARED:  # once per runtime (the examples share the test's fixture)
         await seed_cargos(runtime)
-        runtime.components["prepared"] = (
+        PREPARED[runtime] = (
             await make_island(runtime),
             await make_island(runtime),
             await make_consumer(runtime, f"p{uuid.uuid4().hex[:8]}@example.com"),
+            # No output in these histories: do not wait for a final chunk that never comes.
+            JobIntake(runtime, final_output_grace=0),
         )
-    island, impostor, consumer = runtime.components["prepared"]
-    # No output in these histories: do not wait for a final chunk that never comes.
-    if "intake" not in runtime.components:
-        runtime.components["intake"] = JobIntake(runtime, final_output_grace=0)
-    intake: JobIntake = runtime.components["intake"]
+    island, impostor, consumer, intake = PREPARED[runtime]
     job = await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}, budget="2")
     async with runtime.db.transaction() as session:
         move = sql.AssignRow(job.id, island.id, 60, {}, Decimal(1))

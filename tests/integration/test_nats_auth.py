@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from coordinator.app import HttpChild, NatsConnectionChild, job_children
+from coordinator.app import HttpChild, NatsConnectionChild, build_runtime, job_children
 from coordinator.devstack import EmbeddedNats, NatsAuth
 from coordinator.hosts import nats_access
 from coordinator.nats.auth_callout import AuthCalloutChild
@@ -66,7 +66,7 @@ async def auth_stack(database_url: str, auth_nats: AuthNats, **overrides: Any) -
         "lease_sweep_interval_seconds": 0.2,
     }
     values.update(overrides)
-    runtime = Runtime.from_settings(make_settings(database_url, **values))
+    runtime = build_runtime(make_settings(database_url, **values))
     children = [
         NatsConnectionChild(runtime),
         AuthCalloutChild(runtime),
@@ -408,9 +408,8 @@ async def test_a_new_credential_replaces_the_old_one(stack: JobStack, auth_nats:
 @asynccontextmanager
 async def hosts_stack(database_url: str, auth_nats: AuthNats) -> AsyncIterator[Runtime]:
     from coordinator.app import hosts_children
-    from coordinator.hosts.fleet import FleetView
 
-    runtime = Runtime.from_settings(
+    runtime = build_runtime(
         make_settings(
             database_url,
             nats_url=auth_nats.server.coordinator_url,
@@ -419,9 +418,8 @@ async def hosts_stack(database_url: str, auth_nats: AuthNats) -> AsyncIterator[R
             require_host_approval=False,
         )
     )
-    fleet = FleetView(heartbeat_timeout=30.0)
     supervisor = Supervisor(
-        [NatsConnectionChild(runtime), AuthCalloutChild(runtime), *hosts_children(runtime, fleet)]
+        [NatsConnectionChild(runtime), AuthCalloutChild(runtime), *hosts_children(runtime)]
     )
     await supervisor.start()
     try:

@@ -53,7 +53,7 @@ adversarial = st.one_of(
 async def coordinator(database_url: str, nats_url: str) -> AsyncIterator[tuple[Runtime, FakeIsland, Any]]:
     async with running_coordinator(database_url, nats_url) as runtime:
         await seed_cargos(runtime)
-        fleet = runtime.components["fleet"]
+        fleet = runtime.fleet
         island = FakeIsland(nats_url)
         await make_island(runtime, host_id=island.host_id, fleet=fleet)
         await island.start()

@@ -10,8 +10,8 @@ from typing import Any
 import pytest_asyncio
 from sqlalchemy import text
 
-from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
-from coordinator.pubsub import Subscription, job_topic, pubsub_of
+from coordinator.jobs.events import JobRef
+from coordinator.pubsub import Subscription, job_topic
 from tests.stream_support import Stack, finish, job_of, running_job, set_runtime, stream_stack
 
 
@@ -55,7 +55,7 @@ async def stored(stack: Stack, ref: JobRef) -> list[tuple[int, dict[str, Any]]]:
 async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_ends_the_text(
     stack: Stack,
 ) -> None:
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic((ref := await running_job(stack)).job_id))
+    sub = stack.runtime.pubsub.subscribe(job_topic((ref := await running_job(stack)).job_id))
     sink = stack.accumulator
     await sink.on_output(ref, 3, "c", False)
     await sink.on_output(ref, 1, "a", False)
@@ -86,7 +86,7 @@ async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_end
 async def test_gguf_done_chunk_gives_usage_and_is_not_text(stack: Stack) -> None:
     await set_runtime(stack.runtime, "llm-chat", "llmcpp")
     ref = await running_job(stack)
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     sink = stack.accumulator
     await sink.on_output(ref, 0, "Hel", False)
     await sink.on_output(ref, 1, "lo", False)
@@ -121,7 +121,7 @@ async def test_onnx_single_final_chunk_is_the_json_result(stack: Stack) -> None:
 
 async def test_terminal_status_overtaking_output_waits_for_the_last_chunks(stack: Stack) -> None:
     ref = await running_job(stack)
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     sink = stack.accumulator
     await sink.on_output(ref, 1, "one ", False)
     await finish(stack, ref)  # `succeeded` processed before the last chunks
@@ -137,7 +137,7 @@ async def test_terminal_status_overtaking_output_waits_for_the_last_chunks(stack
 async def test_diffusers_progress_after_the_image_does_not_break_order_or_finalisation(stack: Stack) -> None:
     await set_runtime(stack.runtime, "sdxl", "diffusers")
     ref = await running_job(stack, "sdxl", {"prompt": "a cat"})
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     sink = stack.accumulator
     await sink.on_progress(ref, 0, 3)
     await sink.on_progress(ref, 2, 3)  # fire-and-forget steps arrive out of order
@@ -168,7 +168,7 @@ async def test_diffusers_progress_after_the_image_does_not_break_order_or_finali
 
 async def test_missing_final_chunk_finalises_after_the_grace_period(stack: Stack) -> None:
     ref = await running_job(stack)
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     await stack.accumulator.on_output(ref, 1, "partial", False)
     await stack.accumulator.on_output(ref, 3, " tail", False)  # seq 2 and the final chunk are lost
     started = asyncio.get_running_loop().time()
@@ -182,7 +182,7 @@ async def test_missing_final_chunk_finalises_after_the_grace_period(stack: Stack
 
 async def test_failure_ends_with_an_error_event_carrying_the_islands_message(stack: Stack) -> None:
     ref = await running_job(stack)
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     await stack.accumulator.on_output(ref, 1, "x", False)
     await finish(stack, ref, "failed", error="Container crash: General error (application failure)")
     await stack.accumulator.on_output(ref, 2, "late", False)
@@ -248,8 +248,8 @@ async def test_a_replica_taking_a_stream_over_continues_it_live_and_keeps_the_ea
     await stack.accumulator.on_output(ref, 1, "Once", False)
     await stack.accumulator.on_output(ref, 2, " upon", False)
     await stack.accumulator.flush()  # what the dead owner had stored
-    heir = stack.runtime.components[OUTPUT_COMPONENT] = OutputAccumulator(stack.runtime)
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    heir = stack.runtime.output = OutputAccumulator(stack.runtime)
+    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     await heir.on_output(ref, 3, " a time", False)
     assert (await sub.get(1.0)).payload == {"type": "token", "content": " a time"}  # type: ignore[union-attr]
     await heir.on_output(ref, 4, "", True)
@@ -272,7 +272,7 @@ async def test_an_image_without_an_island_seed_returns_the_seed_the_input_gave(s
     await set_runtime(stack.runtime, "sdxl", "diffusers")
     # The SDKs' generate_image(seed=42) input; the Island reports no seed.
     ref = await running_job(stack, "sdxl", {"prompt": "a cat", "width": 512, "height": 512, "seed": 42})
-    sub = pubsub_of(stack.runtime.components).subscribe(job_topic(ref.job_id))
+    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     await stack.accumulator.on_image(ref, "iVBORw0KGgo=", "png", 512, 512, None)
     await finish(stack, ref)
     events = await drain(sub)

@@ -124,9 +124,8 @@ async def test_end_to_end_island_output_over_nats_reaches_the_sse_consumer(
 ) -> None:
     async with stream_stack(database_url, nats_url=nats_url, jobs_pipeline=True, seed=True) as stack:
         island = FakeIsland(nats_url, chunks=("Hel", "lo", " there"), delay=0.3)
-        from coordinator.jobs.dispatcher import ensure_fleet
 
-        fleet = ensure_fleet(stack.runtime)
+        fleet = stack.runtime.fleet
         await make_island(stack.runtime, host_id=island.host_id, fleet=fleet)
         await island.start()
         fleet.notify_capacity()

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from starlette.requests import Request
 
 from coordinator.accounts.service import Principal
+from coordinator.app import build_runtime
 from coordinator.billing import ledger, quotas
 from coordinator.errors import RateLimited
 from coordinator.runtime import Runtime
@@ -69,7 +70,7 @@ async def test_the_counter_is_shared_by_replicas(tight: Runtime) -> None:
     """Two replicas count in memory and meet in PostgreSQL: after a flush each sees the other's requests."""
     now = [1_800_000_000.0]  # a window start, so the test cannot straddle a minute
     a, b = quotas.RateCounter(lambda: now[0]), quotas.RateCounter(lambda: now[0])
-    second = Runtime.from_settings(tight.settings)
+    second = build_runtime(tight.settings)
 
     async def flush(counter: quotas.RateCounter, rt: Runtime) -> None:
         async with rt.db.transaction() as session:

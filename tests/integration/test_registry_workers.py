@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from coordinator.app import WorkerChild
-from coordinator.marketplace import registry, scanning
+from coordinator.marketplace import publishers, registry, scanning
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from coordinator.workers.app import defer_scan
@@ -79,7 +79,7 @@ async def test_bad_images_end_their_scans_with_a_reason_and_the_worker_stays_up(
     write_tool(fake_trivy, "exec sleep 600\n")  # a scanner that hangs
     dev = await make_consumer(runtime, "dev@example.com")
     async with runtime.db.transaction() as session:  # more Cargos than an Individual may hold
-        await registry.update_publisher(session, dev.user.id, tier="organization", by_admin=True)
+        await publishers.update_publisher(session, dev.user.id, tier="organization", by_admin=True)
     host = oci_registry.host
     small = oci_registry.push_image("acme/small", {"a": b"a"})
     big = oci_registry.push_image("acme/huge", {"blob": os.urandom(64 * 1024)})

@@ -11,6 +11,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from coordinator.accounts.models import EmailOutbox, User
+from coordinator.app import build_runtime
 from coordinator.jobs.models import Job
 from coordinator.runtime import Runtime
 from coordinator.telemetry import metrics
@@ -25,7 +26,7 @@ async def limited(database_url: str) -> AsyncIterator[tuple[Runtime, httpx.Async
     from coordinator.app import HttpChild
     from coordinator.supervisor import Supervisor
 
-    runtime = Runtime.from_settings(
+    runtime = build_runtime(
         make_settings(
             database_url,
             max_request_bytes=LIMIT,

@@ -14,9 +14,10 @@ from coordinator.app import (
     ReadyMarker,
     WorkerChild,
     build_children,
+    build_runtime,
 )
-from coordinator.runtime import Runtime
-from coordinator.supervisor import Child, LoopService, Supervisor
+from coordinator.loops import LoopService
+from coordinator.supervisor import Child, Supervisor
 from coordinator.telemetry.child import TelemetryChild
 from coordinator.telemetry.collectors import MetricsCollector
 from tests.conftest import make_settings
@@ -117,7 +118,7 @@ async def test_loop_service_runs_on_wake_not_only_on_interval() -> None:
 def test_nats_children_are_absent_without_nats(
     database_url: str, nats_url: str | None, disabled: bool, expect_nats: bool
 ) -> None:
-    runtime = Runtime.from_settings(make_settings(database_url, nats_url=nats_url, nats_disabled=disabled))
+    runtime = build_runtime(make_settings(database_url, nats_url=nats_url, nats_disabled=disabled))
     children = build_children(runtime, with_worker=True)
     kinds = [type(c) for c in children]
     assert kinds[:3] == [TelemetryChild, DatabaseChild, MetricsCollector]
@@ -128,7 +129,7 @@ def test_nats_children_are_absent_without_nats(
 async def test_the_full_tree_serves_and_shuts_down_cleanly(database_url: str, nats_url: str) -> None:
     import httpx
 
-    runtime = Runtime.from_settings(make_settings(database_url, nats_url=nats_url))
+    runtime = build_runtime(make_settings(database_url, nats_url=nats_url))
     supervisor = Supervisor(build_children(runtime, with_worker=True))
     await supervisor.start()
     try:
@@ -158,7 +159,7 @@ class Gate(Child):
 async def test_readyz_waits_for_every_child_of_the_tree(database_url: str) -> None:
     import httpx
 
-    runtime = Runtime.from_settings(make_settings(database_url))
+    runtime = build_runtime(make_settings(database_url))
     gate = Gate()
     supervisor = Supervisor([DatabaseChild(runtime), HttpChild(runtime), gate, ReadyMarker(runtime)])
     starting = asyncio.create_task(supervisor.start())
@@ -176,7 +177,7 @@ async def test_readyz_waits_for_every_child_of_the_tree(database_url: str) -> No
             assert (await client.get("/readyz")).json()["checks"]["started"] == "ok"
     finally:
         await supervisor.stop()
-    assert runtime.components["tree_ready"] is False
+    assert runtime.tree_ready is False
 
 
 class Stubborn(Child):

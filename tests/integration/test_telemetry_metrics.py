@@ -12,7 +12,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from coordinator.app import HttpChild
+from coordinator.app import HttpChild, build_runtime
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from coordinator.telemetry import metrics
@@ -182,7 +182,7 @@ async def test_database_queries_and_pool_are_measured(runtime: Runtime, http: ht
 @pytest_asyncio.fixture
 async def production(database_url: str) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
     settings = make_settings(database_url, env="production", metrics_token="scrape-token-123")
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     supervisor = Supervisor([HttpChild(runtime)])
     await supervisor.start()
     try:
@@ -258,7 +258,7 @@ async def test_ledger_totals_fold_settled_rows_and_reread_recent_ones(runtime: R
 async def test_the_serving_tree_polls_at_start_and_exposes_the_gauges(database_url: str) -> None:
     from coordinator.app import build_children
 
-    runtime = Runtime.from_settings(make_settings(database_url))
+    runtime = build_runtime(make_settings(database_url))
     await insert_fixtures(runtime)
     metrics.snapshots.clear()  # values left by other tests must not satisfy this one
     supervisor = Supervisor(build_children(runtime))
@@ -288,7 +288,7 @@ async def test_a_worker_process_serves_metrics_on_its_own_port(database_url: str
 
     port = free_port()
     settings = make_settings(database_url, env="production", metrics_token="tok-worker-1", metrics_port=port)
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     children = build_children(runtime, with_worker=True, http=False)
     names = [c.name for c in children]
     assert names[:2] == ["telemetry", "database"]

@@ -14,7 +14,7 @@ import pytest_asyncio
 from sqlalchemy import select, text
 
 from coordinator.accounts.models import EmailOutbox
-from coordinator.app import HttpChild
+from coordinator.app import HttpChild, build_runtime
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from coordinator.verification.models import StripeIdentityEvent, Verification
@@ -50,7 +50,7 @@ async def stack(database_url: str) -> AsyncIterator[StripeStack]:
             stripe_identity_webhook_secret=WEBHOOK_SECRET,
             public_url=None,
         )
-        runtime = Runtime.from_settings(settings)
+        runtime = build_runtime(settings)
         supervisor = Supervisor([HttpChild(runtime)])
         await supervisor.start()
         try:

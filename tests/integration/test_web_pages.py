@@ -14,10 +14,9 @@ from sqlalchemy import func, select, text
 
 from coordinator.accounts import service as accounts
 from coordinator.accounts.models import ApiKey, User, UserSession
-from coordinator.app import HttpChild
+from coordinator.app import HttpChild, build_runtime
 from coordinator.billing.models import Transaction
 from coordinator.jobs.models import Job
-from coordinator.runtime import Runtime
 from coordinator.supervisor import Supervisor
 from coordinator.web.pages.charts import bar_chart, line_chart
 from tests.conftest import make_settings
@@ -166,7 +165,7 @@ async def test_sign_in_out_and_cookie_flags_in_development(stack: Stack) -> None
 
 
 async def test_session_cookie_is_secure_outside_development(database_url: str) -> None:
-    runtime = Runtime.from_settings(make_settings(database_url, env="production", secret_key="s" * 40))
+    runtime = build_runtime(make_settings(database_url, env="production", secret_key="s" * 40))
     supervisor = Supervisor([HttpChild(runtime)])
     await supervisor.start()
     try:

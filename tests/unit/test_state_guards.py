@@ -27,9 +27,10 @@ READ_ONLY = {
     "telemetry/collectors.py": "queue gauges",
     "hosts/recommendations.py": "demand per Cargo",
     "hosts/network.py": "network statistics",
-    "marketplace/registry.py": "a Cargo's finished-job check",
+    "marketplace/catalogue.py": "a Cargo's finished-job check",
     "benchmarks/page_render.py": "benchmark fixture",
     "benchmarks/scenarios.py": "benchmark driver (reads)",
+    "benchmarks/stack.py": "benchmark driver (reads)",
     "benchmarks/baselines.py": "the baseline's own bench_queue table",
     "jobs/models.py": "partial-index predicates (as migration 0001 created them)",
 }

@@ -17,7 +17,7 @@ import websockets
 
 from coordinator.benchmarks.fake_island import FakeFleet, JobBehaviour
 from coordinator.benchmarks.harness import BenchEnv, Load, Result, Stopwatch, scenario
-from coordinator.benchmarks.scenarios import _submit, http_client, stack, start_fleet
+from coordinator.benchmarks.stack import _submit, http_client, stack, start_fleet
 from coordinator.devstack import free_port
 
 CONNECT_CONCURRENCY = 200

@@ -11,11 +11,11 @@ import nats
 from sqlalchemy import text
 
 from coordinator.accounts.service import digest
+from coordinator.app import build_runtime
 from coordinator.benchmarks.harness import BenchEnv, Load, Result, latency_summary, scenario
 from coordinator.config import Settings
 from coordinator.devstack import EmbeddedNats, NatsAuth
 from coordinator.nats.auth_callout import AuthCallout
-from coordinator.runtime import Runtime
 
 SECRET = "bench-secret"
 FLEET = 10_000
@@ -34,7 +34,7 @@ async def nats_auth_connect(env: BenchEnv) -> Result:
         nats_url=server.coordinator_url,
         nats_auth_issuer_seed=auth.issuer_seed,
     )
-    runtime = Runtime.from_settings(settings)
+    runtime = build_runtime(settings)
     try:
         ids = [uuid.uuid4() for _ in range(islands)]
         async with runtime.db.transaction() as session:

@@ -15,9 +15,9 @@ import httpx
 import psutil
 
 from coordinator.accounts import service as accounts
+from coordinator.app import build_runtime
 from coordinator.config import Settings
 from coordinator.devstack import free_port
-from coordinator.runtime import Runtime
 from coordinator.workloads.service import seed_default_cargos
 
 SECRET = "bench-secret"
@@ -97,9 +97,7 @@ async def make_account(database_url: str, email: str, credits: Decimal = BENCH_C
 
 async def make_accounts(database_url: str, emails: list[str], credits: Decimal = BENCH_CREDITS) -> list[str]:
     """Seed the Cargos and one rich consumer per email; returns their API keys, in order."""
-    runtime = Runtime.from_settings(
-        Settings(env="test", secret_key=SECRET, database_url=database_url, nats_url=None)
-    )
+    runtime = build_runtime(Settings(env="test", secret_key=SECRET, database_url=database_url, nats_url=None))
     try:
         keys = []
         async with runtime.db.transaction() as session:

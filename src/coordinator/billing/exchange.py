@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import exchange_rules as rules
+from coordinator.config import Settings
 from coordinator.errors import Forbidden, NotFound, ValidationFailed
 from coordinator.hosts.rules import can_run
 from coordinator.workloads.models import Workload
@@ -58,6 +59,10 @@ class TtlCache(Generic[V]):
         value = await compute()
         self._values[key] = (now, value)
         return value
+
+    def clear(self) -> None:
+        """Forget every value: the next `get` of each key computes again."""
+        self._values.clear()
 
 
 # Step two of budget resolution: the user's saved bid for this Cargo.
@@ -141,6 +146,34 @@ async def compute_surge(
     queued = int((await session.execute(QUEUED_JOBS_SQL)).scalar_one())
     capacity = sum(h.free_slots for h in await online_supply(session))
     return rules.surge_factor(queued, capacity, ratio=ratio, multiplier=multiplier)
+
+
+class Surge:
+    """The surge factor with the settings' demand ratio and multiplier: the one definition the dispatcher
+    (clearing prices, cached `ttl` seconds) and the market snapshot worker (uncached) both use."""
+
+    def __init__(
+        self, *, ratio: Decimal, multiplier: Decimal, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ratio = ratio
+        self.multiplier = multiplier
+        self.cache = TtlCache[Decimal](ttl=ttl, clock=clock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Surge:
+        return cls(
+            ratio=Decimal(str(settings.surge_demand_ratio)),
+            multiplier=Decimal(str(settings.surge_multiplier)),
+            ttl=settings.surge_cache_seconds,
+        )
+
+    async def compute(self, session: AsyncSession) -> Decimal:
+        """The factor now, from the database."""
+        return await compute_surge(session, ratio=self.ratio, multiplier=self.multiplier)
+
+    async def current(self, session: AsyncSession) -> Decimal:
+        """The factor, recomputed at most once per `ttl` seconds."""
+        return await self.cache.get(lambda: self.compute(session))
 
 
 async def _workloads(session: AsyncSession, slug: str | None = None) -> list[Workload]:

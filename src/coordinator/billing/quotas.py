@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.accounts.models import User
 from coordinator.config import Settings
 from coordinator.errors import RateLimited
+from coordinator.loops import LoopService
 from coordinator.repo.database import Database
-from coordinator.supervisor import LoopService
 from coordinator.verification import service as verification
 
 log = structlog.get_logger(__name__)
@@ -161,17 +161,17 @@ class RateCounterSync(LoopService):
     async def run_once(self) -> None:
         if not self.counter.due:
             return
+        async with self.db.transaction() as session:
+            # A count lost in a crash costs a second of quota: no need to wait for the WAL flush.
+            await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            await self.counter.flush(session)
+
+    async def teardown(self) -> None:
+        """The last counts, once the loop stops."""
         try:
-            async with self.db.transaction() as session:
-                # A count lost in a crash costs a second of quota: no need to wait for the WAL flush.
-                await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                await self.counter.flush(session)
+            await self.run_once()
         except Exception:
             log.exception("rate_limit.flush_failed")
-
-    async def drain(self) -> None:
-        """The last counts, before the supervisor stops the loop."""
-        await self.run_once()
 
 
 @dataclass(frozen=True)

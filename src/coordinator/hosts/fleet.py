@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from coordinator.protocol.messages import Heartbeat
@@ -79,6 +79,33 @@ def parse_asking_prices(raw: dict[str, str] | None) -> dict[str, Decimal]:
         if price.is_finite() and price >= 0:
             prices[slug] = price
     return prices
+
+
+def view_of(row: Any, *, last_heartbeat: float = 0.0) -> HostView:
+    """The one HostView builder: from a `Host` or any row with its columns (the dispatcher's recently
+    beating Islands, the submit-time check). `last_heartbeat` is on the fleet's monotonic clock."""
+    return HostView(
+        id=row.id,
+        owner_id=row.owner_id,
+        status=row.status,
+        approved=bool(row.approved),
+        region=row.region,
+        platform=row.platform,
+        transport=row.transport or "nats",
+        gpu_model=row.gpu_model,
+        gpu_vram_mb=row.gpu_vram_mb,
+        cpu_cores=row.cpu_cores,
+        ram_mb=row.ram_mb,
+        supported_runtimes=tuple(row.supported_runtimes or ()),
+        max_concurrent=max(1, int(row.max_concurrent or 1)),
+        reported_active=int(row.active_jobs or 0),
+        warm_workload_ids=frozenset(row.warm_workload_ids or ()),
+        asking_prices=parse_asking_prices({k: str(v) for k, v in (row.asking_prices or {}).items()}),
+        rtt_ms=row.rtt_ms,
+        karma=int(row.karma or 0),
+        agent_version=getattr(row, "agent_version", None),
+        last_heartbeat_monotonic=last_heartbeat,
+    )
 
 
 def status_after_heartbeat(status: str, approved: bool) -> str:
@@ -176,12 +203,28 @@ class FleetView:
                 expired.append(view.id)
         return expired
 
-    def available(self) -> list[HostView]:
-        """Islands that may receive a job right now."""
+    def candidates(self) -> list[HostView]:
+        """The Islands placement considers now: approved, live (online, beating) and not self-gated. Their
+        free slots are counted by the dispatcher under the hosts' row locks (`count_reserved`)."""
         now = self.clock()
-        return [h for h in self._hosts.values() if h.can_take_work(now, self.heartbeat_timeout)]
+        return [
+            h
+            for h in self._hosts.values()
+            if h.approved and not h.self_gated and h.is_live(now, self.heartbeat_timeout)
+        ]
+
+    def available(self) -> list[HostView]:
+        """Islands that may receive a job right now (candidates with a free slot)."""
+        return [h for h in self.candidates() if h.free_slots > 0]
+
+    @staticmethod
+    def count_reserved(hosts: list[HostView], active: dict[uuid.UUID, int]) -> None:
+        """Set each Island's reserved slots to the coordinator's count of its unfinished jobs."""
+        for host in hosts:
+            host.reserved = active.get(host.id, 0)
 
     def reserve(self, host_id: uuid.UUID) -> bool:
+        """Take one slot of an Island for a job being assigned; False when it has none free."""
         view = self._hosts.get(host_id)
         if view is None or view.free_slots <= 0:
             return False

@@ -12,9 +12,9 @@ import structlog
 from sqlalchemy import text
 
 from coordinator.hosts import rules
+from coordinator.loops import LoopService
 from coordinator.protocol.messages import Heartbeat
 from coordinator.repo.database import Database
-from coordinator.supervisor import LoopService
 from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
@@ -99,12 +99,15 @@ class HeartbeatFlusher(LoopService):
                     },
                 )
         except Exception:
-            log.exception("hosts.heartbeat_flush_failed", rows=len(batch))
             for host_id, row in batch.items():  # keep them for the next flush unless a newer beat came
                 self._pending.setdefault(host_id, row)
-            return
+            raise
         self.flushes += 1
         metrics.heartbeat_flush_seconds.observe(time.perf_counter() - started)
 
-    async def drain(self) -> None:
-        await self.run_once()
+    async def teardown(self) -> None:
+        """The last beats, once the loop stops."""
+        try:
+            await self.run_once()
+        except Exception:
+            log.exception("hosts.heartbeat_flush_failed", rows=self.pending)

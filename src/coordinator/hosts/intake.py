@@ -22,8 +22,6 @@ from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
-ISLAND_INTAKE_COMPONENT = "island_intake"
-
 
 def host_uuid(raw: str | None) -> uuid.UUID:
     if raw is None or not subjects.valid_host_id(raw):
@@ -84,8 +82,3 @@ class IslandIntake:
             self.fleet.notify_capacity()
         self.flusher.record(sender, beat, payload)
         metrics.heartbeats.inc()
-
-
-def island_intake_of(runtime: Runtime) -> IslandIntake | None:
-    intake = runtime.components.get(ISLAND_INTAKE_COMPONENT)
-    return intake if isinstance(intake, IslandIntake) else None

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.service import sync_decisions
+from coordinator.loops import LoopService
 from coordinator.repo.database import Database
-from coordinator.supervisor import LoopService
 
 log = structlog.get_logger(__name__)
 

@@ -61,3 +61,7 @@ class CachedNetworkStats:
             stats = await compute()
             self._value = (self.clock(), stats)
             return stats
+
+    def clear(self) -> None:
+        """Forget the aggregate: the next `get` computes it again."""
+        self._value = None

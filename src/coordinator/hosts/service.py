@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.errors import NotFound
 from coordinator.hosts import rules
-from coordinator.hosts.fleet import FleetView, HostView, parse_asking_prices
+from coordinator.hosts.fleet import FleetView, HostView, view_of
 from coordinator.hosts.models import Host
 from coordinator.protocol.messages import RegisterHost
 
@@ -46,30 +46,6 @@ def parse_host_id(raw: str) -> uuid.UUID | None:
         return uuid.UUID(raw)
     except ValueError:
         return None
-
-
-def view_of(host: Host) -> HostView:
-    return HostView(
-        id=host.id,
-        owner_id=host.owner_id,
-        status=host.status,
-        approved=host.approved,
-        region=host.region,
-        platform=host.platform,
-        transport=host.transport,
-        gpu_model=host.gpu_model,
-        gpu_vram_mb=host.gpu_vram_mb,
-        cpu_cores=host.cpu_cores,
-        ram_mb=host.ram_mb,
-        supported_runtimes=tuple(host.supported_runtimes or ()),
-        max_concurrent=max(1, host.max_concurrent),
-        reported_active=host.active_jobs,
-        warm_workload_ids=frozenset(host.warm_workload_ids or ()),
-        asking_prices=parse_asking_prices({k: str(v) for k, v in (host.asking_prices or {}).items()}),
-        rtt_ms=host.rtt_ms,
-        karma=host.karma,
-        agent_version=host.agent_version,
-    )
 
 
 async def register_host(session: AsyncSession, message: RegisterHost, *, approval_required: bool) -> Host:
@@ -144,6 +120,46 @@ async def load_fleet(session: AsyncSession, fleet: FleetView) -> int:
     return len(hosts)
 
 
+# Online, approved Islands that beat within the timeout, with their age (seconds since the last beat).
+RECENT_HOSTS_SQL = text(
+    """
+    SELECT id, owner_id, status, approved, region, platform, transport, gpu_model, gpu_vram_mb, cpu_cores,
+           ram_mb, supported_runtimes, max_concurrent, active_jobs, warm_workload_ids, asking_prices,
+           rtt_ms, karma, EXTRACT(EPOCH FROM now() - last_heartbeat_at) AS age
+    FROM hosts
+    WHERE status = 'online' AND approved AND suspended_at IS NULL
+      AND last_heartbeat_at > now() - make_interval(secs => :timeout)
+    """
+)
+
+
+async def hydrate_fleet(session: AsyncSession, fleet: FleetView) -> bool:
+    """Add the Islands the database saw beat recently but this process has not (yet): after a restart the
+    in-memory view is empty until the next heartbeats. Fresher views are kept; True if any was added."""
+    rows = (await session.execute(RECENT_HOSTS_SQL, {"timeout": fleet.heartbeat_timeout})).all()
+    added = False
+    for row in rows:
+        seen = fleet.clock() - float(row.age or 0)
+        view = fleet.get(row.id)
+        if view is not None:
+            view.last_heartbeat_monotonic = max(view.last_heartbeat_monotonic, seen)
+            continue
+        fleet.put(view_of(row, last_heartbeat=seen))
+        added = True
+    return added
+
+
+# The candidate Islands' rows, locked while their capacity is counted: concurrent dispatchers (other
+# replicas) serialise per Island, so none is overfilled.
+LOCK_HOSTS_SQL = text("SELECT id FROM hosts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
+
+
+async def lock_hosts(session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
+    """Lock the candidates' rows (in the caller's transaction); the candidates that still exist."""
+    existing = {row[0] for row in await session.execute(LOCK_HOSTS_SQL, {"ids": [h.id for h in candidates]})}
+    return [h for h in candidates if h.id in existing]
+
+
 async def set_approved(session: AsyncSession, raw_id: str) -> Host:
     host = await get_host(session, raw_id)
     host.approved = True
@@ -169,10 +185,8 @@ async def resume(session: AsyncSession, raw_id: str) -> Host:
     return host
 
 
-def sync_view(fleet: FleetView | None, host: Host) -> None:
+def sync_view(fleet: FleetView, host: Host) -> None:
     """Carry a decision made through this process (approve, suspend, resume, pair) into its fleet view."""
-    if fleet is None:
-        return
     if fleet.get(host.id) is None:
         fleet.put(view_of(host))
     else:

@@ -28,7 +28,7 @@ from coordinator.accounts.models import User
 from coordinator.billing import exchange as market
 from coordinator.billing import quotas
 from coordinator.errors import DomainError, InsufficientCredits, NotFound, ValidationFailed
-from coordinator.jobs import lifecycle, moves, rules, service, wiring
+from coordinator.jobs import lifecycle, moves, rules, service
 from coordinator.jobs.batch_rules import BatchSpec, batch_state, merge_outputs, parent_outcome
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.models import Job
@@ -38,8 +38,6 @@ from coordinator.workloads import rules as workload_rules
 from coordinator.workloads import service as workloads
 
 log = structlog.get_logger(__name__)
-
-BATCH_HOOK_COMPONENT = "batch_hook"
 
 # The parent: a job row that no dispatcher claims (running, no Island, no lease), budget and charge 0.
 INSERT_PARENT_SQL = text(
@@ -208,7 +206,7 @@ def children_of(config: dict[str, Any], rows: Sequence[Any]) -> list[Child]:
 
 def ensure_hook(runtime: Runtime) -> None:
     """Register the batch hook on this process's transitions (idempotent)."""
-    if runtime.components.get(BATCH_HOOK_COMPONENT):
+    if runtime.batch_hook is not None:
         return
 
     async def on_transition(result: TransitionResult) -> None:
@@ -221,8 +219,8 @@ def ensure_hook(runtime: Runtime) -> None:
         elif result.to_state == rules.CANCELLED:
             await cancel_children(runtime, result.job_id)  # no-op unless it is a batch parent
 
-    runtime.components[BATCH_HOOK_COMPONENT] = on_transition
-    wiring.hooks(runtime).register(on_transition)
+    runtime.batch_hook = on_transition
+    runtime.hooks.register(on_transition)
 
 
 async def advance_batch(runtime: Runtime, parent_id: uuid.UUID) -> None:

@@ -19,17 +19,17 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coordinator.hosts import service as host_service
 from coordinator.hosts.fleet import FleetView, HostView
-from coordinator.jobs import lifecycle, moves, rules, service, wiring
+from coordinator.jobs import lifecycle, moves, rules, service
 from coordinator.jobs import repository as sql
 from coordinator.jobs.assignment import assign_job_message
-from coordinator.jobs.events import DISPATCHER_COMPONENT, UndeliverableAssignment
+from coordinator.jobs.events import UndeliverableAssignment
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.loops import LoopService
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob
-from coordinator.pubsub import pubsub_of
 from coordinator.runtime import Runtime
-from coordinator.supervisor import LoopService
 from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
@@ -55,42 +55,6 @@ class Assignment:
     result: TransitionResult
 
 
-def ensure_fleet(runtime: Runtime) -> FleetView:
-    fleet = service.fleet_of(runtime)
-    if fleet is None:
-        fleet = FleetView(heartbeat_timeout=runtime.settings.heartbeat_timeout_seconds)
-        runtime.components[service.FLEET_COMPONENT] = fleet
-    return fleet
-
-
-def host_view_of(row: Any, last_heartbeat: float) -> HostView:
-    return HostView(
-        id=row.id,
-        owner_id=row.owner_id,
-        status=row.status,
-        approved=bool(row.approved),
-        region=row.region,
-        platform=row.platform,
-        transport=row.transport or "nats",
-        gpu_model=row.gpu_model,
-        gpu_vram_mb=row.gpu_vram_mb,
-        cpu_cores=row.cpu_cores,
-        ram_mb=row.ram_mb,
-        supported_runtimes=tuple(row.supported_runtimes or ()),
-        max_concurrent=max(1, int(row.max_concurrent or 1)),
-        reported_active=int(row.active_jobs or 0),
-        warm_workload_ids=frozenset(row.warm_workload_ids or ()),
-        asking_prices={
-            k: price
-            for k, v in (row.asking_prices or {}).items()
-            if (price := rules.parse_price(v)) is not None
-        },
-        rtt_ms=row.rtt_ms,
-        karma=int(row.karma or 0),
-        last_heartbeat_monotonic=last_heartbeat,
-    )
-
-
 class Dispatcher(LoopService):
     name = "dispatcher"
 
@@ -99,77 +63,47 @@ class Dispatcher(LoopService):
         self.runtime = runtime
         self.interval = runtime.settings.dispatch_interval_seconds
         self.batch_size = runtime.settings.dispatch_batch_size
-        self._listening_to: FleetView | None = None
-        ensure_fleet(runtime)
+        runtime.fleet.on_capacity(self.wake)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
         self._failed: list[TransitionResult] = []
 
     async def setup(self) -> None:
-        self.runtime.components[DISPATCHER_COMPONENT] = self
-        _ = self.fleet
+        self.runtime.dispatcher = self
 
     @property
     def fleet(self) -> FleetView:
-        """The runtime's fleet view (looked up each time: the hosts context may install its own)."""
-        fleet = ensure_fleet(self.runtime)
-        if fleet is not self._listening_to:
-            fleet.on_capacity(self.wake)
-            self._listening_to = fleet
-        return fleet
+        return self.runtime.fleet
 
     async def run_once(self) -> None:
         if self.batch_size <= 0:  # dispatching disabled on this replica (it still serves Islands)
             return
-        try:
-            await self.hydrate_fleet()
-            # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
-            for _ in range(1000):
-                if await self.dispatch_batch() < self.batch_size:
-                    break
-        except Exception:
-            # A database hiccup must not kill the loop; the next wake-up or interval retries.
-            log.exception("dispatcher.pass_failed")
+        # (A database hiccup fails this pass only: the loop logs it; the next wake-up or interval retries.)
+        await self.hydrate_fleet()
+        # Full batches mean more work may be waiting: keep going (bounded), else wait for a wake-up.
+        for _ in range(1000):
+            if await self.dispatch_batch() < self.batch_size:
+                break
 
     async def hydrate_fleet(self) -> None:
-        """Add Islands the database saw heartbeat recently but this process has not (yet): after a restart
-        the in-memory view is empty until the next heartbeats. Fresher in-memory views are kept."""
+        """Top the fleet view up from the database every couple of seconds (`hosts.service.hydrate_fleet`)."""
         now = time.monotonic()
         if now - self._hydrated_at < HYDRATE_EVERY_SECONDS:
             return
         self._hydrated_at = now
-        timeout = self.fleet.heartbeat_timeout
         async with self.runtime.db.session() as session:
-            rows = (await session.execute(sql.RECENT_HOSTS_SQL, {"timeout": timeout})).all()
-        added = False
-        for row in rows:
-            seen = self.fleet.clock() - float(row.age or 0)
-            view = self.fleet.get(row.id)
-            if view is not None:
-                view.last_heartbeat_monotonic = max(view.last_heartbeat_monotonic, seen)
-                continue
-            self.fleet.put(host_view_of(row, seen))
-            added = True
+            added = await host_service.hydrate_fleet(session, self.fleet)
         if added:
             self.fleet.notify_capacity()
 
-    def _candidates(self) -> list[HostView]:
-        now = self.fleet.clock()
-        timeout = self.fleet.heartbeat_timeout
-        return [
-            h
-            for h in self.fleet
-            if h.approved and not h.self_gated and h.is_live(now, timeout) and h.status != "suspended"
-        ]
-
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
-        candidates = self._candidates()
+        candidates = self.fleet.candidates()
         async with self.runtime.db.transaction() as session:
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()
             if not rows:
                 return 0
             hosts = await self._lock_capacity(session, candidates) if candidates else []
-            surge = await service.current_surge(self.runtime, session)
+            surge = await self.runtime.surge.current(session)
             waiting: list[tuple[uuid.UUID, dict[str, Any]]] = []
             plans = [
                 p for row in rows if (p := await self._plan(session, row, hosts, surge, waiting)) is not None
@@ -184,13 +118,12 @@ class Dispatcher(LoopService):
         return len(assignments)
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
-        ids = [h.id for h in candidates]
-        existing = {row[0] for row in await session.execute(sql.LOCK_HOSTS_SQL, {"ids": ids})}
+        """The candidates, their rows locked, each with its count of unfinished jobs as reserved slots."""
+        locked = await host_service.lock_hosts(session, candidates)
+        ids = [h.id for h in locked]
         counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, {"ids": ids})}
-        hosts = [h for h in candidates if h.id in existing]
-        for host in hosts:
-            host.reserved = counts.get(host.id, 0)
-        return hosts
+        self.fleet.count_reserved(locked, counts)
+        return locked
 
     async def _plan(
         self,
@@ -222,7 +155,8 @@ class Dispatcher(LoopService):
         except ProtocolError as exc:
             await self._undispatchable(session, row.id, str(exc))
             return None
-        host.reserved += 1
+        if not self.fleet.reserve(host.id):  # it left the fleet view meanwhile: the next pass places the job
+            return None
         clearing = rules.clearing_price(host, needs, surge)
         move = sql.AssignRow(row.id, host.id, lease_seconds, placement.record(clearing), clearing)
         return Plan(move, message)
@@ -231,7 +165,7 @@ class Dispatcher(LoopService):
         """Every planned move in one guarded UPDATE; the jobs' streams are owned by this replica."""
         if not plans:
             return []
-        owner = pubsub_of(self.runtime.components).replica_id
+        owner = self.runtime.pubsub.replica_id
         done = {m.id: (m, r) for m, r in await lifecycle.assign_in(session, [p.move for p in plans], owner)}
         assignments = []
         for plan in plans:
@@ -264,7 +198,7 @@ class Dispatcher(LoopService):
             await self._publish_bound(assignment)
 
     async def _publish_bound(self, assignment: Assignment) -> None:
-        bus = wiring.bus_of(self.runtime)
+        bus = self.runtime.bus
         try:
             if bus is None:
                 raise RuntimeError("no Island bus")

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 
 from coordinator.jobs import moves, rules, wiring
-from coordinator.jobs.events import DISPATCHER_COMPONENT, OUTPUT_COMPONENT, OutputSink
 from coordinator.jobs.hooks import Hook, TransitionResult
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
-
-
-def output_of(runtime: Runtime) -> OutputSink:
-    """The registered output sink, or the basic one (chunks by seq → `jobs.output`) when none is."""
-    sink: Any = runtime.components.get(OUTPUT_COMPONENT)
-    if sink is None:
-        from coordinator.jobs.output_basic import BasicOutput
-
-        sink = runtime.components[OUTPUT_COMPONENT] = BasicOutput(runtime)
-    assert isinstance(sink, OutputSink)
-    return sink
 
 
 def transition_event(result: TransitionResult) -> str | None:
@@ -38,18 +24,10 @@ def transition_event(result: TransitionResult) -> str | None:
     return f"job.{result.to_state}"
 
 
-BUILTIN_COMPONENT = "job_hooks_builtin"
-
-
 def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
-    """The built-in after-commit hooks by name (`jobs/moves.py` says which moves run which)."""
-    cached: dict[str, Hook] | None = runtime.components.get(BUILTIN_COMPONENT)
-    if cached is None:
-        cached = runtime.components[BUILTIN_COMPONENT] = _builtin_hooks(runtime)
-    return cached
+    """The built-in after-commit hooks by name (`jobs/moves.py` says which moves run which); built once
+    per process by `app.build_runtime` (`runtime.builtin_hooks`)."""
 
-
-def _builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
     async def count(result: TransitionResult) -> None:
         metrics.job_transitions.labels(
             from_state=result.from_state or "submitted", to_state=result.to_state
@@ -60,23 +38,21 @@ def _builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
                 log.info(event, from_state=result.from_state, to_state=result.to_state, error=result.error)
 
     async def free_capacity(result: TransitionResult) -> None:
-        fleet = wiring.fleet_of(runtime)
-        if fleet is not None and result.released_host_id is not None:
-            fleet.release(result.released_host_id)
+        if result.released_host_id is not None:
+            runtime.fleet.release(result.released_host_id)
 
     async def tell_output(result: TransitionResult) -> None:
         ref = await wiring.job_ref(runtime, result)
-        sink = output_of(runtime)
+        sink = runtime.output
         if rules.is_terminal(result.to_state):
             await sink.on_terminal(ref, result.to_state, result.error, result.usage)
         else:
             await sink.on_status(ref, rules.public_status(result.to_state))
 
     async def wake_dispatch(result: TransitionResult) -> None:
-        dispatcher = runtime.components.get(DISPATCHER_COMPONENT)
-        if dispatcher is not None:
-            dispatcher.wake()
-        bus = wiring.bus_of(runtime)
+        if runtime.dispatcher is not None:
+            runtime.dispatcher.wake()
+        bus = runtime.bus
         if bus is not None:
             await bus.wake_dispatchers()
 
@@ -93,7 +69,7 @@ def _builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
     async def cancel_on_island(result: TransitionResult) -> None:
         """CancelJob to the Island, when the coordinator (not the Island) ended the job."""
         move = moves.MOVES[result.move]
-        bus = wiring.bus_of(runtime)
+        bus = runtime.bus
         released = result.released_host_id
         if (
             bus is not None

@@ -9,11 +9,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from coordinator.protocol.messages import AssignJob
 
-# Keys under which the implementations are registered in `Runtime.components`.
-OUTPUT_COMPONENT = "output"
-BUS_COMPONENT = "job_bus"
-DISPATCHER_COMPONENT = "dispatcher"
-
 
 @dataclass(frozen=True)
 class JobRef:

@@ -12,8 +12,6 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-HOOKS_COMPONENT = "job_hooks"
-
 
 @dataclass(frozen=True)
 class TransitionResult:
@@ -71,12 +69,3 @@ class HookRegistry:
                     hook=getattr(hook, "__qualname__", repr(hook)),
                     job_id=str(result.job_id),
                 )
-
-
-def registry_of(components: dict[str, Any]) -> HookRegistry:
-    """The registry of one runtime (created on first use)."""
-    registry = components.get(HOOKS_COMPONENT)
-    if registry is None:
-        registry = components[HOOKS_COMPONENT] = HookRegistry()
-    assert isinstance(registry, HookRegistry)
-    return registry

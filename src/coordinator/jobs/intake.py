@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from coordinator.jobs import lifecycle, moves, rules, service, wiring
+from coordinator.jobs import lifecycle, moves, rules, service
 from coordinator.jobs import repository as sql
-from coordinator.jobs.effects import output_of
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.protocol import messages
@@ -50,7 +49,7 @@ class JobIntake:
         self.final_output_grace = final_output_grace
         self._known: dict[uuid.UUID, _Known] = {}
         self._penalized: set[tuple[uuid.UUID, str]] = set()
-        wiring.hooks(runtime).register(self._forget)
+        runtime.hooks.register(self._forget)
 
     async def _forget(self, result: TransitionResult) -> None:
         known = self._known.get(result.job_id)
@@ -131,19 +130,19 @@ class JobIntake:
         ref = await self.authorize(host_id, job_id, "output")
         if ref is not None:
             await self._touch(ref)
-            await output_of(self.runtime).on_output(ref, seq, chunk, is_final)
+            await self.runtime.output.on_output(ref, seq, chunk, is_final)
 
     async def progress(self, host_id: uuid.UUID, job_id: str, step: int, total: int) -> None:
         ref = await self.authorize(host_id, job_id, "progress")
         if ref is not None:
             await self._touch(ref)
-            await output_of(self.runtime).on_progress(ref, step, total)
+            await self.runtime.output.on_progress(ref, step, total)
 
     async def image(self, host_id: uuid.UUID, job_id: str, image: JobImage) -> None:
         ref = await self.authorize(host_id, job_id, "image")
         if ref is not None:
             await self._touch(ref)
-            await output_of(self.runtime).on_image(
+            await self.runtime.output.on_image(
                 ref, image.image_data, image.format, image.width, image.height, image.seed
             )
 
@@ -173,7 +172,7 @@ class JobIntake:
         if target == rules.SUCCEEDED:
             # Status can overtake the last output chunks: give them a moment, then store the output
             # in the same transaction as the success, so a poller never sees `completed` without it.
-            final_output = getattr(output_of(self.runtime), "final_output", None)
+            final_output = getattr(self.runtime.output, "final_output", None)
             if final_output is not None:
                 output = await final_output(ref, self.final_output_grace)
         inputs = lifecycle.Inputs(host_id=host_id, error=error, output=output)
@@ -188,23 +187,13 @@ class JobIntake:
 
 # ------------------------------------------------------------ the transport-agnostic entry points
 
-INTAKE_COMPONENT = "job_intake"
 JOB_MESSAGE_KINDS = ("output", "progress", "image", "lease")
-
-
-def intake_of(runtime: Runtime) -> JobIntake:
-    """The process's one JobIntake (its caches are shared by every transport)."""
-    intake = runtime.components.get(INTAKE_COMPONENT)
-    if intake is None:
-        intake = runtime.components[INTAKE_COMPONENT] = JobIntake(runtime)
-    assert isinstance(intake, JobIntake)
-    return intake
 
 
 async def apply_job_message(runtime: Runtime, host_id: uuid.UUID, kind: str, payload: bytes) -> None:
     """One output/progress/image/lease report from the Island `host_id` (the transport vouches for the
     sender: the NATS subject, or the channel's device token). Raises ProtocolError when malformed."""
-    intake = intake_of(runtime)
+    intake = runtime.job_intake
     if kind == "output":
         out = messages.parse_output(payload)
         with context.bind(host_id=host_id, job_id=context.clean_id(out.job_id)):
@@ -230,5 +219,5 @@ async def apply_status_message(runtime: Runtime, host_id: uuid.UUID, payload: by
     any other exception is transient (worth a redelivery)."""
     status = messages.parse_status(payload)
     with context.bind(host_id=host_id, job_id=context.clean_id(status.job_id)):
-        if not await intake_of(runtime).status(host_id, status.job_id, status.state, status.error):
+        if not await runtime.job_intake.status(host_id, status.job_id, status.state, status.error):
             raise ProtocolError(f"unknown state {status.state!r}")

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.billing import settlement
 from coordinator.errors import NotFound
 from coordinator.hosts.models import Host
-from coordinator.jobs import effects, moves, wiring
+from coordinator.jobs import moves
 from coordinator.jobs import repository as sql
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.moves import Move
@@ -276,8 +276,8 @@ async def after_commit(
     """Once the moves committed: new karma into the fleet view, then each move's declared hooks."""
     if session is not None:
         apply_karma(runtime, session)
-    builtin = effects.builtin_hooks(runtime)
-    extensions = wiring.hooks(runtime)
+    builtin = runtime.builtin_hooks
+    extensions = runtime.hooks
     for result in results:
         move = moves.MOVES[result.move]
         with context.bind(job_id=result.job_id, host_id=result.host_id or result.released_host_id):
@@ -318,8 +318,7 @@ def karma_changes(session: AsyncSession) -> list[karma.KarmaChange]:
 
 def apply_karma(runtime: Runtime, session: AsyncSession) -> None:
     """After commit: copy the transaction's new karma balances into the fleet view (placement scores them)."""
-    fleet = wiring.fleet_of(runtime)
     for change in session.info.pop("karma_changes", []):
-        view = fleet.get(change.host_id) if fleet is not None else None
+        view = runtime.fleet.get(change.host_id)
         if view is not None:
             view.karma = change.karma

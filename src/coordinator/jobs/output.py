@@ -24,11 +24,11 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from coordinator.jobs import moves, rules
-from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
+from coordinator.jobs.events import JobRef
 from coordinator.jobs.output_assembly import JobAssembly, clean_usage, counted_usage, done_usage
-from coordinator.pubsub import Event, PubSub, job_topic, pubsub_of
+from coordinator.loops import LoopService
+from coordinator.pubsub import Event, PubSub, job_topic
 from coordinator.runtime import Runtime
-from coordinator.supervisor import Child
 from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
@@ -109,7 +109,7 @@ class OutputAccumulator:
 
     def __init__(self, runtime: Runtime, pubsub: PubSub | None = None) -> None:
         self.runtime = runtime
-        self.pubsub = pubsub or pubsub_of(runtime.components)
+        self.pubsub = pubsub or runtime.pubsub
         self.grace_seconds = runtime.settings.output_grace_seconds
         self._streams: dict[uuid.UUID, _Stream] = {}
         self._flush_lock = asyncio.Lock()
@@ -366,50 +366,43 @@ async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> 
 
 
 def accumulator_of(runtime: Runtime) -> OutputAccumulator | None:
-    sink = runtime.components.get(OUTPUT_COMPONENT)
-    sink = getattr(sink, "local", sink)  # under a cross-replica router, this replica's accumulator
+    sink = getattr(runtime.output, "local", runtime.output)  # this replica's, under a stream router
     return sink if isinstance(sink, OutputAccumulator) else None
 
 
-class OutputAccumulatorChild(Child):
-    """Registers the accumulator as the runtime's output sink and flushes it every short interval."""
+class OutputAccumulatorChild(LoopService):
+    """Registers the accumulator as the runtime's output sink and flushes it shortly after new events
+    (woken by the accumulator; the batch gathers for `output_flush_interval_seconds`), and sweeps idle
+    streams every minute."""
 
     name = "output"
+    interval = 60.0
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
         self.runtime = runtime
         self.accumulator: OutputAccumulator | None = None
-        self._wake = asyncio.Event()
+        self.gather = runtime.settings.output_flush_interval_seconds
+        self.after_error = min(1.0, self.gather * 10)  # retry a failed flush soon: events wait in memory
+        self._last_sweep = time.monotonic()
 
-    async def run(self, ready: Callable[[], None]) -> None:
+    async def setup(self) -> None:
         if self.accumulator is None:  # a restart keeps the streams (and their buffered events)
             self.accumulator = OutputAccumulator(self.runtime)
-        accumulator = self.accumulator
-        accumulator.wake = self._wake.set
-        if getattr(self.runtime.components.get(OUTPUT_COMPONENT), "local", None) is not accumulator:
-            self.runtime.components[OUTPUT_COMPONENT] = accumulator  # (keeps a router wrapping it)
-        ready()
-        interval = self.runtime.settings.output_flush_interval_seconds
-        last_sweep = time.monotonic()
-        try:
-            while True:
-                await self._wake.wait()
-                await asyncio.sleep(interval)  # gather a batch
-                self._wake.clear()
-                try:
-                    await accumulator.flush()
-                    if time.monotonic() - last_sweep > 60:
-                        last_sweep = time.monotonic()
-                        accumulator.sweep_idle()
-                except Exception:
-                    log.exception("output.flush_failed")
-                    await asyncio.sleep(min(1.0, interval * 10))
-                    self._wake.set()
-        finally:
-            with contextlib.suppress(Exception):
-                await accumulator.flush()
-            await accumulator.close()
+        self.accumulator.wake = self.wake
+        if getattr(self.runtime.output, "local", None) is not self.accumulator:
+            self.runtime.output = self.accumulator  # (keeps a router wrapping it)
 
-    async def drain(self) -> None:
+    async def run_once(self) -> None:
+        assert self.accumulator is not None
+        await asyncio.sleep(self.gather)  # gather a batch
+        await self.accumulator.flush()
+        if time.monotonic() - self._last_sweep > 60:
+            self._last_sweep = time.monotonic()
+            self.accumulator.sweep_idle()
+
+    async def teardown(self) -> None:
         if self.accumulator is not None:
-            await self.accumulator.flush()
+            with contextlib.suppress(Exception):
+                await self.accumulator.flush()
+            await self.accumulator.close()

@@ -1,7 +1,7 @@
 """A minimal output sink: keeps chunks in memory by seq and writes `jobs.output` when the job ends.
 
 The streaming work (ordered persistence to `job_events`, pub/sub, SSE) replaces it with a full
-accumulator registered as `runtime.components["output"]`."""
+accumulator as `runtime.output`."""
 
 from __future__ import annotations
 

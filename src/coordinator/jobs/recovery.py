@@ -14,8 +14,8 @@ from coordinator.jobs import lifecycle, moves, rules, service, wiring
 from coordinator.jobs import repository as sql
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.lifecycle import Inputs
+from coordinator.loops import LoopService
 from coordinator.runtime import Runtime
-from coordinator.supervisor import LoopService
 from coordinator.telemetry import context
 
 log = structlog.get_logger(__name__)
@@ -114,7 +114,7 @@ async def _unplaceable(runtime: Runtime, outcome: SweepOutcome) -> None:
 
 
 async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
-    bus = wiring.bus_of(runtime)
+    bus = runtime.bus
     if bus is not None:
         for host_id in outcome.purge_hosts:
             await wiring.best_effort(bus.purge_host_jobs(host_id), "purge_host_jobs", host_id)
@@ -144,14 +144,14 @@ async def retry_queued(runtime: Runtime, *, waited_seconds: int = 60) -> dict[st
         rows = (await session.execute(sql.STALE_QUEUED_SQL, {"age": waited_seconds, "limit": 500})).all()
         for row in rows:
             needs = service.needs_of(row, workload_id=0, region=row.region)
-            fleet = service.fleet_of(runtime)
+            fleet = runtime.fleet
             if not await service.could_ever_run(session, fleet, needs, list(row.excluded_host_ids or ())):
                 error = "No Island can run this job any more: " + rules.unrunnable_reason(needs)
                 result = await lifecycle.transition_in(session, moves.FAIL, row.id, Inputs(error=error))
                 if result is not None:
                     failed.append(result)
     await lifecycle.after_commit(runtime, session, failed)
-    bus = wiring.bus_of(runtime)
+    bus = runtime.bus
     if rows and bus is not None:
         await wiring.best_effort(bus.wake_dispatchers(), "wake_dispatchers", uuid.UUID(int=0))
     return {"waiting": len(rows) - len(failed), "failed_unplaceable": len(failed)}
@@ -168,7 +168,4 @@ class LeaseSweeper(LoopService):
         self.interval = runtime.settings.lease_sweep_interval_seconds
 
     async def run_once(self) -> None:
-        try:
-            await sweep(self.runtime)
-        except Exception:
-            log.exception("jobs.recovery_failed")
+        await sweep(self.runtime)

@@ -51,9 +51,6 @@ CLAIM_QUEUED_SQL = text(
     """
 )
 
-# Locks the candidate Islands' rows so that two dispatchers never overfill one Island.
-LOCK_HOSTS_SQL = text("SELECT id FROM hosts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
-
 # The coordinator's own count of unfinished jobs per Island (never trusting the Island to refuse).
 ACTIVE_PER_HOST_SQL = text(
     f"""
@@ -256,11 +253,14 @@ OVERDUE_SQL = text(
     """
 ).bindparams(limits=json.dumps({str(k): v for k, v in MAX_DURATION_BY_TRUST.items()}))
 
-# The runtime lists of known, not suspended Islands that meet a Cargo's other hard requirements
-# (submit-time check); which lists can run the Cargo is decided by `hosts.rules.can_run`, not here.
+# Known, not suspended Islands for the submit-time check, narrowed by the indexed hardware and region
+# columns; whether one could run the job is decided by `rules.could_run` on its HostView, not here.
 CAPABLE_HOSTS_SQL = text(
     """
-    SELECT DISTINCT supported_runtimes FROM hosts
+    SELECT id, owner_id, status, approved, region, platform, transport, gpu_model, gpu_vram_mb, cpu_cores,
+           ram_mb, supported_runtimes, max_concurrent, active_jobs, warm_workload_ids, asking_prices,
+           rtt_ms, karma
+    FROM hosts
     WHERE status <> 'suspended' AND suspended_at IS NULL
       AND (:ram = 0 OR ram_mb IS NULL OR ram_mb >= :ram)
       AND (:vram = 0 OR gpu_vram_mb >= :vram)
@@ -287,19 +287,6 @@ STALE_QUEUED_SQL = text(
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
     WHERE {states_sql([rules.QUEUED], "j.state")} AND j.updated_at < now() - make_interval(secs => :age)
     LIMIT :limit
-    """
-)
-
-# Islands that heartbeated recently according to the database (another replica's or a previous process's
-# view): warms the in-memory fleet after a restart. `age` is seconds since the last heartbeat.
-RECENT_HOSTS_SQL = text(
-    """
-    SELECT id, owner_id, status, approved, region, platform, transport, gpu_model, gpu_vram_mb, cpu_cores,
-           ram_mb, supported_runtimes, max_concurrent, active_jobs, warm_workload_ids, asking_prices,
-           rtt_ms, karma, EXTRACT(EPOCH FROM now() - last_heartbeat_at) AS age
-    FROM hosts
-    WHERE status = 'online' AND approved AND suspended_at IS NULL
-      AND last_heartbeat_at > now() - make_interval(secs => :timeout)
     """
 )
 

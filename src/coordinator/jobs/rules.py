@@ -215,11 +215,21 @@ def in_region(host: HostView, region: str | None) -> bool:
     return host.region is not None and (host.region == region or host.region.startswith(region + "-"))
 
 
+def could_run(host: HostView, needs: JobNeeds) -> bool:
+    """The "capable Island" rule: a known Island, not suspended nor excluded from the job, that meets its
+    runtime, hardware and region needs — it could take the job some day (approval, liveness, capacity and
+    price aside). Submit-time and sweep checks, placement and the lowest ask all start from it."""
+    return (
+        str(host.id) not in needs.excluded_host_ids
+        and host.status != "suspended"
+        and capable(host, needs)
+        and in_region(host, needs.region)
+    )
+
+
 def eligible(host: HostView, needs: JobNeeds) -> bool:
     """Every hard filter except liveness and capacity, which the fleet view checks."""
-    if str(host.id) in needs.excluded_host_ids or not host.approved or host.status == "suspended":
-        return False
-    if not capable(host, needs) or not in_region(host, needs.region):
+    if not host.approved or not could_run(host, needs):
         return False
     if asking_price(host, needs) > needs.budget:
         return False
@@ -363,11 +373,8 @@ def lowest_live_ask(hosts: Iterable[HostView], needs: JobNeeds) -> Decimal | Non
     asks = [
         asking_price(h, needs)
         for h in hosts
-        if str(h.id) not in needs.excluded_host_ids
-        and h.approved
-        and h.status != "suspended"
-        and capable(h, needs)
-        and in_region(h, needs.region)
+        if h.approved
+        and could_run(h, needs)
         and not (h.owner_id is not None and h.owner_id == needs.owner_id)
     ]
     return min(asks) if asks else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -15,23 +16,10 @@ from coordinator.accounts.models import User
 from coordinator.billing import exchange as market
 from coordinator.billing import quotas, settlement
 from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
-from coordinator.hosts import rules as host_rules
-from coordinator.hosts.fleet import FleetView
+from coordinator.hosts.fleet import FleetView, view_of
 from coordinator.jobs import lifecycle, moves, rules
 from coordinator.jobs import repository as sql
 from coordinator.jobs.models import Job
-from coordinator.jobs.wiring import (  # noqa: F401 (the accessors' old home; callers still use it)
-    FLEET_COMPONENT,
-    MARKET_RATES_COMPONENT,
-    SURGE_COMPONENT,
-    best_effort,
-    bus_of,
-    current_surge,
-    fleet_of,
-    job_ref,
-    market_rates,
-    workload_meta,
-)
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
@@ -74,27 +62,22 @@ def needs_of(
 async def could_ever_run(
     session: AsyncSession, fleet: FleetView | None, needs: rules.JobNeeds, excluded: Sequence[str] = ()
 ) -> bool:
-    """Whether any known, not suspended Island (in the database or the live fleet) meets the hard needs."""
-    if fleet is not None:
-        for host in fleet:
-            if (
-                host.status != "suspended"
-                and str(host.id) not in excluded
-                and rules.capable(host, needs)
-                and rules.in_region(host, needs.region)
-            ):
-                return True
-    runtime_lists = await session.scalars(
+    """Whether any known Island (in the live fleet, else in the database) passes `rules.could_run`."""
+    if excluded:
+        needs = dataclasses.replace(needs, excluded_host_ids=needs.excluded_host_ids | frozenset(excluded))
+    if fleet is not None and any(rules.could_run(host, needs) for host in fleet):
+        return True
+    rows = await session.execute(
         sql.CAPABLE_HOSTS_SQL,
         {
             "ram": needs.required_ram_mb,
             "vram": needs.required_vram_mb,
             "cores": needs.required_cpu_cores,
             "region": needs.region,
-            "excluded": list(excluded),
+            "excluded": list(needs.excluded_host_ids),
         },
     )
-    return any(host_rules.can_run(runtimes, needs.runtime) for runtimes in runtime_lists)
+    return any(rules.could_run(view_of(row), needs) for row in rows)
 
 
 async def meetable_default_budget(
@@ -156,7 +139,7 @@ async def submit_job(
         _check_submission(workload, input, priority, region)
         markup = Decimal(str(runtime.settings.market_rate_markup))
         price = await market.resolve_budget(
-            session, user.id, workload, bid, markup=markup, rates=market_rates(runtime)
+            session, user.id, workload, bid, markup=markup, rates=runtime.market_rates
         )
         if parent_id is None:  # a batch counts once, through its parent
             await quotas.check_submit_quota(
@@ -164,9 +147,9 @@ async def submit_job(
             )
         needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
         if bid is None:
-            price = await meetable_default_budget(session, fleet_of(runtime), user.id, needs)
+            price = await meetable_default_budget(session, runtime.fleet, user.id, needs)
             needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
-        if not await could_ever_run(session, fleet_of(runtime), needs):
+        if not await could_ever_run(session, runtime.fleet, needs):
             reason = rules.unrunnable_reason(needs)
             raise ValidationFailed(reason, {"workload": [reason]})
         row = await session.execute(

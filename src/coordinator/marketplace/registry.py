@@ -1,87 +1,24 @@
-"""The Cargo registry's public API: publishers, submissions and their guarded moves, review, publishing
-into the catalogue, trust levels, suspension, consumer reviews and the verified publishers' keys."""
+"""The Cargo registry's submissions and their guarded moves, review, publishing into the catalogue, trust
+levels and suspension (publishers: `publishers`; the public catalogue and reviews: `catalogue`)."""
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
 from coordinator.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from coordinator.marketplace import signing, trust
 from coordinator.marketplace import submission_rules as rules
-from coordinator.marketplace.tables import CargoReview, CargoVersion, Publisher, SubmissionEvent
-from coordinator.verification.service import is_verified
+from coordinator.marketplace import trust
+from coordinator.marketplace.publishers import publisher_is_verified, publisher_of
+from coordinator.marketplace.tables import CargoVersion, SubmissionEvent
 from coordinator.workloads.models import SecurityScan, Workload, WorkloadSubmission
 from coordinator.workloads.rules import MAX_DURATION_BY_TRUST
 
 KIND_BY_CATEGORY = {"chat": "chat", "image": "image", "classification": "classification"}
-VERIFIED_TIERS = ("verified", "organization", "partner")
-
-
-# --- publishers --------------------------------------------------------------------------------------
-
-
-async def publisher_of(session: AsyncSession, user_id: int, *, lock: bool = False) -> Publisher:
-    """The user's publisher record (an Individual one is created on first use)."""
-    await session.execute(insert(Publisher).values(user_id=user_id).on_conflict_do_nothing())
-    query = select(Publisher).where(Publisher.user_id == user_id)
-    if lock:
-        query = query.with_for_update()
-    publisher = (await session.execute(query)).scalar_one()
-    return publisher
-
-
-async def publisher_is_verified(session: AsyncSession, publisher: Publisher) -> bool:
-    """Verified or above, with the identity check (KYC) passed."""
-    return publisher.tier in VERIFIED_TIERS and await is_verified(session, publisher.user_id)
-
-
-async def update_publisher(
-    session: AsyncSession,
-    user_id: int,
-    *,
-    tier: str | None = None,
-    signing_public_key: str | None = None,
-    cargo_limit: int | None = None,
-    by_admin: bool = False,
-) -> Publisher:
-    """Register a cosign key, or change tier: a publisher may become Verified once KYC passed;
-    Organization and Partner (and custom limits) are granted by an admin."""
-    publisher = await publisher_of(session, user_id, lock=True)
-    if tier is not None:
-        if tier not in rules.TIERS:
-            raise ValidationFailed("Invalid input", {"tier": [f"must be one of {', '.join(rules.TIERS)}"]})
-        if not by_admin and tier not in ("individual", "verified"):
-            raise Forbidden(f"The {tier} tier is granted by an operator")
-        if tier == "verified" and not await is_verified(session, user_id):
-            raise Forbidden("Publishing as a Verified publisher needs a completed identity verification")
-        publisher.tier = tier
-    if signing_public_key is not None:
-        try:
-            signing.load_public_key(signing_public_key)
-        except ValueError as exc:
-            raise ValidationFailed("Invalid input", {"signing_public_key": [str(exc)]}) from None
-        publisher.signing_public_key = signing_public_key
-    if cargo_limit is not None and by_admin:
-        publisher.cargo_limit = cargo_limit
-    await session.flush()
-    return publisher
-
-
-def publisher_view(publisher: Publisher) -> dict[str, Any]:
-    return {
-        "user_id": publisher.user_id,
-        "tier": publisher.tier,
-        "cargo_limit": rules.cargo_limit(publisher.tier, publisher.cargo_limit),
-        "signing_public_key": publisher.signing_public_key,
-    }
 
 
 # --- submissions -------------------------------------------------------------------------------------
@@ -502,7 +439,7 @@ async def set_trust_level(session: AsyncSession, slug: str, level: Any) -> Workl
     """An operator's change of a published Cargo's trust level, within what its facts allow."""
     if isinstance(level, bool) or level not in (0, 1, 2, 3):
         raise ValidationFailed("Invalid input", {"trust_level": ["must be 0, 1, 2 or 3"]})
-    workload = await _published(session, slug, lock=True)
+    workload = await published_cargo(session, slug, lock=True)
     if workload.publisher_id is not None and level > 0:
         scans = await latest_scans(session, workload_id=workload.id)
         facts = await _facts(session, workload.publisher_id, scans, workload.id, workload.signed)
@@ -517,7 +454,7 @@ async def set_trust_level(session: AsyncSession, slug: str, level: Any) -> Workl
 
 
 async def suspend(session: AsyncSession, slug: str, reason: Any) -> Workload:
-    workload = await _published(session, slug, lock=True)
+    workload = await published_cargo(session, slug, lock=True)
     workload.suspended_at = func.now()
     workload.suspension_reason = _reason(reason)
     await session.flush()
@@ -526,7 +463,7 @@ async def suspend(session: AsyncSession, slug: str, reason: Any) -> Workload:
 
 
 async def unsuspend(session: AsyncSession, slug: str) -> Workload:
-    workload = await _published(session, slug, lock=True)
+    workload = await published_cargo(session, slug, lock=True)
     workload.suspended_at = None
     workload.suspension_reason = None
     await session.flush()
@@ -534,7 +471,7 @@ async def unsuspend(session: AsyncSession, slug: str) -> Workload:
     return workload
 
 
-async def _published(session: AsyncSession, slug: str, *, lock: bool = False) -> Workload:
+async def published_cargo(session: AsyncSession, slug: str, *, lock: bool = False) -> Workload:
     query = select(Workload).where(Workload.slug == slug)
     if lock:
         query = query.with_for_update()
@@ -542,129 +479,3 @@ async def _published(session: AsyncSession, slug: str, *, lock: bool = False) ->
     if workload is None:
         raise NotFound("Cargo not found")
     return workload
-
-
-# --- the catalogue and reviews -----------------------------------------------------------------------
-
-
-async def catalogue(
-    session: AsyncSession, *, category: str | None = None, q: str | None = None
-) -> list[Workload]:
-    query = select(Workload).where(Workload.is_enabled.is_(True), Workload.suspended_at.is_(None))
-    if category:
-        query = query.where(Workload.category == category)
-    if q:
-        pattern = "%" + re.sub(r"([%_\\])", r"\\\1", q) + "%"
-        query = query.where(Workload.name.ilike(pattern) | Workload.description.ilike(pattern))
-    return list((await session.execute(query.order_by(Workload.reputation.desc(), Workload.id))).scalars())
-
-
-async def categories(session: AsyncSession) -> list[tuple[str, int]]:
-    query = (
-        select(Workload.category, func.count())
-        .where(Workload.is_enabled.is_(True), Workload.suspended_at.is_(None), Workload.category.is_not(None))
-        .group_by(Workload.category)
-        .order_by(Workload.category)
-    )
-    counts = {str(c): int(n) for c, n in (await session.execute(query)).all()}
-    return [(c, counts.get(c, 0)) for c in rules.CATEGORIES]
-
-
-async def cargo_detail(session: AsyncSession, slug: str) -> dict[str, Any]:
-    workload = await _published(session, slug)
-    versions = (
-        await session.execute(
-            select(CargoVersion)
-            .where(CargoVersion.workload_id == workload.id)
-            .order_by(CargoVersion.id.desc())
-        )
-    ).scalars()
-    rating = (
-        await session.execute(
-            select(func.avg(CargoReview.rating), func.count()).where(CargoReview.workload_id == workload.id)
-        )
-    ).one()
-    scans = await latest_scans(session, workload_id=workload.id)
-    return {
-        "workload": workload,
-        "versions": [
-            {
-                "version": v.version,
-                "image_digest": v.image_digest,
-                "changelog": v.changelog,
-                "published_at": v.published_at,
-            }
-            for v in versions
-        ],
-        "rating": float(rating[0]) if rating[0] is not None else None,
-        "reviews": int(rating[1]),
-        "scan": scan_summary(scans),
-    }
-
-
-async def reviews_of(session: AsyncSession, slug: str) -> list[CargoReview]:
-    workload = await _published(session, slug)
-    query = select(CargoReview).where(CargoReview.workload_id == workload.id).order_by(CargoReview.id.desc())
-    return list((await session.execute(query)).scalars())
-
-
-async def add_review(
-    session: AsyncSession, user: User, slug: str, rating: int, comment: str | None, complaint: bool
-) -> tuple[CargoReview, list[str]]:
-    """A consumer rates a Cargo they ran (one review each); returns the reputation events it gives."""
-    workload = await _published(session, slug)
-    ran = await session.execute(
-        text(
-            "SELECT 1 FROM jobs WHERE user_id = :u AND workload_id = :w "
-            "AND state IN ('succeeded', 'failed', 'timeout') LIMIT 1"
-        ),
-        {"u": user.id, "w": workload.id},
-    )
-    if ran.first() is None:
-        raise Forbidden("Only consumers who ran this Cargo can review it")
-    inserted = await session.execute(
-        insert(CargoReview)
-        .values(
-            workload_id=workload.id, user_id=user.id, rating=rating, comment=comment, is_complaint=complaint
-        )
-        .on_conflict_do_nothing()
-        .returning(CargoReview.id)
-    )
-    review_id = inserted.scalar()
-    if review_id is None:
-        raise Conflict("You already reviewed this Cargo", code="already_reviewed")
-    review = await session.get(CargoReview, review_id)
-    assert review is not None
-    events = (["positive_rating"] if rating >= 4 else []) + (["complaint"] if complaint else [])
-    return review, events
-
-
-# --- keys ----------------------------------------------------------------------------------------------
-
-
-async def verified_publisher_keys(session: AsyncSession) -> list[dict[str, Any]]:
-    """The cosign keys of Verified-or-above publishers whose identity is verified (GET /signing-keys)."""
-    rows = (
-        await session.execute(
-            select(Publisher, User.email)
-            .join(User, User.id == Publisher.user_id)
-            .where(Publisher.signing_public_key.is_not(None), Publisher.tier.in_(VERIFIED_TIERS))
-            .order_by(Publisher.user_id)
-        )
-    ).all()
-    keys = []
-    for publisher, email in rows:
-        if await is_verified(session, publisher.user_id):
-            keys.append(
-                {
-                    "key_id": f"publisher-{publisher.user_id}",
-                    "public_key": publisher.signing_public_key,
-                    "algorithm": "ecdsa-p256-sha256",
-                    "issuer": email,
-                }
-            )
-    return keys
-
-
-def timestamp(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

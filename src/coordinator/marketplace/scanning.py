@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.config import Settings
 from coordinator.errors import Conflict
-from coordinator.marketplace import registry, trust
+from coordinator.marketplace import publishers, registry, trust
 from coordinator.marketplace import submission_rules as rules
 from coordinator.marketplace.oci import FetchError, fetch_image
 from coordinator.marketplace.osv import OsvScanner
@@ -34,7 +34,6 @@ from coordinator.runtime import Runtime
 from coordinator.workloads.models import SecurityScan, Workload
 
 log = structlog.get_logger(__name__)
-SLOTS_COMPONENT = "registry_scan_slots"
 
 
 def scanners_from_settings(settings: Settings) -> list[Scanner]:
@@ -61,16 +60,6 @@ class ImageScan:
         return [o for o in self.outcomes if o.status == COMPLETED]
 
 
-def _slots(runtime: Runtime) -> asyncio.Semaphore:
-    slots = runtime.components.get(SLOTS_COMPONENT)
-    if slots is None:
-        slots = runtime.components[SLOTS_COMPONENT] = asyncio.Semaphore(
-            runtime.settings.registry_scan_concurrency
-        )
-    assert isinstance(slots, asyncio.Semaphore)
-    return slots
-
-
 async def scan_image(
     runtime: Runtime, name: str, digest: str, signing_key: str | None, scanners: list[Scanner] | None = None
 ) -> ImageScan:
@@ -78,7 +67,7 @@ async def scan_image(
     settings = runtime.settings
     limit = settings.registry_scan_timeout_seconds
     result = ImageScan(digest)
-    async with _slots(runtime):
+    async with runtime.scan_slots:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="cargo-scan-", dir=settings.registry_work_dir) as work:
             try:
@@ -173,7 +162,7 @@ async def scan_submission(runtime: Runtime, submission_id: int) -> dict[str, Any
         except Conflict:
             return {"skipped": "not waiting for a scan"}
         spec = dict(submission.spec)
-        publisher = await registry.publisher_of(session, submission.publisher_id)
+        publisher = await publishers.publisher_of(session, submission.publisher_id)
         key = publisher.signing_public_key
     image = rules.image_of(spec)
     if image is None:  # a WASM module is pinned by its hash; there is no image to scan
@@ -244,7 +233,7 @@ async def rescan_workload(runtime: Runtime, workload_id: int) -> dict[str, Any]:
         digest = workload.image_digest
         key = None
         if workload.publisher_id is not None:
-            key = (await registry.publisher_of(session, workload.publisher_id)).signing_public_key
+            key = (await publishers.publisher_of(session, workload.publisher_id)).signing_public_key
     scan = await scan_image(runtime, name, digest, key)
     async with runtime.db.transaction() as session:
         for row in _scan_rows(scan, f"{name}@{digest}", workload_id=workload_id):

@@ -134,7 +134,6 @@ class AuthCalloutChild(Child):
 
     async def run(self, ready: Callable[[], None]) -> None:
         await self.callout.start(self.runtime.nats)
-        self.runtime.components["auth_callout"] = self.callout
         ready()
         try:
             await asyncio.Event().wait()

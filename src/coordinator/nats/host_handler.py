@@ -17,7 +17,7 @@ from coordinator.hosts import nats_access, pairing
 from coordinator.hosts import service as hosts
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.flusher import HeartbeatFlusher
-from coordinator.hosts.intake import ISLAND_INTAKE_COMPONENT, IslandIntake, host_uuid
+from coordinator.hosts.intake import IslandIntake, host_uuid
 from coordinator.protocol import messages, subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
@@ -181,9 +181,9 @@ class HostHandlerChild(Child):
 
     name = "nats-hosts"
 
-    def __init__(self, runtime: Runtime, fleet: FleetView, flusher: HeartbeatFlusher) -> None:
+    def __init__(self, runtime: Runtime, flusher: HeartbeatFlusher) -> None:
         self.runtime = runtime
-        self.handler = HostHandler(runtime, fleet, flusher)
+        self.handler = HostHandler(runtime, runtime.fleet, flusher)
 
     async def run(self, ready: Callable[[], None]) -> None:
         from coordinator.nats.publisher import Publisher
@@ -193,9 +193,9 @@ class HostHandlerChild(Child):
         await ensure_streams(nc.jetstream())
         async with self.runtime.db.session() as session:
             known = await hosts.load_fleet(session, self.handler.fleet)
-        self.runtime.components["publisher"] = Publisher(nc, self.runtime.base_url)
-        self.runtime.components["host_handler"] = self.handler
-        self.runtime.components[ISLAND_INTAKE_COMPONENT] = self.handler.intake
+        self.runtime.publisher = Publisher(nc, self.runtime.base_url)
+        self.runtime.host_handler = self.handler
+        self.runtime.island_intake = self.handler.intake
         await self.handler.start(nc)
         log.info("hosts.fleet_loaded", hosts=known)
         ready()

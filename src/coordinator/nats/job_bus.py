@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from nats.errors import MaxPayloadError
 
-from coordinator.jobs.events import BUS_COMPONENT, DISPATCHER_COMPONENT, UndeliverableAssignment
+from coordinator.jobs.events import UndeliverableAssignment
 from coordinator.nats.island_push import ASSIGN_JOB, CANCEL_JOB, publish_push
 from coordinator.nats.publisher import Publisher, absolute_url
 from coordinator.nats.streams import ensure_streams
@@ -78,8 +78,7 @@ class JobBusChild(Child):
 
     def transport_of(self, host_id: uuid.UUID) -> str:
         """How an Island is reached, from the fleet view (hydrated from `hosts.transport`)."""
-        fleet = self.runtime.components.get("fleet")
-        view = fleet.get(host_id) if fleet is not None else None
+        view = self.runtime.fleet.get(host_id)
         return view.transport if view is not None else "nats"
 
     async def run(self, ready: Callable[[], None]) -> None:
@@ -89,16 +88,15 @@ class JobBusChild(Child):
         await ensure_streams(nc.jetstream())
 
         async def wake(_: Any) -> None:
-            dispatcher = self.runtime.components.get(DISPATCHER_COMPONENT)
-            if dispatcher is not None:
-                dispatcher.wake()
+            if self.runtime.dispatcher is not None:
+                self.runtime.dispatcher.wake()
 
         sub = await nc.subscribe(DISPATCH_WAKE, cb=wake)
-        self.runtime.components[BUS_COMPONENT] = NatsJobBus(nc, self.runtime.base_url, self.transport_of)
+        self.runtime.bus = NatsJobBus(nc, self.runtime.base_url, self.transport_of)
         ready()
         try:
             await asyncio.Event().wait()
         finally:
-            self.runtime.components.pop(BUS_COMPONENT, None)
+            self.runtime.bus = None
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -13,14 +13,14 @@ from typing import Any
 
 import structlog
 
-from coordinator.jobs.intake import INTAKE_COMPONENT, apply_job_message, intake_of
+from coordinator.jobs.intake import apply_job_message
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 from coordinator.telemetry import context, metrics
 
-__all__ = ["INTAKE_COMPONENT", "handle_core_message", "intake_of", "sender"]
+__all__ = ["handle_core_message", "sender"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,6 @@ class JobHandlerChild(Child):
         nc = self.runtime.nats
         if nc is None:
             raise RuntimeError("NATS is not connected")
-        intake_of(self.runtime)
 
         def callback() -> Callable[[Any], Awaitable[None]]:
             async def on_message(msg: Any) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -15,12 +14,12 @@ import structlog
 from nats.errors import TimeoutError as NatsTimeout
 
 from coordinator.jobs.intake import apply_status_message
+from coordinator.loops import LoopService
 from coordinator.nats.job_handler import sender
 from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
-from coordinator.supervisor import Child
 from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
@@ -51,34 +50,45 @@ async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
         log.warning("nats.malformed", subject=subject, error=str(exc))
 
 
-class StatusConsumerChild(Child):
+class StatusConsumerChild(LoopService):
+    """Consumes `JOB_STATUS` with the durable pull consumer: each pass long-polls, then drains."""
+
     name = "status_consumer"
+    interval = 0.0  # the long poll is the wait
+    after_error = 1.0  # e.g. the connection is down: do not spin
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
         self.runtime = runtime
+        self._psub: Any = None
 
-    async def run(self, ready: Callable[[], None]) -> None:
+    async def setup(self) -> None:
         nc = self.runtime.nats
         if nc is None:
             raise RuntimeError("NATS is not connected")
         js = nc.jetstream()
         await ensure_streams(js)
-        psub = await js.pull_subscribe(
+        self._psub = await js.pull_subscribe(
             subjects.STATUS_SUBJECTS,
             durable=subjects.STATUS_CONSUMER,
             stream=subjects.STATUS_STREAM,
             config=status_consumer_config(),
         )
-        ready()
-        try:
-            while True:
-                # Long-poll for one message (a batch long-poll would wait for the batch to fill), then
-                # drain whatever is already waiting with short no-wait fetches.
-                msgs = await self._fetch(psub, 1, LONG_POLL_SECONDS)
-                while msgs:
-                    await self._process_batch(msgs)
-                    msgs = await self._fetch(psub, BATCH, 0.05)
-        finally:
+
+    async def run_once(self) -> None:
+        # Long-poll for one message (a batch long-poll would wait for the batch to fill), then drain
+        # whatever is already waiting with short no-wait fetches.
+        msgs = await self._fetch(self._psub, 1, LONG_POLL_SECONDS)
+        while msgs:
+            await self._process_batch(msgs)
+            msgs = await self._fetch(self._psub, BATCH, 0.05)
+
+    async def drain(self) -> None:
+        """No wait for the long poll: a message fetched and not yet acked is delivered again."""
+
+    async def teardown(self) -> None:
+        if self._psub is not None:
+            psub, self._psub = self._psub, None
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 

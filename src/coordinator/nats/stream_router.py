@@ -20,9 +20,8 @@ import structlog
 from nats.errors import NoRespondersError
 
 from coordinator.jobs import repository as sql
-from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
+from coordinator.jobs.events import JobRef
 from coordinator.jobs.output import OutputAccumulator, accumulator_of
-from coordinator.pubsub import pubsub_of
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 
@@ -179,7 +178,7 @@ class StreamRouterChild(Child):
             ready()
             await asyncio.Event().wait()
             return
-        router = StreamRouter(self.runtime, local, pubsub_of(self.runtime.components).replica_id)
+        router = StreamRouter(self.runtime, local, self.runtime.pubsub.replica_id)
 
         async def answer(msg: Any) -> None:
             try:
@@ -204,13 +203,13 @@ class StreamRouterChild(Child):
 
         sub = await nc.subscribe(sink_subject(router.replica_id), cb=on_message)
         await nc.flush()
-        self.runtime.components[OUTPUT_COMPONENT] = router
+        self.runtime.output = router
         ready()
         try:
             await asyncio.Event().wait()
         finally:
-            if self.runtime.components.get(OUTPUT_COMPONENT) is router:
-                self.runtime.components[OUTPUT_COMPONENT] = local
+            if self.runtime.output is router:
+                self.runtime.output = local
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             for task in list(self._tasks):

@@ -18,8 +18,8 @@ from prometheus_client.metrics_core import Metric
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coordinator.loops import LoopService
 from coordinator.runtime import Runtime
-from coordinator.supervisor import LoopService
 from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)

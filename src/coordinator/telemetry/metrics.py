@@ -121,6 +121,12 @@ collector_seconds = Histogram(
 )
 collector_errors = Counter("coordinator_collector_errors_total", "Collector polls that failed", ["group"])
 
+# The in-process background loops (loops.LoopService)
+loop_errors = Counter("coordinator_loop_errors_total", "Loop passes that raised (the loop goes on)", ["loop"])
+loop_overruns = Counter(
+    "coordinator_loop_overruns_total", "Loop passes that took longer than the interval", ["loop"]
+)
+
 
 class SnapshotCollector(Collector):
     """Gauges computed by a poller: each group's whole family set is swapped at once, so a label set that

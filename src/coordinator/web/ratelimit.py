@@ -21,7 +21,6 @@ from coordinator.runtime import Runtime
 from coordinator.telemetry import metrics
 
 STATE_KEY = "rate_limit"
-COUNTER_COMPONENT = "rate_counter"
 # Polling one's own job (SDKs poll every 1–2 s) has its own, larger allowance.
 _POLL_PATH = re.compile(r"^/api/v1/jobs/[^/]+(/batch-status)?$")
 
@@ -32,14 +31,6 @@ def bucket_for(request: Request, principal: Principal) -> tuple[str, bool]:
     return (f"poll:{who}" if poll else who), poll
 
 
-def rate_counter(runtime: Runtime) -> quotas.RateCounter:
-    """This replica's request counter (flushed to PostgreSQL by `RateCounterSync` in the HTTP subtree)."""
-    counter = runtime.components.get(COUNTER_COMPONENT)
-    if counter is None:
-        counter = runtime.components[COUNTER_COMPONENT] = quotas.RateCounter()
-    return counter  # type: ignore[no-any-return]
-
-
 async def enforce(request: Request, principal: Principal) -> None:
     """Count this request; raise 429 (integer Retry-After) once the key's minute is used up."""
     if getattr(request.state, STATE_KEY, None) is not None:
@@ -48,7 +39,7 @@ async def enforce(request: Request, principal: Principal) -> None:
     bucket, poll = bucket_for(request, principal)
     settings = runtime.settings
     limit = settings.poll_rate_limit_per_minute if poll else settings.rate_limit_per_minute
-    window = rate_counter(runtime).hit(bucket, limit)
+    window = runtime.rate_counter.hit(bucket, limit)
     setattr(request.state, STATE_KEY, window)
     if window.exceeded:
         raise RateLimited(
@@ -70,7 +61,7 @@ def _refuse(limit_name: str, window: quotas.RateWindow, what: str) -> RateLimite
 
 def limit_anonymous(request: Request, limit_name: str, bucket: str, limit: int, what: str) -> None:
     """Count one keyless request against `bucket` (`h:` prefix: hourly window); 429 once over `limit`."""
-    window = rate_counter(request.app.state.runtime).hit(bucket, limit)
+    window = request.app.state.runtime.rate_counter.hit(bucket, limit)
     if window.exceeded:
         raise _refuse(limit_name, window, what)
 
@@ -113,7 +104,7 @@ def refuse_if_guessing(request: Request) -> None:
     """Before checking a credential: an address that failed too often this minute is refused unchecked."""
     runtime: Runtime = request.app.state.runtime
     limit = runtime.settings.bad_credentials_per_address_per_minute
-    counter = rate_counter(runtime)
+    counter = runtime.rate_counter
     bucket = _bad_credentials_bucket(request)
     if counter.count(bucket) >= limit:
         window = counter.hit(bucket, limit)
@@ -121,7 +112,7 @@ def refuse_if_guessing(request: Request) -> None:
 
 
 def count_bad_credentials(request: Request) -> None:
-    rate_counter(request.app.state.runtime).hit(
+    request.app.state.runtime.rate_counter.hit(
         _bad_credentials_bucket(request),
         request.app.state.runtime.settings.bad_credentials_per_address_per_minute,
     )

@@ -19,7 +19,7 @@ from coordinator.jobs import rules
 from coordinator.jobs.models import Job
 from coordinator.jobs.output import accumulator_of, stored_events
 from coordinator.jobs.views import usage_of
-from coordinator.pubsub import Event, SubscriberOverflow, dumps, job_topic, pubsub_of
+from coordinator.pubsub import Event, SubscriberOverflow, dumps, job_topic
 from coordinator.runtime import Runtime
 from coordinator.telemetry import metrics
 
@@ -118,7 +118,7 @@ async def job_event_batches(
     Subscribe first, then replay, then skip live positions already replayed; a live position that jumps
     ahead is filled from the store. Events another replica published before this subscription existed
     but stored only after the replay are caught up shortly after connecting and on every quiet tick."""
-    hub = pubsub_of(runtime.components)
+    hub = runtime.pubsub
     keepalive = runtime.settings.sse_keepalive_seconds
     catch_up = min(keepalive, max(0.05, runtime.settings.output_flush_interval_seconds * 5))
     cursor = _Cursor(runtime, job_id, after)

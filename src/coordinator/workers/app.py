@@ -174,13 +174,8 @@ def register_tasks(app: procrastinate.App) -> None:
         runtime = _runtime(context)
 
         async def body() -> dict[str, Any]:
-            settings = runtime.settings
             async with runtime.db.transaction() as session:
-                surge = await market.compute_surge(
-                    session,
-                    ratio=Decimal(str(settings.surge_demand_ratio)),
-                    multiplier=Decimal(str(settings.surge_multiplier)),
-                )
+                surge = await runtime.surge.compute(session)  # the dispatcher's rule, uncached
                 written = await market.take_snapshots(session, interval_seconds=300, surge=surge)
             return {"snapshots": written, "surge": float(surge)}
 

@@ -17,7 +17,7 @@ from coordinator.hosts import devices
 from coordinator.runtime import Runtime
 from coordinator.web.channels.island_channel import IslandChannel
 from coordinator.web.channels.job_channel import JobChannel
-from coordinator.web.channels.registry import CLOSE_REVOKED, registry_of
+from coordinator.web.channels.registry import CLOSE_REVOKED
 from coordinator.web.channels.socket import ChannelFactory, ChannelSocket, Device, Identity
 from coordinator.web.channels.user_channel import UserChannel
 
@@ -71,7 +71,7 @@ async def phoenix_socket(websocket: WebSocket) -> None:
     socket = ChannelSocket(
         websocket, runtime, identity, FACTORIES, idle_timeout=runtime.settings.channel_idle_timeout_seconds
     )
-    registry = registry_of(runtime)
+    registry = runtime.channels
     device = identity.device
     if device is not None:
         await registry.ensure_attached()

@@ -15,14 +15,12 @@ import orjson
 import structlog
 
 from coordinator import account_events
-from coordinator.hosts.intake import island_intake_of
 from coordinator.jobs.assignment import still_assigned
 from coordinator.jobs.intake import JOB_MESSAGE_KINDS, apply_job_message, apply_status_message
 from coordinator.nats.island_push import ASSIGN_JOB
 from coordinator.protocol.codec import ProtocolError
 from coordinator.telemetry import context, metrics
 from coordinator.web.channels import protocol as wire
-from coordinator.web.channels.registry import registry_of
 from coordinator.web.channels.socket import Channel, JoinRefused
 
 log = structlog.get_logger(__name__)
@@ -41,14 +39,13 @@ class IslandChannel(Channel):
         if device is None or raw_id.lower() != device.host_id.lower():
             raise JoinRefused(wire.FORBIDDEN)
         self.host_id = uuid.UUID(device.host_id)
-        registry = registry_of(self.runtime)
+        registry = self.runtime.channels
         await registry.ensure_attached()
         registry.add_island(self)
         return {"host_id": str(self.host_id)}
 
     async def after_join(self) -> None:
-        fleet = self.runtime.components.get("fleet")
-        view = fleet.get(self.host_id) if fleet is not None else None
+        view = self.runtime.fleet.get(self.host_id)
         if view is not None:
             view.transport = "websocket"
         runtimes = view.supported_runtimes if view is not None else ("container", "wasm")
@@ -58,10 +55,9 @@ class IslandChannel(Channel):
         await account_events.island_updated(self.runtime, owner, self.host_id, "connected")
 
     async def terminate(self) -> None:
-        registry_of(self.runtime).remove_island(self)
+        self.runtime.channels.remove_island(self)
         await super().terminate()
-        fleet = self.runtime.components.get("fleet")
-        view = fleet.get(self.host_id) if fleet is not None else None
+        view = self.runtime.fleet.get(self.host_id)
         if view is not None:
             await account_events.island_updated(self.runtime, view.owner_id, self.host_id, "disconnected")
 
@@ -88,7 +84,7 @@ class IslandChannel(Channel):
         if event == "status":
             await apply_status_message(self.runtime, self.host_id, raw)
             return
-        intake = island_intake_of(self.runtime)
+        intake = self.runtime.island_intake
         if intake is None:
             raise RuntimeError("the Island intake is not running on this replica")
         if event == "register":

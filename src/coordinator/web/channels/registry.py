@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-REGISTRY_COMPONENT = "channel_registry"
 CLOSE_REVOKED = 4003
 
 
@@ -108,11 +107,3 @@ class ChannelRegistry:
         for socket in list(self.device_sockets.get(token_id, ())):
             log.info("channels.device_revoked", token_id=token_id)
             await socket.close(CLOSE_REVOKED, "device token revoked")
-
-
-def registry_of(runtime: Runtime) -> ChannelRegistry:
-    registry = runtime.components.get(REGISTRY_COMPONENT)
-    if registry is None:
-        registry = runtime.components[REGISTRY_COMPONENT] = ChannelRegistry(runtime)
-    assert isinstance(registry, ChannelRegistry)
-    return registry

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordinator.account_events import user_topic
-from coordinator.pubsub import SubscriberOverflow, Subscription, pubsub_of
+from coordinator.pubsub import SubscriberOverflow, Subscription
 from coordinator.web.channels import protocol as wire
 from coordinator.web.channels.socket import Channel, JoinRefused
 
@@ -25,14 +25,14 @@ class UserChannel(Channel):
         if int(raw_id) != principal.user.id and not principal.is_admin:
             raise JoinRefused(wire.FORBIDDEN)
         # Subscribe before answering: nothing published after the join reply is missed.
-        self.sub = pubsub_of(self.runtime.components).subscribe(user_topic(int(raw_id)))
+        self.sub = self.runtime.pubsub.subscribe(user_topic(int(raw_id)))
         return {}
 
     async def after_join(self) -> None:
         self.spawn(self._forward)
 
     async def _forward(self) -> None:
-        hub = pubsub_of(self.runtime.components)
+        hub = self.runtime.pubsub
         while True:
             assert self.sub is not None
             try:

@@ -151,7 +151,7 @@ async def pair_island(
     runtime = runtime_of(request)
     async with runtime.db.transaction() as session:
         host = await pairing.claim_pairing_code(session, code, principal.user.id)
-    hosts.sync_view(runtime.components.get("fleet"), host)
+    hosts.sync_view(runtime.fleet, host)
     return await _islands(request, principal, paired=str(host.id))
 
 
@@ -165,5 +165,5 @@ async def own_island_action(
     change = owners.suspend_own if action == "suspend" else owners.resume_own
     async with runtime.db.transaction() as session:
         host = await change(session, host_id, principal.user.id)
-    hosts.sync_view(runtime.components.get("fleet"), host)
+    hosts.sync_view(runtime.fleet, host)
     return redirect("/settings/islands")

@@ -8,7 +8,6 @@ from fastapi.responses import HTMLResponse
 
 from coordinator.accounts.service import Principal
 from coordinator.billing import exchange as market
-from coordinator.jobs import service as jobs
 from coordinator.web.pages.base import PageRoute, render, runtime_of, signed_in
 from coordinator.web.pages.charts import line_chart
 from coordinator.workloads import service as workloads
@@ -36,7 +35,7 @@ async def exchange_page(
         rates = await market.current_rates(session)
         slug = cargo or (rates[0]["workload_slug"] if rates else None)
         history = await market.history(session, slug, period) if slug else []
-        surge = await jobs.current_surge(runtime, session)
+        surge = await runtime.surge.current(session)
     points = [(h["timestamp"][11:16], h["clearing_price"] or h["avg_price"] or 0.0) for h in history]
     context = {
         "rates": rates,

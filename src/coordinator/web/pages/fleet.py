@@ -98,7 +98,7 @@ async def fleet_action(
             host = await hosts.resume(session, host_id)
         else:
             raise NotFound("Unknown action")
-    hosts.sync_view(runtime.components.get("fleet"), host)
+    hosts.sync_view(runtime.fleet, host)
     if is_htmx(request):
         return render(request, "fragments/fleet_table.html", await _fleet_context(request))
     return redirect("/admin/fleet")

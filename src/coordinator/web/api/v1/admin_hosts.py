@@ -23,7 +23,7 @@ class SuspendRequest(BaseModel):
 
 
 def _answer(request: Request, host: Host) -> dict[str, Any]:
-    hosts.sync_view(get_runtime(request).components.get("fleet"), host)
+    hosts.sync_view(get_runtime(request).fleet, host)
     return {"data": hosts.public_view(host, is_admin=True)}
 
 

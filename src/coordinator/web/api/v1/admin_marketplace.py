@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from coordinator.accounts.service import Principal
-from coordinator.marketplace import registry
+from coordinator.marketplace import catalogue, publishers, registry
 from coordinator.web.api.v1.marketplace_schemas import (
     AdminPublisherIn,
     ApproveIn,
@@ -132,7 +132,7 @@ async def unsuspend(slug: str, request: Request, _: Principal = Depends(require_
 async def rescan(slug: str, request: Request, _: Principal = Depends(require_admin)) -> CargoAnswer:
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
-        workload = await registry.cargo_detail(session, slug)
+        workload = await catalogue.cargo_detail(session, slug)
     await defer_scan(runtime, workload_id=workload["workload"].id)
     return CargoAnswer(data=CargoOut.of(workload["workload"]))
 
@@ -146,7 +146,7 @@ async def set_publisher(
     user_id: int, body: AdminPublisherIn, request: Request, _: Principal = Depends(require_admin)
 ) -> PublisherAnswer:
     async with get_runtime(request).db.transaction() as session:
-        publisher = await registry.update_publisher(
+        publisher = await publishers.update_publisher(
             session,
             user_id,
             tier=body.tier,

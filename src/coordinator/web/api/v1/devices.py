@@ -14,7 +14,6 @@ from coordinator.accounts.service import Principal
 from coordinator.hosts import devices
 from coordinator.hosts.models import DeviceToken
 from coordinator.web.auth import get_runtime, require_read, require_write
-from coordinator.web.channels.registry import registry_of
 from coordinator.web.errors import error_responses
 
 router = APIRouter(tags=["devices"])
@@ -128,5 +127,5 @@ async def revoke_device(
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         token = await devices.revoke_device_token(session, principal.user.id, token_id)
-    await registry_of(runtime).revoke(str(token.id))
+    await runtime.channels.revoke(str(token.id))
     return DeviceTokenOne(data=view(token))

@@ -8,7 +8,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from coordinator import __version__
-from coordinator.runtime import TREE_READY_COMPONENT
 from coordinator.web import schemas
 from coordinator.web.auth import get_runtime
 from coordinator.web.routing import ApiRouter
@@ -33,7 +32,7 @@ async def readyz(request: Request) -> JSONResponse:
     if runtime.settings.nats_enabled:
         nc = runtime.nats
         checks["nats"] = "ok" if nc is not None and nc.is_connected else "down"
-    tree = runtime.components.get(TREE_READY_COMPONENT)
+    tree = runtime.tree_ready
     if tree is not None:  # a full process tree: ready once every child started, not while stopping
         checks["started"] = "ok" if tree else "starting"
     ready = all(v == "ok" for v in checks.values())

@@ -63,5 +63,5 @@ async def pair_host(
     runtime = get_runtime(request)
     async with runtime.db.transaction() as session:
         host = await pairing.claim_pairing_code(session, body.code, principal.user.id)
-    hosts.sync_view(runtime.components.get("fleet"), host)
+    hosts.sync_view(runtime.fleet, host)
     return {"data": hosts.public_view(host, viewer_id=principal.user.id, is_admin=principal.is_admin)}

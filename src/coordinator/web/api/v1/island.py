@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from coordinator.hosts.recommendations import queued_demand
 from coordinator.hosts.service import parse_host_id
-from coordinator.marketplace import registry
+from coordinator.marketplace import publishers
 from coordinator.web import schemas
 from coordinator.web.api.v1.marketplace_schemas import SigningKey
 from coordinator.web.auth import get_runtime
@@ -55,9 +55,8 @@ async def agent_update(request: Request, version: str = "0.0.0") -> dict[str, An
 @router.get("/api/v1/island/recommendations", response_model=schemas.Recommendations)
 async def island_recommendations(request: Request, host_id: str | None = None) -> dict[str, Any]:
     runtime = get_runtime(request)
-    fleet = runtime.components.get("fleet")
     parsed = parse_host_id(host_id) if host_id else None
-    view = fleet.get(parsed) if fleet is not None and parsed is not None else None
+    view = runtime.fleet.get(parsed) if parsed is not None else None
 
     async def compute() -> list[dict[str, Any]]:
         async with runtime.db.session() as session:
@@ -78,8 +77,8 @@ async def signing_keys(request: Request) -> list[dict[str, Any]]:
     """The cosign keys Islands trust: the operator's configured keys, then every verified publisher's."""
     runtime = get_runtime(request)
     async with runtime.db.session() as session:
-        publishers = await registry.verified_publisher_keys(session)
-    return [*runtime.settings.signing_keys, *publishers]
+        keys = await publishers.verified_publisher_keys(session)
+    return [*runtime.settings.signing_keys, *keys]
 
 
 @lru_cache(maxsize=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from coordinator.accounts.service import Principal
-from coordinator.marketplace import registry, reputation
+from coordinator.marketplace import catalogue, publishers, registry, reputation
 from coordinator.web.api.v1.marketplace_schemas import (
     CargoDetailAnswer,
     CargoDetailOut,
@@ -42,7 +42,7 @@ async def list_catalogue(
     _: Principal = Depends(require_read),
 ) -> CargoList:
     async with get_runtime(request).db.session() as session:
-        items = await registry.catalogue(session, category=category, q=q)
+        items = await catalogue.catalogue(session, category=category, q=q)
     return CargoList(data=[CargoOut.of(w) for w in items])
 
 
@@ -51,7 +51,7 @@ async def list_catalogue(
 )
 async def list_categories(request: Request, _: Principal = Depends(require_read)) -> CategoryList:
     async with get_runtime(request).db.session() as session:
-        counts = await registry.categories(session)
+        counts = await catalogue.categories(session)
     return CategoryList(data=[CategoryOut(name=name, count=count) for name, count in counts])
 
 
@@ -60,7 +60,7 @@ async def list_categories(request: Request, _: Principal = Depends(require_read)
 )
 async def get_publisher(request: Request, principal: Principal = Depends(require_read)) -> PublisherAnswer:
     async with get_runtime(request).db.transaction() as session:
-        publisher = await registry.publisher_of(session, principal.user.id)
+        publisher = await publishers.publisher_of(session, principal.user.id)
         return PublisherAnswer(data=publisher_out(publisher))
 
 
@@ -73,7 +73,7 @@ async def update_publisher(
     body: PublisherIn, request: Request, principal: Principal = Depends(require_write)
 ) -> PublisherAnswer:
     async with get_runtime(request).db.transaction() as session:
-        publisher = await registry.update_publisher(
+        publisher = await publishers.update_publisher(
             session, principal.user.id, tier=body.tier, signing_public_key=body.signing_public_key
         )
         return PublisherAnswer(data=publisher_out(publisher))
@@ -166,7 +166,7 @@ async def submit_submission(
 )
 async def get_cargo(slug: str, request: Request, _: Principal = Depends(require_read)) -> CargoDetailAnswer:
     async with get_runtime(request).db.session() as session:
-        detail = await registry.cargo_detail(session, slug)
+        detail = await catalogue.cargo_detail(session, slug)
     base = CargoOut.of(detail["workload"]).model_dump()
     return CargoDetailAnswer(
         data=CargoDetailOut(
@@ -186,7 +186,7 @@ async def get_cargo(slug: str, request: Request, _: Principal = Depends(require_
 )
 async def list_reviews(slug: str, request: Request, _: Principal = Depends(require_read)) -> ReviewList:
     async with get_runtime(request).db.session() as session:
-        items = await registry.reviews_of(session, slug)
+        items = await catalogue.reviews_of(session, slug)
     return ReviewList(data=[ReviewOut.of(r) for r in items])
 
 
@@ -200,7 +200,7 @@ async def add_review(
     slug: str, body: ReviewIn, request: Request, principal: Principal = Depends(require_write)
 ) -> ReviewAnswer:
     async with get_runtime(request).db.transaction() as session:
-        review, events = await registry.add_review(
+        review, events = await catalogue.add_review(
             session, principal.user, slug, body.rating, body.comment, body.complaint
         )
         for event in events:

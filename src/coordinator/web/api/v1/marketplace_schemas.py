@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.marketplace import registry
+from coordinator.marketplace import publishers
 from coordinator.marketplace.tables import CargoReview, SubmissionEvent
 from coordinator.workloads import rules as workload_rules
 from coordinator.workloads.models import Workload, WorkloadSubmission
@@ -282,4 +282,4 @@ class SigningKey(BaseModel):
 
 
 def publisher_out(publisher: Any) -> PublisherOut:
-    return PublisherOut(**registry.publisher_view(publisher))
+    return PublisherOut(**publishers.publisher_view(publisher))

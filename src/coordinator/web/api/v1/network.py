@@ -8,15 +8,13 @@ from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from coordinator.accounts.service import Principal
-from coordinator.hosts.network import CachedNetworkStats, NetworkStats, network_stats
+from coordinator.hosts.network import NetworkStats, network_stats
 from coordinator.web.auth import get_runtime, require_read
 from coordinator.web.errors import error_responses
 from coordinator.web.routing import ApiRouter
 from coordinator.workloads import service as workloads
 
 router = ApiRouter(tags=["network"])
-
-STATS_CACHE_COMPONENT = "network_stats"
 
 
 class NetworkStatsBody(BaseModel):
@@ -49,9 +47,7 @@ class ModelList(BaseModel):
 async def get_network_stats(request: Request) -> NetworkStatsResponse:
     """Islands online now, their regions and jobs completed; public, cached for a few seconds."""
     runtime = get_runtime(request)
-    cache = runtime.components.get(STATS_CACHE_COMPONENT)
-    if not isinstance(cache, CachedNetworkStats):
-        cache = runtime.components[STATS_CACHE_COMPONENT] = CachedNetworkStats()
+    cache = runtime.network_stats
 
     async def compute() -> NetworkStats:
         async with runtime.db.read() as session:
