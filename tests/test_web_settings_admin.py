@@ -26,6 +26,7 @@ ADMIN_PAGES = [
     "/admin",
     "/admin/fleet",
     "/admin/fleet/table",
+    "/admin/fleet/live",
     "/admin/jobs",
     "/admin/jobs/counts",
     "/admin/users",
@@ -119,6 +120,8 @@ async def test_admin_approves_and_suspends_and_the_fleet_page_follows(
     await make_admin(stack, "ops@example.com")
     async with new_page(browser) as (_, page):
         await sign_in(page, stack, "ops@example.com")
+        polled: list[str] = []
+        page.on("request", lambda r: polled.append(r.url) if "/admin/fleet/table" in r.url else None)
         await page.goto(f"{stack.url}/admin/fleet")
         assert "pending_approval" in (await fleet_row_status(page, host_id) or "")
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] button", has_text="Approve").click()
@@ -140,6 +143,7 @@ async def test_admin_approves_and_suspends_and_the_fleet_page_follows(
         # And resumed from this page.
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] button", has_text="Resume").click()
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] .status-online").wait_for()
+        assert polled == []  # pushed over the page's SSE stream, never polled
 
         for path in ("/admin/jobs", "/admin/users", "/cargo", "/exchange", "/settings"):
             await page.goto(f"{stack.url}{path}")

@@ -24,6 +24,7 @@ from coordinator.telemetry import context, metrics
 from coordinator.web.channels import protocol as wire
 from coordinator.web.channels.registry import registry_of
 from coordinator.web.channels.socket import Channel, JoinRefused
+from coordinator.web.fleet_events import fleet_changed
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,7 @@ class IslandChannel(Channel):
             await self.push(ASSIGN_JOB, job.to_dict())
         owner = view.owner_id if view is not None else None
         await account_events.island_updated(self.runtime, owner, self.host_id, "connected")
+        await fleet_changed(self.runtime)
 
     async def terminate(self) -> None:
         registry_of(self.runtime).remove_island(self)
@@ -64,6 +66,7 @@ class IslandChannel(Channel):
         view = fleet.get(self.host_id) if fleet is not None else None
         if view is not None:
             await account_events.island_updated(self.runtime, view.owner_id, self.host_id, "disconnected")
+        await fleet_changed(self.runtime)
 
     async def handle_in(self, event: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if event not in EVENTS_IN:

@@ -15,6 +15,7 @@ from coordinator.errors import ValidationFailed
 from coordinator.hosts import owners, pairing
 from coordinator.hosts import service as hosts
 from coordinator.web.auth import SESSION_COOKIE
+from coordinator.web.fleet_events import fleet_changed
 from coordinator.web.pages.base import PageRoute, check_csrf, redirect, render, runtime_of, signed_in
 from coordinator.web.pages.charts import bar_chart
 from coordinator.web.pages.fleet import heartbeat_age
@@ -152,6 +153,7 @@ async def pair_island(
     async with runtime.db.transaction() as session:
         host = await pairing.claim_pairing_code(session, code, principal.user.id)
     hosts.sync_view(runtime.components.get("fleet"), host)
+    await fleet_changed(runtime)
     return await _islands(request, principal, paired=str(host.id))
 
 
@@ -166,4 +168,5 @@ async def own_island_action(
     async with runtime.db.transaction() as session:
         host = await change(session, host_id, principal.user.id)
     hosts.sync_view(runtime.components.get("fleet"), host)
+    await fleet_changed(runtime)
     return redirect("/settings/islands")

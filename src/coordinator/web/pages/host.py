@@ -15,6 +15,7 @@ from coordinator.accounts.service import Principal
 from coordinator.errors import NotFound
 from coordinator.hosts import devices, owners, pairing
 from coordinator.hosts import service as hosts
+from coordinator.web.fleet_events import fleet_changed
 from coordinator.web.pages.base import PageRoute, check_csrf, render, runtime_of, signed_in
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -48,6 +49,7 @@ async def new_browser_island(request: Request, principal: Principal = Depends(si
         host = await pairing.claim_pairing_code(session, started.code, principal.user.id)
         issued = await devices.exchange_poll_token(session, settings.secret_key, started.poll_token)
     hosts.sync_view(runtime.components.get("fleet"), host)
+    await fleet_changed(runtime)
     body = {"host_id": str(issued.host_id), "device_token": issued.device_token}
     return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
 
