@@ -30,6 +30,10 @@ ADMIN_PAGES = [
     "/admin/jobs",
     "/admin/jobs/counts",
     "/admin/users",
+    "/admin/kyc",
+    "/admin/kyc?status=verified",
+    "/admin/registry",
+    "/admin/exchange",
 ]
 
 
@@ -159,3 +163,14 @@ async def test_a_non_admin_gets_403_on_every_admin_page(stack: WebStack, browser
             assert response is not None and response.status == 403, path
             assert await page.locator("[data-status='403']").count() == 1
         assert await page.locator("nav a", has_text="Admin").count() == 0
+        # The operators' forms refuse a non-admin too (with a valid CSRF token), and change nothing.
+        csrf = await page.locator("input[name=csrf_token]").first.input_value()
+        me = await user_id(stack.runtime, "curious@example.com")
+        for path in (
+            f"/admin/kyc/{me}/approve",
+            "/admin/registry/1/approve",
+            "/admin/exchange/snapshot",
+            f"/admin/fleet/{stack.island.host_id}/approve",
+        ):
+            answer = await page.request.post(f"{stack.url}{path}", form={"csrf_token": csrf})
+            assert answer.status == 403, path
