@@ -115,6 +115,7 @@ async def test_the_registry_review_queue(
         await sign_in(page, stack, "reviewer@example.com")
         await page.goto(f"{stack.url}/admin/registry")
         assert await page.locator("#registry-queue tr[data-submission-id]").count() == 2
+        assert "acme/web-echo" in (await page.locator("#registry-queue .image").first.text_content() or "")
         await screenshot(page, "admin-registry")
         first = page.locator(f"#registry-queue tr[data-submission-id='{ids[0]}']")
         # L1 needs a track record this new Cargo lacks: refused with the reason, nothing published.
