@@ -206,7 +206,8 @@ async def test_device_tokens_and_nats_credentials_in_settings(stack: WebStack, b
         await page.wait_for_url(f"{stack.url}/settings/islands")
         assert (await token_row.locator(".token-state").text_content()) == "revoked"
         assert await _revoked(stack, browser_host)
-        await host_tab.locator("#host-network", has_text="retrying").wait_for()
+        await host_tab.locator("#host-status", has_text="revoked").wait_for()
+        assert await host_tab.evaluate("Object.keys(localStorage).length") == 0
     await _someone_else_cannot(stack, browser, nats_host)
 
 

@@ -13,6 +13,7 @@
   const WASM_TIMEOUT_MS = 60000;
   const LEASE_MS = 30000;
   const TOKEN_DELAY_MS = 40;
+  const CLOSE_REVOKED = 4003; // the socket close code of a revoked device token
   const heartbeatMs = Math.max(1, Number(root.dataset.heartbeatSeconds || 5)) * 1000;
   const storageKey = `archipelag.host.${root.dataset.userId}`;
   const el = (id) => document.getElementById(id);
@@ -48,7 +49,9 @@
     el("jobs-failed").textContent = String(counts.failed);
     el("tokens-per-second").textContent = lastRate === null ? "—" : lastRate.toFixed(1);
     el("host-job").textContent = jobs.size ? [...jobs.keys()].map((id) => id.slice(0, 8)).join(", ") : "none";
-    if (channel && channel.state === "joined") setStatus(jobs.size ? "processing" : "ready");
+    if (channel && channel.state === "joined" && el("host-status").textContent !== "revoked") {
+      setStatus(jobs.size ? "processing" : "ready");
+    }
   }
 
   async function refreshStats() {
@@ -128,8 +131,20 @@
       // Refused before it ever opened: the stored device token is revoked or expired.
       if (!opened && reused && mine === socket) restartWithNewCredential("the stored device token was refused");
     });
-    socket.onClose(() => {
-      if (mine === socket && opened) setStatus("reconnecting");
+    socket.onClose((event) => {
+      if (mine !== socket) return;
+      if (event && event.code === CLOSE_REVOKED) {
+        // The owner revoked this device in settings: stop here (pairing anew would undo the revoke).
+        socket.disconnect();
+        clearInterval(heartbeatTimer);
+        localStorage.removeItem(storageKey);
+        for (const running of jobs.values()) running.cancel();
+        setStatus("revoked");
+        el("host-network").textContent = "disconnected: this device was revoked; reload to pair a new one";
+        log("device token revoked");
+        return;
+      }
+      if (opened) setStatus("reconnecting");
     });
     socket.connect();
     channel = socket.channel(`island:${credential.host_id}`, {});
