@@ -46,6 +46,8 @@ async def new_browser_island(request: Request, principal: Principal = Depends(si
             name="Browser Island",
             secret_key=settings.secret_key,
         )
+        # The claim is a plain UPDATE: re-read the pairing rows afterwards, not the objects just added.
+        session.expire_all()
         host = await pairing.claim_pairing_code(session, started.code, principal.user.id)
         issued = await devices.exchange_poll_token(session, settings.secret_key, started.poll_token)
     hosts.sync_view(runtime.components.get("fleet"), host)
