@@ -9,7 +9,7 @@ APT_PACKAGES := chromium docker-registry
 
 JS_STAMP := tests/js/node_modules/.installed
 
-.PHONY: run test lint typecheck contracts venv lock bench clean system-deps js-deps
+.PHONY: run test test-unit lint typecheck contracts venv lock bench clean system-deps js-deps
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,8 +46,13 @@ js-deps: $(JS_STAMP)
 system-deps:
 	@bash scripts/ensure-debian-packages.sh $(APT_PACKAGES)
 
+# All three tiers: tests/unit (no I/O), tests/integration (real PostgreSQL/NATS/HTTP), tests/e2e (processes).
 test: $(STAMP) system-deps js-deps lint typecheck contracts
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The unit tier alone (seconds; no servers are started).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/coordinator bench

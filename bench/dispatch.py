@@ -28,7 +28,7 @@ from coordinator.app import NatsConnectionChild, hosts_children, job_children
 from coordinator.config import Settings
 from coordinator.devstack import EmbeddedNats, EmbeddedPostgres, free_port
 from coordinator.hosts.fleet import FleetView
-from coordinator.jobs import service
+from coordinator.jobs import service, wiring
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.repo.migrate import upgrade
 from coordinator.runtime import Runtime
@@ -91,7 +91,7 @@ async def measure(runtime: Runtime, nats_url: str, jobs: int, islands: int, slot
             if result.to_state != "succeeded":
                 not_succeeded.append(result.to_state)
 
-    service.hooks(runtime).register(record)
+    wiring.hooks(runtime).register(record)
     fleet = service.fleet_of(runtime)
     assert fleet is not None
     fleet_islands = [

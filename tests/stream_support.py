@@ -15,8 +15,8 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from coordinator.app import HttpChild, NatsConnectionChild, job_children, streaming_children
+from coordinator.jobs import lifecycle, moves, service
 from coordinator.jobs import repository as sql
-from coordinator.jobs import service
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.models import Job
 from coordinator.jobs.output import OutputAccumulator, accumulator_of
@@ -97,16 +97,13 @@ async def running_job(
 async def assign(stack: Stack, job_id: uuid.UUID, *, start: bool = True) -> JobRef:
     """queued → assigned to the stack's Island (the dispatcher's query), then `started`."""
     async with stack.runtime.db.transaction() as session:
-        row = (
-            await session.execute(
-                sql.ASSIGN_MANY_SQL,
-                sql.assign_many_params([sql.AssignRow(job_id, stack.host_id, 600)], None),
-            )
-        ).one()
-    result = service.transition_result(row, "queued")
-    await service.hooks(stack.runtime).run(result)
+        ((_, result),) = await lifecycle.assign_in(session, [sql.AssignRow(job_id, stack.host_id, 600)], None)
+    await lifecycle.after_commit(stack.runtime, session, [result])
     if start:
-        assert await service.start_job(stack.runtime, job_id, stack.host_id) is not None
+        inputs = lifecycle.Inputs(
+            host_id=stack.host_id, extend_seconds=stack.runtime.settings.job_lease_seconds
+        )
+        assert await lifecycle.transition(stack.runtime, moves.START, job_id, inputs) is not None
     return await service.job_ref(stack.runtime, result)
 
 
@@ -130,7 +127,7 @@ async def newest_job(runtime: Runtime, user_id: int, *, within: float = 5.0) -> 
 async def finish(
     stack: Stack, ref: JobRef, state: str = "succeeded", error: str | None = None, usage: Any = None
 ) -> None:
-    result = await service.finish_job(
+    result = await lifecycle.finish(
         stack.runtime, ref.job_id, state, host_id=stack.host_id, error=error, usage=usage
     )
     assert result is not None

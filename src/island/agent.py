@@ -19,6 +19,7 @@ from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from island import system
 from island.cargo_io import JobFailed
+from island.pull import ContinuousPull
 from island.runtimes import RUNNERS, RuntimeOptions, container_timeout, runtime_for
 
 log = structlog.get_logger(__name__)
@@ -97,7 +98,7 @@ class Island:
         self.jetstream = False
         self.rtt_ms: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._pull_sub: Any = None
+        self._pull_sub: ContinuousPull | None = None
 
     @property
     def name(self) -> str:
@@ -125,10 +126,9 @@ class Island:
     async def stop(self) -> None:
         await self.stop_tasks()
         if self._pull_sub is not None:
-            # A fetch cancelled above leaves the pull subscription's queue unfinished, and a drain would
+            # A pull cancelled above leaves its inbox subscription's queue unfinished, and a drain would
             # wait on it for ever (Ctrl-C on `make run` hung 10 s here): leave it first.
-            with contextlib.suppress(Exception):
-                await self._pull_sub.unsubscribe()
+            await self._pull_sub.close()
             self._pull_sub = None
         if self.nc is not None:
             try:
@@ -185,28 +185,25 @@ class Island:
                             ack_wait=60,
                         ),
                     )
-                sub = await js.pull_subscribe_bind(durable=durable, stream=subjects.JOBS_STREAM)
-                self._pull_sub = sub
+                self._pull_sub = ContinuousPull(self.nc, subjects.JOBS_STREAM, durable)
                 self.jetstream = True
-                self._tasks.append(asyncio.create_task(self._pull_jobs(sub), name=f"{self.name}:jobs"))
+                self._tasks.append(
+                    asyncio.create_task(self._pull_jobs(self._pull_sub), name=f"{self.name}:jobs")
+                )
                 return
             except Exception as exc:  # no stream, no JetStream: core subscription for the process's life
                 log.info("island.jetstream_unavailable", error=str(exc))
         await self.nc.subscribe(self.subject("jobs"), cb=self._on_job)
 
-    async def _pull_jobs(self, sub: Any) -> None:
+    async def _pull_jobs(self, pull: ContinuousPull) -> None:
         while True:
             try:
-                batch = await sub.fetch(50, timeout=5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                async for msg in pull.messages():
+                    await msg.ack()  # ack on receipt, before parsing ("ack-on-spawn")
+                    self._start_job(msg.data)
             except Exception as exc:  # disconnected or consumer gone: retry rather than stop taking jobs
                 log.warning("island.pull_failed", error=str(exc))
                 await asyncio.sleep(1)
-                continue
-            for msg in batch:
-                await msg.ack()  # ack on receipt, before parsing ("ack-on-spawn")
-                self._start_job(msg.data)
 
     async def _on_job(self, msg: Any) -> None:
         self._start_job(msg.data)

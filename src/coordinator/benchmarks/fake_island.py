@@ -17,6 +17,8 @@ from typing import Any
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from island.pull import ContinuousPull
+
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
@@ -117,13 +119,20 @@ class FakeFleet:
                 except Exception:
                     await asyncio.sleep(0.1)
             for host_id in self.host_ids:
-                sub = await js.pull_subscribe(
-                    f"host.{host_id}.jobs",
-                    durable=f"host-{host_id}",
-                    stream="JOBS",
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_deliver=5, ack_wait=60),
+                durable = f"host-{host_id}"
+                await js.add_consumer(
+                    "JOBS",
+                    ConsumerConfig(
+                        name=durable,
+                        durable_name=durable,
+                        filter_subject=f"host.{host_id}.jobs",
+                        ack_policy=AckPolicy.EXPLICIT,
+                        max_deliver=5,
+                        ack_wait=60,
+                    ),
                 )
-                self._tasks.append(asyncio.create_task(self._consume(host_id, sub)))
+                pull = ContinuousPull(self._nc, "JOBS", durable)
+                self._tasks.append(asyncio.create_task(self._consume(host_id, pull)))
         if self.heartbeat_every is not None:
             self._tasks.append(asyncio.create_task(self._heartbeat_loop(self.heartbeat_every)))
 
@@ -142,27 +151,23 @@ class FakeFleet:
             await asyncio.sleep(every)
             await self.heartbeat_all()
 
-    async def _consume(self, host_id: str, sub: Any) -> None:
-        while True:
+    async def _consume(self, host_id: str, pull: ContinuousPull) -> None:
+        """The official Island's continuous pull (island-protocol §3): each job as soon as it lands."""
+        async for msg in pull.messages():
+            await msg.ack()  # ack on receipt, before parsing, like the official Island
+            received = time.perf_counter()
             try:
-                messages = await sub.fetch(batch=200, timeout=1)
-            except (TimeoutError, nats.errors.TimeoutError):
+                job = json.loads(msg.data)
+                job_id = job["job_id"]
+            except (ValueError, KeyError, TypeError):
                 continue
-            for msg in messages:
-                await msg.ack()  # ack on receipt, before parsing, like the official Island
-                received = time.perf_counter()
-                try:
-                    job = json.loads(msg.data)
-                    job_id = job["job_id"]
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if self.on_assigned is not None:
-                    self.on_assigned(job_id, received)
-                if self.behaviour.hold:
-                    self.held[job_id] = host_id
-                    await self._status(host_id, job_id, "started")
-                else:
-                    self._tasks.append(asyncio.create_task(self.run_job(host_id, job_id)))
+            if self.on_assigned is not None:
+                self.on_assigned(job_id, received)
+            if self.behaviour.hold:
+                self.held[job_id] = host_id
+                await self._status(host_id, job_id, "started")
+            else:
+                self._tasks.append(asyncio.create_task(self.run_job(host_id, job_id)))
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         try:

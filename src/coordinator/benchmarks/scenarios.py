@@ -113,6 +113,25 @@ def _db_checks(database_url: str, submitted: list[str]) -> dict[str, int]:
     }
 
 
+def _phase_p50_ms(database_url: str, submitted: list[str]) -> dict[str, float]:
+    """Median time a job spent in each phase, from the coordinator's own timestamps: where a closed-loop
+    run's latency (and so its throughput) goes."""
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY assigned_at - created_at),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - assigned_at),"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY completed_at - started_at)"
+            " FROM jobs WHERE id = ANY(%s::uuid[]) AND state = 'succeeded'",
+            (submitted,),
+        ).fetchone()
+    names = ("queued_p50_ms", "assigned_to_running_p50_ms", "running_to_settled_p50_ms")
+    return {
+        name: round(value.total_seconds() * 1000, 1)
+        for name, value in zip(names, row or (), strict=False)
+        if value is not None
+    }
+
+
 def _host_count(database_url: str) -> int:
     with psycopg.connect(libpq_url(database_url)) as conn:
         row = conn.execute("SELECT count(*) FROM hosts WHERE last_heartbeat_at IS NOT NULL").fetchone()
@@ -345,6 +364,7 @@ async def lifecycle(env: BenchEnv) -> Result:
         while time.monotonic() < drain and _db_checks(s.database_url, submitted)["lost"] > 0:
             await asyncio.sleep(0.5)
         checks = _db_checks(s.database_url, submitted)
+        phases = _phase_p50_ms(s.database_url, submitted)
         await fleet.stop()
         fleet_failures(fleet, load)
     completed = load.per_second()["completed"][: int(load.window)]  # full seconds only
@@ -365,6 +385,7 @@ async def lifecycle(env: BenchEnv) -> Result:
             "median_completed_per_s": sustained,
             "mean_completed_per_s": round(load.totals["completed"] / max(load.window, 1e-9), 1),
             **checks,
+            **phases,
         },
         target="≥ 300 jobs/s sustained, zero lost, zero double-charged",
         primary="median_completed_per_s",

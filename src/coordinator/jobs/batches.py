@@ -28,7 +28,7 @@ from coordinator.accounts.models import User
 from coordinator.billing import exchange as market
 from coordinator.billing import quotas
 from coordinator.errors import DomainError, InsufficientCredits, NotFound, ValidationFailed
-from coordinator.jobs import rules, service
+from coordinator.jobs import lifecycle, moves, rules, service, wiring
 from coordinator.jobs.batch_rules import BatchSpec, batch_state, merge_outputs, parent_outcome
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.models import Job
@@ -65,16 +65,6 @@ CHILDREN_SQL = text(
 
 SAVE_CONFIG_SQL = text("UPDATE jobs SET batch_config = :config WHERE id = :id").bindparams(
     bindparam("config", type_=JSONB)
-)
-
-# The parent's end: merged output, no money moved (the children carry the charges).
-FINISH_PARENT_SQL = text(
-    """
-    UPDATE jobs SET state = :state, output = :output, error = :error, completed_at = now(),
-           settled_at = now(), updated_at = now()
-    WHERE id = :id AND state = 'running'
-    RETURNING id, user_id, workload_id, state, host_id, attempt, created_at, error, usage
-    """
 )
 
 # What a batch costs its owner so far: its children's credits_used (charge while unsettled, else what the
@@ -232,7 +222,7 @@ def ensure_hook(runtime: Runtime) -> None:
             await cancel_children(runtime, result.job_id)  # no-op unless it is a batch parent
 
     runtime.components[BATCH_HOOK_COMPONENT] = on_transition
-    service.hooks(runtime).register(on_transition)
+    wiring.hooks(runtime).register(on_transition)
 
 
 async def advance_batch(runtime: Runtime, parent_id: uuid.UUID) -> None:
@@ -305,28 +295,13 @@ async def _release(runtime: Runtime, parent: Any, spec: BatchSpec, release: list
 async def _finish_parent(
     runtime: Runtime, parent_id: uuid.UUID, state: str, output: str | None, error: str | None
 ) -> None:
-    async with runtime.db.transaction() as session:
-        row = (
-            await session.execute(
-                FINISH_PARENT_SQL, {"id": parent_id, "state": state, "output": output, "error": error}
-            )
-        ).first()
-    if row is not None:
-        await service.hooks(runtime).run(service.transition_result(row, rules.RUNNING))
+    inputs = lifecycle.Inputs(output=output, error=error)
+    await lifecycle.transition(runtime, moves.BATCH_CLOSE_MOVES[state], parent_id, inputs)
 
 
 async def _cancel_child(runtime: Runtime, job_id: uuid.UUID, reason: str) -> None:
     """Cancel one child as the coordinator (full refund, CancelJob to its Island)."""
-    async with runtime.db.transaction() as session:
-        result = await service.finish_in(session, job_id, rules.CANCELLED, error=reason)
-    if result is None:
-        return
-    bus = service.bus_of(runtime)
-    if result.released_host_id is not None and bus is not None:
-        await service.best_effort(
-            bus.publish_cancel(result.released_host_id, job_id), "publish_cancel", job_id
-        )
-    await service.hooks(runtime).run(result)
+    await lifecycle.transition(runtime, moves.CANCEL, job_id, lifecycle.Inputs(error=reason))
 
 
 async def cancel_children(runtime: Runtime, parent_id: uuid.UUID) -> int:

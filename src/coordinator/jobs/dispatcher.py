@@ -20,8 +20,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.hosts.fleet import FleetView, HostView
+from coordinator.jobs import lifecycle, moves, rules, service, wiring
 from coordinator.jobs import repository as sql
-from coordinator.jobs import rules, service
 from coordinator.jobs.assignment import assign_job_message
 from coordinator.jobs.events import DISPATCHER_COMPONENT, UndeliverableAssignment
 from coordinator.jobs.hooks import TransitionResult
@@ -180,8 +180,7 @@ class Dispatcher(LoopService):
         if assignments:
             await asyncio.gather(*(self._publish(a) for a in assignments))
         failed, self._failed = self._failed, []
-        for result in failed:
-            await service.hooks(self.runtime).run(result)
+        await lifecycle.after_commit(self.runtime, session, failed)
         return len(assignments)
 
     async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
@@ -233,17 +232,21 @@ class Dispatcher(LoopService):
         if not plans:
             return []
         owner = pubsub_of(self.runtime.components).replica_id
-        params = sql.assign_many_params([p.move for p in plans], owner)
-        done = {row.id: row for row in await session.execute(sql.ASSIGN_MANY_SQL, params)}
+        done = {m.id: (m, r) for m, r in await lifecycle.assign_in(session, [p.move for p in plans], owner)}
         assignments = []
         for plan in plans:
-            row = done.get(plan.move.job_id)
-            if row is None:
+            if (found := done.get(plan.move.job_id)) is None:
                 continue
-            result = service.transition_result(row, rules.QUEUED, stream_owner=row.stream_owner)
+            moved, result = found
             assignments.append(
                 Assignment(
-                    row.id, row.host_id, row.attempt, row.max_attempts, plan.message, row.created_at, result
+                    moved.id,
+                    plan.move.host_id,
+                    moved.attempt,
+                    moved.max_attempts,
+                    plan.message,
+                    moved.created_at,
+                    result,
                 )
             )
         return assignments
@@ -251,9 +254,8 @@ class Dispatcher(LoopService):
     async def _undispatchable(self, session: AsyncSession, job_id: uuid.UUID, reason: str) -> None:
         """A Cargo no AssignJob can express (no image, no module): fail the job now, with a refund."""
         log.error("dispatcher.undispatchable", job_id=str(job_id), reason=reason)
-        result = await service.finish_in(
-            session, job_id, rules.FAILED, error=f"Cargo cannot be dispatched: {reason}"
-        )
+        inputs = lifecycle.Inputs(error=f"Cargo cannot be dispatched: {reason}")
+        result = await lifecycle.transition_in(session, moves.FAIL, job_id, inputs)
         if result is not None:
             self._failed.append(result)
 
@@ -262,7 +264,7 @@ class Dispatcher(LoopService):
             await self._publish_bound(assignment)
 
     async def _publish_bound(self, assignment: Assignment) -> None:
-        bus = service.bus_of(self.runtime)
+        bus = wiring.bus_of(self.runtime)
         try:
             if bus is None:
                 raise RuntimeError("no Island bus")
@@ -276,12 +278,12 @@ class Dispatcher(LoopService):
         latency = max(0.0, time.time() - assignment.created_at.timestamp())
         metrics.dispatch_latency.observe(latency)
         log.info("job.assigned", attempt=assignment.attempt, dispatch_seconds=round(latency, 4))
-        await service.hooks(self.runtime).run(assignment.result)
+        await lifecycle.after_commit(self.runtime, None, [assignment.result])
 
     async def _give_back(self, assignment: Assignment, exc: Exception) -> None:
         """A failed publish counts as an attempt: back to the queue, or failed with a full refund when the
         message can never be delivered or the attempts are used up. The sweep covers a failure here."""
-        result = None
+        result = given_back = None
         try:
             async with self.runtime.db.transaction() as session:
                 if isinstance(exc, UndeliverableAssignment) or assignment.attempt >= assignment.max_attempts:
@@ -290,20 +292,15 @@ class Dispatcher(LoopService):
                         if isinstance(exc, UndeliverableAssignment)
                         else f"dead-lettered after {assignment.attempt} attempts (AssignJob publish failed)"
                     )
-                    result = await service.finish_in(
-                        session, assignment.job_id, rules.FAILED, host_id=assignment.host_id, error=error
-                    )
+                    inputs = lifecycle.Inputs(host_id=assignment.host_id, error=error)
+                    result = await lifecycle.transition_in(session, moves.FAIL, assignment.job_id, inputs)
                 else:
-                    await session.execute(
-                        sql.RETRY_PUBLISH_SQL,
-                        {
-                            "id": assignment.job_id,
-                            "host_id": assignment.host_id,
-                            "attempt": assignment.attempt,
-                        },
+                    inputs = lifecycle.Inputs(host_id=assignment.host_id, attempt=assignment.attempt)
+                    given_back = await lifecycle.transition_in(
+                        session, moves.GIVE_BACK, assignment.job_id, inputs
                     )
         except Exception:
             log.exception("dispatcher.give_back_failed", job_id=str(assignment.job_id))
-        self.fleet.release(assignment.host_id)
-        if result is not None:
-            await service.hooks(self.runtime).run(result)
+        if result is None and given_back is None:
+            self.fleet.release(assignment.host_id)  # the slot reserved for this pass, whatever happened
+        await lifecycle.after_commit(self.runtime, None, [r for r in (result, given_back) if r is not None])

@@ -6,7 +6,7 @@ from typing import Any
 
 import structlog
 
-from coordinator.jobs import rules
+from coordinator.jobs import moves, rules, wiring
 from coordinator.jobs.events import DISPATCHER_COMPONENT, OUTPUT_COMPONENT, OutputSink
 from coordinator.jobs.hooks import Hook, TransitionResult
 from coordinator.runtime import Runtime
@@ -38,9 +38,18 @@ def transition_event(result: TransitionResult) -> str | None:
     return f"job.{result.to_state}"
 
 
-def builtin_hooks(runtime: Runtime) -> list[Hook]:
-    from coordinator.jobs import service
+BUILTIN_COMPONENT = "job_hooks_builtin"
 
+
+def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
+    """The built-in after-commit hooks by name (`jobs/moves.py` says which moves run which)."""
+    cached: dict[str, Hook] | None = runtime.components.get(BUILTIN_COMPONENT)
+    if cached is None:
+        cached = runtime.components[BUILTIN_COMPONENT] = _builtin_hooks(runtime)
+    return cached
+
+
+def _builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
     async def count(result: TransitionResult) -> None:
         metrics.job_transitions.labels(
             from_state=result.from_state or "submitted", to_state=result.to_state
@@ -51,14 +60,12 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
                 log.info(event, from_state=result.from_state, to_state=result.to_state, error=result.error)
 
     async def free_capacity(result: TransitionResult) -> None:
-        fleet = service.fleet_of(runtime)
+        fleet = wiring.fleet_of(runtime)
         if fleet is not None and result.released_host_id is not None:
             fleet.release(result.released_host_id)
 
     async def tell_output(result: TransitionResult) -> None:
-        if result.from_state is None:
-            return
-        ref = await service.job_ref(runtime, result)
+        ref = await wiring.job_ref(runtime, result)
         sink = output_of(runtime)
         if rules.is_terminal(result.to_state):
             await sink.on_terminal(ref, result.to_state, result.error, result.usage)
@@ -66,12 +73,10 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
             await sink.on_status(ref, rules.public_status(result.to_state))
 
     async def wake_dispatch(result: TransitionResult) -> None:
-        if result.to_state != rules.QUEUED:
-            return
         dispatcher = runtime.components.get(DISPATCHER_COMPONENT)
         if dispatcher is not None:
             dispatcher.wake()
-        bus = service.bus_of(runtime)
+        bus = wiring.bus_of(runtime)
         if bus is not None:
             await bus.wake_dispatchers()
 
@@ -85,7 +90,29 @@ def builtin_hooks(runtime: Runtime) -> list[Hook]:
         if result.from_state is None or rules.is_terminal(result.to_state):
             await account_events.credits_changed(runtime, result.user_id)
 
+    async def cancel_on_island(result: TransitionResult) -> None:
+        """CancelJob to the Island, when the coordinator (not the Island) ended the job."""
+        move = moves.MOVES[result.move]
+        bus = wiring.bus_of(runtime)
+        released = result.released_host_id
+        if (
+            bus is not None
+            and released is not None
+            and moves.tells_island(move, reported_by=result.reported_by, released=released)
+        ):
+            await wiring.best_effort(
+                bus.publish_cancel(released, result.job_id), "publish_cancel", result.job_id
+            )
+
     # The Cargo registry's reputation events (success, failure, timeout, cancel) of finished jobs.
     from coordinator.marketplace.reputation import job_hook
 
-    return [count, free_capacity, tell_output, wake_dispatch, tell_account, job_hook(runtime)]
+    return {
+        moves.METRICS: count,
+        moves.FREE_CAPACITY: free_capacity,
+        moves.TELL_OUTPUT: tell_output,
+        moves.WAKE_DISPATCHER: wake_dispatch,
+        moves.TELL_ACCOUNT: tell_account,
+        moves.CANCEL_ON_ISLAND: cancel_on_island,
+        moves.REPUTATION: job_hook(runtime),
+    }

@@ -34,6 +34,10 @@ class TransitionResult:
     # The replica producing the job's events, when the transition already knows it (the dispatcher's).
     stream_owner: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The move of `jobs/moves.py` that was applied, and the Island that reported it (None: the
+    # coordinator decided, e.g. a cancel, a timeout or a dead-letter).
+    move: str = ""
+    reported_by: uuid.UUID | None = None
 
 
 Hook = Callable[[TransitionResult], Awaitable[None]]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from coordinator.jobs import lifecycle, moves, rules, service, wiring
 from coordinator.jobs import repository as sql
-from coordinator.jobs import rules, service
 from coordinator.jobs.effects import output_of
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
@@ -50,7 +50,7 @@ class JobIntake:
         self.final_output_grace = final_output_grace
         self._known: dict[uuid.UUID, _Known] = {}
         self._penalized: set[tuple[uuid.UUID, str]] = set()
-        service.hooks(runtime).register(self._forget)
+        wiring.hooks(runtime).register(self._forget)
 
     async def _forget(self, result: TransitionResult) -> None:
         known = self._known.get(result.job_id)
@@ -101,8 +101,8 @@ class JobIntake:
             return
         self._penalized.add((host_id, job_id))
         async with self.runtime.db.transaction() as session:
-            await service.penalize_host(session, host_id, "impersonation", existing)
-        service.apply_karma(self.runtime, session)
+            await lifecycle.penalize_in(session, host_id, "impersonation", existing)
+        await lifecycle.after_commit(self.runtime, session, [])
 
     async def _touch(self, ref: JobRef, seconds: int | None = None) -> None:
         """Extend the lease: always for an explicit renewal, at most every few seconds otherwise."""
@@ -115,9 +115,15 @@ class JobIntake:
         if seconds is None and now - known.extended < EXTEND_EVERY_SECONDS:
             return
         known.extended = now
-        await service.extend_lease(
-            self.runtime, ref.job_id, ref.host_id, seconds or self.runtime.settings.job_lease_seconds
-        )
+        async with self.runtime.db.transaction() as session:
+            await session.execute(
+                sql.EXTEND_LEASE_SQL,
+                {
+                    "id": ref.job_id,
+                    "host_id": ref.host_id,
+                    "extend": seconds or self.runtime.settings.job_lease_seconds,
+                },
+            )
 
     # ------------------------------------------------------------ messages
 
@@ -155,7 +161,7 @@ class JobIntake:
         if ref is None:
             return True
         if target == rules.RUNNING:
-            if await service.start_job(self.runtime, ref.job_id, host_id) is None:
+            if await self._start(ref, host_id) is None:
                 await self._touch(ref)
             elif (known := self._known.get(ref.job_id)) is not None:
                 known.extended = time.monotonic()  # the start extended the lease
@@ -163,17 +169,21 @@ class JobIntake:
         output = None
         if target in (rules.SUCCEEDED, rules.FAILED) and not self._known_running(ref.job_id):
             # `started` is normally first on the same stream; if it was overtaken, start implicitly.
-            await service.start_job(self.runtime, ref.job_id, host_id)
+            await self._start(ref, host_id)
         if target == rules.SUCCEEDED:
             # Status can overtake the last output chunks: give them a moment, then store the output
             # in the same transaction as the success, so a poller never sees `completed` without it.
             final_output = getattr(output_of(self.runtime), "final_output", None)
             if final_output is not None:
                 output = await final_output(ref, self.final_output_grace)
-        await service.finish_job(
-            self.runtime, ref.job_id, target, host_id=host_id, error=error, output=output
-        )
+        inputs = lifecycle.Inputs(host_id=host_id, error=error, output=output)
+        await lifecycle.transition(self.runtime, moves.finish_move(target), ref.job_id, inputs)
         return True
+
+    async def _start(self, ref: JobRef, host_id: uuid.UUID) -> TransitionResult | None:
+        """assigned → running on the Island's `started` (or `streaming`); the start extends the lease."""
+        inputs = lifecycle.Inputs(host_id=host_id, extend_seconds=self.runtime.settings.job_lease_seconds)
+        return await lifecycle.transition(self.runtime, moves.START, ref.job_id, inputs)
 
 
 # ------------------------------------------------------------ the transport-agnostic entry points

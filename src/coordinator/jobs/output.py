@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
-from coordinator.jobs import rules
+from coordinator.jobs import moves, rules
 from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
 from coordinator.jobs.output_assembly import JobAssembly, clean_usage, counted_usage, done_usage
 from coordinator.pubsub import Event, PubSub, job_topic, pubsub_of
@@ -47,10 +47,10 @@ INSERT_EVENTS_SQL = text(
 
 # The assembled result of a finished job; only a terminal job is written, token usage merged in.
 WRITE_RESULT_SQL = text(
-    """
+    f"""
     UPDATE jobs SET output = COALESCE(:output, jobs.output),
-           usage = CASE WHEN jsonb_typeof(jobs.usage) = 'object' THEN jobs.usage ELSE '{}' END || :usage
-    WHERE id = :id AND state IN ('succeeded', 'failed', 'cancelled', 'timeout')
+           usage = CASE WHEN jsonb_typeof(jobs.usage) = 'object' THEN jobs.usage ELSE '{{}}' END || :usage
+    WHERE id = :id AND {moves.states_sql(moves.FINISHED, "state")}
     RETURNING budget, charged, settled_at, usage, error
     """
 ).bindparams(bindparam("usage", type_=JSONB))
@@ -324,8 +324,7 @@ class OutputAccumulator:
             return 0.0, None
         if row is None:
             return 0.0, None
-        charged = row.budget if row.settled_at is None else row.charged
-        return float(max(0, charged or 0)), row.error
+        return rules.credits_used(row.budget, row.charged, row.settled_at), row.error
 
     def _forget(self, stream: _Stream) -> None:
         if not stream.unflushed and self._streams.get(stream.ref.job_id) is stream:

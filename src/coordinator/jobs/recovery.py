@@ -10,9 +10,10 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coordinator.jobs import lifecycle, moves, rules, service, wiring
 from coordinator.jobs import repository as sql
-from coordinator.jobs import rules, service
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.jobs.lifecycle import Inputs
 from coordinator.runtime import Runtime
 from coordinator.supervisor import LoopService
 from coordinator.telemetry import context
@@ -45,22 +46,19 @@ async def _requeue_or_dead_letter(
     old_host: uuid.UUID | None = row.host_id
     if row.attempt >= row.max_attempts:
         error = f"dead-lettered after {row.attempt} attempts"
-        result = await service.finish_in(session, row.id, rules.FAILED, error=error)
+        result = await lifecycle.transition_in(
+            session, moves.FAIL, row.id, Inputs(error=error, penalty=penalty)
+        )
         if result is not None:
             outcome.dead_lettered.append(result)
     else:
-        moved = (
-            await session.execute(
-                sql.REQUEUE_SQL, {"id": row.id, "host_id": old_host, "attempt": row.attempt}
-            )
-        ).first()
-        if moved is None:
+        inputs = Inputs(host_id=old_host, attempt=row.attempt, penalty=penalty)
+        result = await lifecycle.transition_in(session, moves.REQUEUE, row.id, inputs)
+        if result is None:
             return
-        outcome.requeued.append(service.transition_result(moved, moved.old_state, released_host_id=old_host))
+        outcome.requeued.append(result)
     if old_host is not None:
         outcome.purge_hosts.add(old_host)
-        if penalty is not None:
-            await service.penalize_host(session, old_host, penalty, row.id)
 
 
 async def _lost_and_silent(runtime: Runtime, outcome: SweepOutcome) -> None:
@@ -70,7 +68,7 @@ async def _lost_and_silent(runtime: Runtime, outcome: SweepOutcome) -> None:
                 await _requeue_or_dead_letter(
                     session, row, outcome, penalty="lease_expired", reason="lease_expired"
                 )
-    service.apply_karma(runtime, session)
+    lifecycle.apply_karma(runtime, session)
     async with runtime.db.transaction() as session:
         timeout = runtime.settings.job_start_timeout_seconds
         for row in (
@@ -86,13 +84,11 @@ async def _overdue(runtime: Runtime, outcome: SweepOutcome) -> None:
         for row in (await session.execute(sql.OVERDUE_SQL, {"limit": SWEEP_LIMIT})).all():
             with context.bind(job_id=row.id, host_id=row.host_id):
                 error = "Timeout: job exceeded the Cargo's maximum duration"
-                result = await service.finish_in(session, row.id, rules.TIMEOUT, error=error)
-                if result is None:
-                    continue
-                outcome.timed_out.append(result)
-                if row.host_id is not None:
-                    await service.penalize_host(session, row.host_id, "timeout", row.id)
-    service.apply_karma(runtime, session)
+                inputs = Inputs(error=error, penalty="timeout")
+                result = await lifecycle.transition_in(session, moves.TIME_OUT, row.id, inputs)
+                if result is not None:
+                    outcome.timed_out.append(result)
+    lifecycle.apply_karma(runtime, session)
 
 
 def unplaceable_error(placement: dict[str, Any], waited_seconds: float) -> str:
@@ -112,27 +108,20 @@ async def _unplaceable(runtime: Runtime, outcome: SweepOutcome) -> None:
         for row in rows:
             with context.bind(job_id=row.id):
                 error = unplaceable_error(row.placement or {}, timeout)
-                result = await service.finish_in(session, row.id, rules.FAILED, error=error)
+                result = await lifecycle.transition_in(session, moves.FAIL, row.id, Inputs(error=error))
                 if result is not None:
                     outcome.unplaceable.append(result)
 
 
 async def _after(runtime: Runtime, outcome: SweepOutcome) -> None:
-    bus = service.bus_of(runtime)
+    bus = wiring.bus_of(runtime)
     if bus is not None:
         for host_id in outcome.purge_hosts:
-            await service.best_effort(bus.purge_host_jobs(host_id), "purge_host_jobs", host_id)
-        for result in outcome.timed_out:
-            if result.released_host_id is not None:
-                await service.best_effort(
-                    bus.publish_cancel(result.released_host_id, result.job_id),
-                    "publish_cancel",
-                    result.job_id,
-                )
-    registry = service.hooks(runtime)
-    for result in [*outcome.requeued, *outcome.dead_lettered, *outcome.timed_out, *outcome.unplaceable]:
-        with context.bind(job_id=result.job_id, host_id=result.released_host_id):
-            await registry.run(result)
+            await wiring.best_effort(bus.purge_host_jobs(host_id), "purge_host_jobs", host_id)
+    # The karma of each sweep's transaction is already in the fleet view; the moves' hooks remain
+    # (CancelJob to the Island of a timed-out job among them).
+    results = [*outcome.requeued, *outcome.dead_lettered, *outcome.timed_out, *outcome.unplaceable]
+    await lifecycle.after_commit(runtime, None, results)
 
 
 async def sweep(runtime: Runtime) -> dict[str, int]:
@@ -158,14 +147,13 @@ async def retry_queued(runtime: Runtime, *, waited_seconds: int = 60) -> dict[st
             fleet = service.fleet_of(runtime)
             if not await service.could_ever_run(session, fleet, needs, list(row.excluded_host_ids or ())):
                 error = "No Island can run this job any more: " + rules.unrunnable_reason(needs)
-                result = await service.finish_in(session, row.id, rules.FAILED, error=error)
+                result = await lifecycle.transition_in(session, moves.FAIL, row.id, Inputs(error=error))
                 if result is not None:
                     failed.append(result)
-    for result in failed:
-        await service.hooks(runtime).run(result)
-    bus = service.bus_of(runtime)
+    await lifecycle.after_commit(runtime, session, failed)
+    bus = wiring.bus_of(runtime)
     if rows and bus is not None:
-        await service.best_effort(bus.wake_dispatchers(), "wake_dispatchers", uuid.UUID(int=0))
+        await wiring.best_effort(bus.wake_dispatchers(), "wake_dispatchers", uuid.UUID(int=0))
     return {"waiting": len(rows) - len(failed), "failed_unplaceable": len(failed)}
 
 

@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
-from coordinator.jobs import rules
+from coordinator.jobs import moves, rules
+from coordinator.jobs.moves import ASSIGN, GIVE_BACK, LEASED, REQUEUE, START, TIME_OUT, guard_sql, states_sql
 from coordinator.workloads.rules import MAX_DURATION_BY_TRUST
 
 # Columns every transition returns: enough to build a JobRef and settle money without another read.
@@ -42,7 +43,7 @@ CLAIM_QUEUED_SQL = text(
            w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level,
            w.price_per_job
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
-    WHERE j.state = 'queued'
+    WHERE {guard_sql(ASSIGN, "j.state")}
     ORDER BY j.priority + EXTRACT(EPOCH FROM now() - j.created_at) / {rules.AGEING_SECONDS_PER_POINT} DESC,
              j.created_at
     LIMIT :limit
@@ -55,24 +56,25 @@ LOCK_HOSTS_SQL = text("SELECT id FROM hosts WHERE id = ANY(:ids) ORDER BY id FOR
 
 # The coordinator's own count of unfinished jobs per Island (never trusting the Island to refuse).
 ACTIVE_PER_HOST_SQL = text(
-    """
+    f"""
     SELECT host_id, count(*) FROM jobs
-    WHERE host_id = ANY(:ids) AND state IN ('assigned', 'running')
+    WHERE host_id = ANY(:ids) AND {states_sql(LEASED, "state")}
     GROUP BY host_id
     """
 )
 
 # queued → assigned: binds the job to an Island with a lease; the attempt counter counts assignments.
 ASSIGN_MANY_SQL = text(
-    """
-    UPDATE jobs SET state = 'assigned', host_id = a.host_id, attempt = jobs.attempt + 1, assigned_at = now(),
+    f"""
+    UPDATE jobs SET {moves.target_sql(ASSIGN)}, host_id = a.host_id, attempt = jobs.attempt + 1,
+           assigned_at = now(),
            lease_expires_at = now() + make_interval(secs => a.lease_seconds), placement = a.placement,
            clearing_price = a.clearing_price, updated_at = now(),
            stream_owner = COALESCE(jobs.stream_owner, CAST(:stream_owner AS text))
     FROM unnest(CAST(:ids AS uuid[]), CAST(:host_ids AS uuid[]), CAST(:lease_seconds AS int[]),
                 CAST(CAST(:placements AS text[]) AS jsonb[]), CAST(:clearing_prices AS numeric[]))
          AS a(id, host_id, lease_seconds, placement, clearing_price)
-    WHERE jobs.id = a.id AND jobs.state = 'queued'
+    WHERE jobs.id = a.id AND {guard_sql(ASSIGN)}
     """
     + RETURNING
     + ", jobs.stream_owner"
@@ -106,11 +108,11 @@ def assign_many_params(rows: Sequence[AssignRow], stream_owner: str | None) -> d
 # Why claimed jobs still wait (`placement.reason`), written only when it changed; `since` (the first
 # time this stay in the queue was found unplaceable) is kept across changes of reason.
 MARK_WAITING_SQL = text(
-    """
+    f"""
     UPDATE jobs SET placement = a.placement
            || jsonb_build_object('since', COALESCE(jobs.placement -> 'since', to_jsonb(now())))
     FROM unnest(CAST(:ids AS uuid[]), CAST(CAST(:placements AS text[]) AS jsonb[])) AS a(id, placement)
-    WHERE jobs.id = a.id AND jobs.state = 'queued'
+    WHERE jobs.id = a.id AND {guard_sql(ASSIGN)}
       AND (jobs.placement IS NULL
            OR jobs.placement ->> 'reason' IS DISTINCT FROM a.placement ->> 'reason'
            OR jobs.placement ->> 'message' IS DISTINCT FROM a.placement ->> 'message')
@@ -124,9 +126,9 @@ def mark_waiting_params(waiting: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> 
 
 # Queued jobs no Island could take for longer than the unplaceable timeout: they fail with a refund.
 UNPLACEABLE_SQL = text(
-    """
+    f"""
     SELECT id, placement FROM jobs
-    WHERE state = 'queued' AND placement ->> 'reason' IS NOT NULL
+    WHERE {states_sql([rules.QUEUED], "state")} AND placement ->> 'reason' IS NOT NULL
       AND CAST(placement ->> 'since' AS timestamptz) < now() - make_interval(secs => :timeout)
     ORDER BY created_at
     LIMIT :limit
@@ -137,47 +139,53 @@ UNPLACEABLE_SQL = text(
 # assigned → queued after a failed AssignJob publish. The attempt still counts (a job whose assignment
 # keeps failing to publish is dead-lettered like one whose Islands keep failing it).
 RETRY_PUBLISH_SQL = text(
-    """
-    UPDATE jobs SET state = 'queued', host_id = NULL, assigned_at = NULL,
+    f"""
+    UPDATE jobs SET {moves.target_sql(GIVE_BACK)}, host_id = NULL, assigned_at = NULL,
            lease_expires_at = NULL, placement = NULL, clearing_price = NULL, updated_at = now()
-    WHERE id = :id AND state = 'assigned' AND host_id = :host_id AND attempt = :attempt
+    WHERE id = :id AND {guard_sql(GIVE_BACK, "state")} AND host_id = :host_id AND attempt = :attempt
     """
     + RETURNING
 )
 
 # assigned → running on the Island's `started`/`streaming`; any message also extends the lease.
 START_SQL = text(
-    """
-    UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, now()),
+    f"""
+    UPDATE jobs SET {moves.target_sql(START)}, started_at = COALESCE(started_at, now()),
            lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => :extend)),
            updated_at = now()
-    WHERE id = :id AND host_id = :host_id AND state = 'assigned'
+    WHERE id = :id AND host_id = :host_id AND {guard_sql(START, "state")}
     """
     + RETURNING
 )
 
 # Any accepted message from the assigned Island pushes the lease forward (never backward).
 EXTEND_LEASE_SQL = text(
-    """
+    f"""
     UPDATE jobs SET lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => :extend))
-    WHERE id = :id AND host_id = :host_id AND state IN ('assigned', 'running')
+    WHERE id = :id AND host_id = :host_id AND {states_sql(LEASED, "state")}
     """
     + RETURNING
 )
 
-# → a terminal state. `host_id` NULL means the coordinator decides (cancel, timeout, dead-letter).
-FINISH_SQL = text(
-    """
-    UPDATE jobs SET state = :to_state, error = :error, usage = COALESCE(:usage, jobs.usage),
+
+def _finish_sql(move: moves.Move) -> Any:
+    """→ a terminal state. `host_id` NULL means the coordinator decides (cancel, timeout, dead-letter)."""
+    return text(
+        f"""
+    UPDATE jobs SET {moves.target_sql(move)}, error = :error, usage = COALESCE(:usage, jobs.usage),
            output = COALESCE(CAST(:output AS text), jobs.output),
            completed_at = now(), lease_expires_at = NULL, updated_at = now()
     FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
-    WHERE jobs.id = old.id AND jobs.state = ANY(CAST(:from_states AS text[]))
+    WHERE jobs.id = old.id AND {guard_sql(move)}
       AND (CAST(:host_id AS uuid) IS NULL OR jobs.host_id = CAST(:host_id AS uuid))
     """
-    + RETURNING
-    + ", old.old_state"
-).bindparams(bindparam("usage", type_=JSONB))
+        + RETURNING
+        + ", old.old_state"
+    ).bindparams(bindparam("usage", type_=JSONB))
+
+
+# One guarded UPDATE per terminal move (succeed, fail, cancel, time_out), by target state.
+FINISH_SQL: dict[str, Any] = {m.target: _finish_sql(m) for m in moves.FINISH_MOVES.values()}
 
 # Records what the settlement moved, next to the job.
 RECORD_SETTLEMENT_SQL = text(
@@ -189,15 +197,15 @@ RECORD_SETTLEMENT_SQL = text(
 
 # assigned|running → queued after a lost lease or a start timeout; the old Island is never tried again.
 REQUEUE_SQL = text(
-    """
-    UPDATE jobs SET state = 'queued', host_id = NULL, lease_expires_at = NULL, assigned_at = NULL,
+    f"""
+    UPDATE jobs SET {moves.target_sql(REQUEUE)}, host_id = NULL, lease_expires_at = NULL, assigned_at = NULL,
            started_at = NULL, placement = NULL, clearing_price = NULL, updated_at = now(),
            excluded_host_ids = CASE WHEN CAST(:host_id AS text) = ANY(jobs.excluded_host_ids)
                                     THEN jobs.excluded_host_ids
                                     ELSE array_append(jobs.excluded_host_ids, CAST(:host_id AS text)) END
     FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
     WHERE jobs.id = old.id AND jobs.host_id = CAST(:host_id AS uuid) AND jobs.attempt = :attempt
-      AND jobs.state IN ('assigned', 'running')
+      AND {guard_sql(REQUEUE)}
     """
     + RETURNING
     + ", old.old_state"
@@ -215,9 +223,9 @@ JOB_FOR_MESSAGE_SQL = text(
 
 # Jobs whose lease ran out (the Island went silent): requeue or dead-letter them.
 EXPIRED_LEASES_SQL = text(
-    """
+    f"""
     SELECT id, host_id, attempt, max_attempts, state FROM jobs
-    WHERE state IN ('assigned', 'running') AND lease_expires_at < now()
+    WHERE {guard_sql(REQUEUE, "state")} AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -226,9 +234,9 @@ EXPIRED_LEASES_SQL = text(
 
 # Jobs assigned but never started (the Island drops a malformed or lost AssignJob silently).
 START_TIMEOUTS_SQL = text(
-    """
+    f"""
     SELECT id, host_id, attempt, max_attempts, state FROM jobs
-    WHERE state = 'assigned' AND assigned_at < now() - make_interval(secs => :timeout)
+    WHERE {guard_sql(START, "state")} AND assigned_at < now() - make_interval(secs => :timeout)
     ORDER BY assigned_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -237,9 +245,9 @@ START_TIMEOUTS_SQL = text(
 
 # Running jobs past their Cargo's maximum duration (by trust level, or the Cargo's own override).
 OVERDUE_SQL = text(
-    """
+    f"""
     SELECT j.id, j.host_id FROM jobs j JOIN workloads w ON w.id = j.workload_id
-    WHERE j.state = 'running'
+    WHERE {guard_sql(TIME_OUT, "j.state")}
       AND j.started_at < now() - make_interval(secs => COALESCE(
               NULLIF(w.max_duration_seconds, 0),
               (CAST(:limits AS jsonb) ->> CAST(w.trust_level AS text))::int, 60))
@@ -264,19 +272,20 @@ CAPABLE_HOSTS_SQL = text(
 
 # How many queued jobs are ahead of this one (priority, then age) — the consumer's queue position.
 QUEUE_POSITION_SQL = text(
-    """
+    f"""
     SELECT count(*) FROM jobs
-    WHERE state = 'queued' AND (priority > :priority OR (priority = :priority AND created_at < :created_at))
+    WHERE {states_sql([rules.QUEUED], "state")}
+      AND (priority > :priority OR (priority = :priority AND created_at < :created_at))
     """
 )
 
 # Queued jobs that waited long enough for the retry worker to check they are still placeable.
 STALE_QUEUED_SQL = text(
-    """
+    f"""
     SELECT j.id, j.user_id, j.region, j.excluded_host_ids, w.runtime, w.required_ram_mb,
            w.required_vram_mb, w.required_cpu_cores
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
-    WHERE j.state = 'queued' AND j.updated_at < now() - make_interval(secs => :age)
+    WHERE {states_sql([rules.QUEUED], "j.state")} AND j.updated_at < now() - make_interval(secs => :age)
     LIMIT :limit
     """
 )
@@ -296,11 +305,44 @@ RECENT_HOSTS_SQL = text(
 
 # The jobs an Island still holds (assigned, not started): re-sent when a channel Island re-joins.
 ASSIGNED_TO_HOST_SQL = text(
-    """
+    f"""
     SELECT j.id, j.workload_id, j.input, j.lease_expires_at, w.runtime, w.container_image, w.image_digest,
            w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
-    WHERE j.host_id = :host_id AND j.state = 'assigned'
+    WHERE j.host_id = :host_id AND {states_sql([rules.ASSIGNED], "j.state")}
     ORDER BY j.created_at
     """
 )
+
+# Claims a job's stream for a replica unless another already owns it; returns the owner (NULL when the
+# claim raced another one: the statement's snapshot predates it, so ask again).
+CLAIM_STREAM_OWNER_SQL = text(
+    """
+    WITH claim AS (
+        UPDATE jobs SET stream_owner = :me WHERE id = :id AND stream_owner IS NULL RETURNING stream_owner
+    )
+    SELECT COALESCE((SELECT stream_owner FROM claim), (SELECT stream_owner FROM jobs WHERE id = :id))
+    """
+)
+
+# Takes a job's stream over from an owner that no longer answers (only if it still is the owner).
+TAKE_OVER_STREAM_SQL = text(
+    """
+    UPDATE jobs SET stream_owner = :me WHERE id = :id AND stream_owner = :dead RETURNING stream_owner
+    """
+)
+
+
+def _close_batch_sql(move: moves.Move) -> Any:
+    """A batch parent's end: merged output, no money moved (the children carry the charges)."""
+    return text(
+        f"""
+    UPDATE jobs SET {moves.target_sql(move)}, output = :output, error = :error, completed_at = now(),
+           settled_at = now(), updated_at = now()
+    WHERE id = :id AND {guard_sql(move, "state")}
+    """
+        + RETURNING
+    )
+
+
+CLOSE_BATCH_SQL: dict[str, Any] = {m.target: _close_batch_sql(m) for m in moves.BATCH_CLOSE_MOVES.values()}

@@ -91,6 +91,14 @@ def failure_is_islands_fault(error: str | None) -> bool:
     return error.startswith(ISLAND_FAULT_PREFIXES) or any(m in error for m in ISLAND_FAULT_MARKERS)
 
 
+def credits_used(budget: object, charged: object, settled_at: object) -> float:
+    """What a job costs its consumer so far: the whole budget (charged at submit) until it is settled,
+    then what the settlement kept. The one definition (the API's `usage`, the stream's `done` event;
+    `batches.CHILDREN_CREDITS_SQL` sums the same expression in SQL)."""
+    kept = budget if settled_at is None else charged
+    return float(max(Decimal(0), Decimal(str(kept or 0))))
+
+
 def effective_priority(priority: int, waited_seconds: float) -> float:
     """Queue order: the job's priority plus one point per `AGEING_SECONDS_PER_POINT` seconds waited."""
     return priority + max(0.0, waited_seconds) / AGEING_SECONDS_PER_POINT

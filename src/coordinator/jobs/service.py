@@ -1,4 +1,4 @@
-"""The jobs context's public API: submit (quote + charge), read, cancel, and the guarded transitions."""
+"""The jobs context's public API: submit (quote + charge), read and cancel; moves go through `lifecycle`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
@@ -17,13 +17,21 @@ from coordinator.billing import quotas, settlement
 from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
 from coordinator.hosts import rules as host_rules
 from coordinator.hosts.fleet import FleetView
-from coordinator.hosts.models import Host
+from coordinator.jobs import lifecycle, moves, rules
 from coordinator.jobs import repository as sql
-from coordinator.jobs import rules
-from coordinator.jobs.events import BUS_COMPONENT, JobBus, JobRef
-from coordinator.jobs.hooks import HookRegistry, TransitionResult, registry_of
 from coordinator.jobs.models import Job
-from coordinator.karma import service as karma
+from coordinator.jobs.wiring import (  # noqa: F401 (the accessors' old home; callers still use it)
+    FLEET_COMPONENT,
+    MARKET_RATES_COMPONENT,
+    SURGE_COMPONENT,
+    best_effort,
+    bus_of,
+    current_surge,
+    fleet_of,
+    job_ref,
+    market_rates,
+    workload_meta,
+)
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
@@ -31,97 +39,6 @@ from coordinator.workloads import service as workloads
 from coordinator.workloads.models import Workload
 
 log = structlog.get_logger(__name__)
-
-FLEET_COMPONENT = "fleet"
-SURGE_COMPONENT = "surge"
-MARKET_RATES_COMPONENT = "market_rates"
-
-
-# ---------------------------------------------------------------- runtime wiring
-
-
-def fleet_of(runtime: Runtime) -> FleetView | None:
-    fleet = runtime.components.get(FLEET_COMPONENT)
-    return fleet if isinstance(fleet, FleetView) else None
-
-
-async def current_surge(runtime: Runtime, session: AsyncSession) -> Decimal:
-    """The exchange's surge factor, cached 30 seconds (the rule) in the runtime."""
-    cache = runtime.components.get(SURGE_COMPONENT)
-    if not isinstance(cache, market.TtlCache):
-        cache = runtime.components[SURGE_COMPONENT] = market.TtlCache[Decimal](ttl=30)
-    return await cache.get(lambda: market.compute_surge(session))
-
-
-def market_rates(runtime: Runtime) -> market.TtlCache[Decimal | None]:
-    """Each Cargo's market rate (an hour's average clearing price), recomputed at most every 10 s rather
-    than on every submission."""
-    cache = runtime.components.get(MARKET_RATES_COMPONENT)
-    if not isinstance(cache, market.TtlCache):
-        cache = runtime.components[MARKET_RATES_COMPONENT] = market.TtlCache[Decimal | None](ttl=10)
-    return cache
-
-
-def bus_of(runtime: Runtime) -> JobBus | None:
-    bus: JobBus | None = runtime.components.get(BUS_COMPONENT)
-    return bus
-
-
-def hooks(runtime: Runtime) -> HookRegistry:
-    """The runtime's after-commit hook registry, with the built-in effects registered first."""
-    registry = registry_of(runtime.components)
-    if not runtime.components.get("job_hooks_builtin"):
-        runtime.components["job_hooks_builtin"] = True
-        from coordinator.jobs.effects import builtin_hooks
-
-        for hook in builtin_hooks(runtime):
-            registry.register(hook)
-    return registry
-
-
-async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
-    """A JobRef for a transition, with the Cargo's kind and runtime from a small per-process cache."""
-    kind, runtime_name = await workload_meta(runtime, result.workload_id)
-    return JobRef(
-        job_id=result.job_id,
-        user_id=result.user_id,
-        workload_id=result.workload_id,
-        workload_kind=kind,
-        runtime=runtime_name,
-        host_id=result.host_id or result.released_host_id,
-        created_at=result.created_at,
-        stream_owner=result.stream_owner,
-    )
-
-
-async def workload_meta(runtime: Runtime, workload_id: int) -> tuple[str, str]:
-    cache: dict[int, tuple[str, str]] = runtime.components.setdefault("workload_meta", {})
-    if workload_id not in cache:
-        async with runtime.db.read() as session:
-            row = (
-                await session.execute(
-                    select(Workload.kind, Workload.runtime).where(Workload.id == workload_id)
-                )
-            ).one()
-        cache[workload_id] = (row[0], row[1])
-    return cache[workload_id]
-
-
-def transition_result(row: Row[Any], from_state: str | None, **extra: Any) -> TransitionResult:
-    return TransitionResult(
-        job_id=row.id,
-        user_id=row.user_id,
-        workload_id=row.workload_id,
-        from_state=from_state,
-        to_state=row.state,
-        host_id=row.host_id,
-        attempt=row.attempt,
-        created_at=row.created_at,
-        error=row.error,
-        usage=row.usage,
-        **extra,
-    )
-
 
 # ---------------------------------------------------------------- submit
 
@@ -280,8 +197,8 @@ async def submit_job(
     with context.bind(job_id=job_id, workload_id=workload.id, user_id=user.id):
         log.info("job.submitted", workload=workload.slug, priority=priority, budget=str(price))
         metrics.jobs_submitted.labels(workload=workload.slug).inc()
-        await hooks(runtime).run(
-            TransitionResult(job_id, user.id, workload.id, None, rules.QUEUED, None, 0, created_at)
+        await lifecycle.after_commit(
+            runtime, None, [lifecycle.submitted(job_id, user.id, workload.id, created_at)]
         )
     # The row as inserted, without reading it back (submit is a hot path).
     return Job(
@@ -362,169 +279,13 @@ async def queue_position(session: AsyncSession, job: Job) -> int | None:
     return int(ahead or 0) + 1
 
 
-# ---------------------------------------------------------------- transitions
-
-
-async def _settle(session: AsyncSession, row: Row[Any]) -> None:
-    """Money of a terminal transition, in its transaction: success pays the clearing price, else refund."""
-    budget = Decimal(row.budget)
-    if row.state == rules.SUCCEEDED:
-        owner_id = None
-        if row.host_id is not None:
-            owner_id = await session.scalar(select(Host.owner_id).where(Host.id == row.host_id))
-        paid = await settlement.settle_success(
-            session,
-            job_id=row.id,
-            user_id=row.user_id,
-            budget=budget,
-            clearing_price=Decimal(row.clearing_price if row.clearing_price is not None else budget),
-            host_id=row.host_id,
-            host_owner_id=owner_id,
-        )
-        charged, refunded = paid.paid, paid.refunded
-    else:
-        await settlement.refund_in_full(
-            session, job_id=row.id, user_id=row.user_id, amount=budget, reason=f"job {row.state}"
-        )
-        charged, refunded = Decimal(0), budget
-    await session.execute(sql.RECORD_SETTLEMENT_SQL, {"id": row.id, "charged": charged, "refunded": refunded})
-
-
-async def finish_in(
-    session: AsyncSession,
-    job_id: uuid.UUID,
-    to_state: str,
-    *,
-    host_id: uuid.UUID | None = None,
-    error: str | None = None,
-    usage: dict[str, Any] | None = None,
-    output: str | None = None,
-) -> TransitionResult | None:
-    """Move a job to a terminal state and settle its money, inside the caller's transaction.
-
-    With `host_id`, only the Island the job is assigned to can do it. None when the move does not apply
-    (already terminal, requeued elsewhere, unknown job): a duplicate or late message changes nothing."""
-    sources = rules.sources_of(to_state)
-    row = (
-        await session.execute(
-            sql.FINISH_SQL,
-            {
-                "id": job_id,
-                "to_state": to_state,
-                "from_states": list(sources),
-                "host_id": host_id,
-                "error": error,
-                "usage": usage,
-                "output": output,
-            },
-        )
-    ).first()
-    if row is None:
-        return None
-    await _settle(session, row)
-    if row.state == rules.SUCCEEDED and row.host_id is not None:
-        # In the success transition's transaction: the guarded UPDATE above applies once, and karma_events
-        # refuses a second job_succeeded for the same Island and job.
-        seconds = 0.0 if row.started_at is None else (row.completed_at - row.started_at).total_seconds()
-        change = await karma.record_success(session, row.host_id, row.id, max(seconds, 0.0))
-        karma_changes(session).append(change)
-    return transition_result(row, row.old_state, released_host_id=row.host_id)
-
-
-async def penalize_host(
-    session: AsyncSession, host_id: uuid.UUID, event_type: str, job_id: uuid.UUID | None
-) -> None:
-    """Take karma from an Island by the karma rules (lease_expired −2, timeout −1, job_failed −1,
-    impersonation −5 + review flag); an unknown Island changes nothing."""
-    try:
-        change = await karma.penalize(session, host_id, event_type, job_id=job_id)
-    except NotFound:
-        return
-    karma_changes(session).append(change)
-
-
-def karma_changes(session: AsyncSession) -> list[karma.KarmaChange]:
-    """Karma changes made in this session's transaction, for the fleet view after commit."""
-    changes: list[karma.KarmaChange] = session.info.setdefault("karma_changes", [])
-    return changes
-
-
-def apply_karma(runtime: Runtime, session: AsyncSession) -> None:
-    """After commit: copy the transaction's new karma balances into the fleet view (placement scores them)."""
-    fleet = fleet_of(runtime)
-    for change in session.info.pop("karma_changes", []):
-        view = fleet.get(change.host_id) if fleet is not None else None
-        if view is not None:
-            view.karma = change.karma
-
-
-async def finish_job(
-    runtime: Runtime,
-    job_id: uuid.UUID,
-    to_state: str,
-    *,
-    host_id: uuid.UUID | None = None,
-    error: str | None = None,
-    usage: dict[str, Any] | None = None,
-    output: str | None = None,
-) -> TransitionResult | None:
-    async with runtime.db.transaction() as session:
-        result = await finish_in(
-            session, job_id, to_state, host_id=host_id, error=error, usage=usage, output=output
-        )
-        if result is not None and to_state == rules.FAILED and host_id is not None:
-            if rules.failure_is_islands_fault(error):
-                await penalize_host(session, host_id, "job_failed", job_id)
-    apply_karma(runtime, session)
-    if result is not None:
-        await hooks(runtime).run(result)
-    return result
-
-
-async def start_job(runtime: Runtime, job_id: uuid.UUID, host_id: uuid.UUID) -> TransitionResult | None:
-    """assigned → running on the Island's `started` (or `streaming`); None if it does not apply."""
-    async with runtime.db.transaction() as session:
-        row = (
-            await session.execute(
-                sql.START_SQL,
-                {"id": job_id, "host_id": host_id, "extend": runtime.settings.job_lease_seconds},
-            )
-        ).first()
-    if row is None:
-        return None
-    result = transition_result(row, rules.ASSIGNED)
-    await hooks(runtime).run(result)
-    return result
-
-
-async def extend_lease(runtime: Runtime, job_id: uuid.UUID, host_id: uuid.UUID, seconds: int) -> bool:
-    async with runtime.db.transaction() as session:
-        row = (
-            await session.execute(sql.EXTEND_LEASE_SQL, {"id": job_id, "host_id": host_id, "extend": seconds})
-        ).first()
-    return row is not None
-
-
 async def cancel_job(runtime: Runtime, user: User, job_id: str) -> tuple[Job, str]:
     """Cancel at once (full refund) and tell the Island; a job already terminal is returned unchanged."""
     async with runtime.db.session() as session:
         job, _ = await get_job(session, user, job_id)
     if not rules.is_terminal(job.state):
-        async with runtime.db.transaction() as session:
-            result = await finish_in(session, job.id, rules.CANCELLED, error="cancelled by the owner")
-        if result is not None:
-            if result.released_host_id is not None and (bus := bus_of(runtime)) is not None:
-                await best_effort(
-                    bus.publish_cancel(result.released_host_id, job.id), "publish_cancel", job.id
-                )
-            await hooks(runtime).run(result)
+        await lifecycle.transition(
+            runtime, moves.CANCEL, job.id, lifecycle.Inputs(error="cancelled by the owner")
+        )
     async with runtime.db.session() as session:
         return await get_job(session, user, job_id)
-
-
-async def best_effort(awaitable: Any, what: str, job_id: uuid.UUID) -> None:
-    """A best-effort message after commit: the durable state is already right if it fails."""
-    try:
-        await awaitable
-    except Exception as exc:
-        log.warning("jobs.bus_failed", what=what, job_id=str(job_id), error=repr(exc))

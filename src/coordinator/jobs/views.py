@@ -19,8 +19,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def credits_used(job: Job) -> float:
     """What the job costs the consumer so far: the charge minus what was refunded."""
-    charged = Decimal(job.budget if job.settled_at is None else job.charged)
-    return float(max(Decimal(0), charged))
+    return rules.credits_used(job.budget, job.charged, job.settled_at)
 
 
 def usage_of(job: Job, credits: Decimal | None = None) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 from nats.errors import NoRespondersError
-from sqlalchemy import text
 
+from coordinator.jobs import repository as sql
 from coordinator.jobs.events import OUTPUT_COMPONENT, JobRef
 from coordinator.jobs.output import OutputAccumulator, accumulator_of
 from coordinator.pubsub import pubsub_of
@@ -27,24 +27,6 @@ from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
 
 log = structlog.get_logger(__name__)
-
-# Claims a job's stream for a replica unless another already owns it; returns the owner (NULL when the
-# claim raced another one: the statement's snapshot predates it, so ask again).
-CLAIM_OWNER_SQL = text(
-    """
-    WITH claim AS (
-        UPDATE jobs SET stream_owner = :me WHERE id = :id AND stream_owner IS NULL RETURNING stream_owner
-    )
-    SELECT COALESCE((SELECT stream_owner FROM claim), (SELECT stream_owner FROM jobs WHERE id = :id))
-    """
-)
-
-# Takes a job's stream over from an owner that no longer answers (only if it still is the owner).
-TAKE_OVER_SQL = text(
-    """
-    UPDATE jobs SET stream_owner = :me WHERE id = :id AND stream_owner = :dead RETURNING stream_owner
-    """
-)
 
 REQUEST_TIMEOUT_SECONDS = 5.0
 CACHE_LIMIT = 50_000
@@ -113,7 +95,9 @@ class StreamRouter:
         if owner is None:
             for _ in range(3):
                 async with self.runtime.db.transaction() as session:
-                    owner = await session.scalar(CLAIM_OWNER_SQL, {"id": job_id, "me": self.replica_id})
+                    owner = await session.scalar(
+                        sql.CLAIM_STREAM_OWNER_SQL, {"id": job_id, "me": self.replica_id}
+                    )
                 if owner is not None:
                     break
             owner = owner or self.replica_id  # an unknown job (tests' bare refs): handle it here
@@ -125,7 +109,9 @@ class StreamRouter:
 
     async def _take_over(self, job_id: uuid.UUID, dead: str) -> None:
         async with self.runtime.db.transaction() as session:
-            await session.execute(TAKE_OVER_SQL, {"id": job_id, "me": self.replica_id, "dead": dead})
+            await session.execute(
+                sql.TAKE_OVER_STREAM_SQL, {"id": job_id, "me": self.replica_id, "dead": dead}
+            )
         self._owners.pop(job_id, None)
         log.warning("stream.owner_taken_over", job_id=str(job_id), previous=dead)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 # A path to a document written as code: `docs/x.md`, `decisions/y.md`, `grafana/z.json`.
 CODE_PATH = re.compile(r"`([\w./-]+\.(?:md|json))`")

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from coordinator.runtime import Runtime
 from coordinator.telemetry.collectors import MetricsCollector
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 NAME = re.compile(r"\bcoordinator_[a-z_]+[a-z]\b")
 SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
 

@@ -17,7 +17,7 @@ import httpx
 
 from coordinator.devstack import free_port
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 VARIABLES = (

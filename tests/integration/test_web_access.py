@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from coordinator.accounts.models import User
 from coordinator.hosts.models import DeviceToken, Host, HostNatsCredential
+from tests.integration.test_web_pages import Browserish, signed_in
 from tests.stream_support import Stack, stream_stack
-from tests.test_web_pages import Browserish, signed_in
 
 
 @pytest_asyncio.fixture

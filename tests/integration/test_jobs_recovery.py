@@ -10,6 +10,8 @@ from sqlalchemy import text
 from coordinator.jobs import recovery, service
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
+from tests.fake_island import dumps, now_ms
+from tests.jetstream_support import handled, publish_status
 from tests.job_stack import CHAT, eventually, islands, job_stack, status_of, submit, wait_status
 from tests.job_support import assert_money_conserved, balance, job_row, karma_events, make_island
 
@@ -53,8 +55,8 @@ async def test_a_job_past_its_maximum_duration_times_out(database_url: str, nats
             await eventually(lambda: asyncio.sleep(0, job_id in island.cancels))
             assert await karma_events(stack.runtime, island.host_id) == [("timeout", -1)]
             assert await balance(stack.runtime, consumer.user.id) == Decimal(10000)
-            await island.status(job_id, "succeeded")  # too late: nothing changes
-            await asyncio.sleep(0.3)
+            late = dumps({"job_id": job_id, "state": "succeeded", "timestamp": now_ms()})
+            await handled(island._nc, await publish_status(island._nc, island.id, late))  # too late
             assert (await status_of(stack, consumer, job_id))["status"] == "timeout"
             await assert_money_conserved(stack.runtime)
         finally:

@@ -96,14 +96,18 @@ async def test_loop_service_runs_on_wake_not_only_on_interval() -> None:
         async def run_once(self) -> None:
             calls.append(asyncio.get_running_loop().time())
 
+    async def calls_reach(n: int) -> None:
+        while len(calls) < n:
+            await asyncio.sleep(0.005)
+
     loop = Loop()
     supervisor = Supervisor([loop])
     await supervisor.start()
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(calls_reach(1), 5)  # the first pass, at start
     loop.wake()
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(calls_reach(2), 5)  # long before the 60 s interval
     await supervisor.stop()
-    assert len(calls) == 2
+    assert len(calls) == 2 and calls[1] - calls[0] < 30
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ from sqlalchemy import text
 from coordinator.protocol import messages as m
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
+from tests.fake_island import FakeIsland
 from tests.islands_support import eventually, running_coordinator
+from tests.job_stack import CHAT
 
 
 def _beat(host_id: str, **perf: Any) -> bytes:
@@ -36,25 +38,50 @@ async def _status_is(runtime: Runtime, host_id: str, expected: str) -> bool:
     return await _status(runtime, host_id) == expected
 
 
+async def _job(runtime: Runtime, job_id: str) -> Any:
+    async with runtime.db.session() as session:
+        return (
+            await session.execute(
+                text("SELECT state, host_id, placement FROM jobs WHERE id = :id"), {"id": job_id}
+            )
+        ).one()
+
+
 async def test_silent_island_goes_offline_and_gets_no_work(database_url: str, nats_url: str) -> None:
     async with running_coordinator(database_url, nats_url, heartbeat_timeout_seconds=1) as runtime:
-        fleet = runtime.components["fleet"]
-        host_id = str(uuid.uuid4())
-        nc = await nats.connect(nats_url)
+        await seed_cargos(runtime)
+        consumer = await make_consumer(runtime)
+        island = FakeIsland(nats_url)  # consumes its job subject; beats only when the test says so
+        await island.start()
         try:
-            await nc.publish(f"host.{host_id}.heartbeat", _beat(host_id))
-            view = await eventually(lambda: asyncio.sleep(0, fleet.get(uuid.UUID(host_id))))
-            assert view in fleet.available()
-            assert await eventually(lambda: _status(runtime, host_id)) == "online"
-            # silence: offline in memory and in the database within the (1 s) timeout + one sweep
-            await eventually(lambda: asyncio.sleep(0, view.status == "offline"), within=3)
-            assert view not in fleet.available()
-            await eventually(lambda: _status_is(runtime, host_id, "offline"))
-            # a new heartbeat brings it back
-            await nc.publish(f"host.{host_id}.heartbeat", _beat(host_id))
-            await eventually(lambda: asyncio.sleep(0, view in fleet.available()))
+            await island.publish("heartbeat", island.heartbeat())
+            assert await eventually(lambda: _status(runtime, island.id)) == "online"
+            # silence: offline in the database within the (1 s) timeout + one sweep
+            await eventually(lambda: _status_is(runtime, island.id, "offline"), within=4)
+
+            async with httpx.AsyncClient(base_url=runtime.base_url) as http:
+                created = await http.post("/api/v1/jobs", headers=consumer.headers, json=CHAT)
+                assert created.status_code == 201, created.text
+                job_id = created.json()["data"]["id"]
+                # The dispatcher has looked at the job (it recorded why it waits) and left it queued:
+                # the only Island is offline, so no AssignJob reached it.
+                job = await eventually(lambda: _placed_or_waiting(runtime, job_id))
+                assert (job.state, job.host_id) == ("queued", None), job
+                assert job.placement["reason"], job.placement
+                assert island.received == []
+
+                # A new heartbeat brings it back, and the same job now reaches it through the same path.
+                await island.publish("heartbeat", island.heartbeat())
+                await eventually(lambda: asyncio.sleep(0, bool(island.received)))
+                assert [j["job_id"] for j in island.received] == [job_id]
+                assert str((await _job(runtime, job_id)).host_id) == island.id
         finally:
-            await nc.close()
+            await island.stop()
+
+
+async def _placed_or_waiting(runtime: Runtime, job_id: str) -> Any:
+    job = await _job(runtime, job_id)
+    return job if job.host_id is not None or job.placement is not None else None
 
 
 async def test_approval_suspension_and_resumption(database_url: str, nats_url: str) -> None:
@@ -89,8 +116,10 @@ async def test_approval_suspension_and_resumption(database_url: str, nats_url: s
                 )
                 assert suspended.json()["data"]["status"] == "suspended"
                 assert view not in fleet.available()
-                await nc.publish(f"host.{host_id}.heartbeat", _beat(host_id))  # beating changes nothing
-                await asyncio.sleep(0.3)
+                # Beating changes nothing: once this beat is stored (its time is newer), still suspended.
+                seen = await _last_heartbeat_at(runtime, host_id)
+                await nc.publish(f"host.{host_id}.heartbeat", _beat(host_id))
+                await eventually(lambda: _beat_stored_after(runtime, host_id, seen))
                 assert await _status(runtime, host_id) == "suspended" and view not in fleet.available()
 
                 resumed = await http.post(f"/api/v1/admin/hosts/{host_id}/resume", headers=admin.headers)
@@ -102,6 +131,17 @@ async def test_approval_suspension_and_resumption(database_url: str, nats_url: s
                 assert missing.status_code == 404
         finally:
             await nc.close()
+
+
+async def _last_heartbeat_at(runtime: Runtime, host_id: str) -> Any:
+    async with runtime.db.session() as session:
+        return (
+            await session.execute(text("SELECT last_heartbeat_at FROM hosts WHERE id = :id"), {"id": host_id})
+        ).scalar_one()
+
+
+async def _beat_stored_after(runtime: Runtime, host_id: str, seen: Any) -> bool:
+    return bool(await _last_heartbeat_at(runtime, host_id) > seen)
 
 
 async def _insert_host(runtime: Runtime, status: str, approved: bool, owner_id: int | None = None) -> str:

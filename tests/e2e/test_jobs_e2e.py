@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import nats
 import pytest_asyncio
@@ -13,7 +14,8 @@ from sqlalchemy import text
 
 from coordinator.telemetry import metrics
 from tests.factories import make_consumer, seed_cargos
-from tests.fake_island import FakeIsland, dumps
+from tests.fake_island import FakeIsland, dumps, now_ms
+from tests.jetstream_support import handled, publish_status
 from tests.job_stack import CHAT, JobStack, eventually, islands, job_stack, status_of, submit, wait_status
 from tests.job_support import (
     assert_money_conserved,
@@ -153,8 +155,8 @@ async def test_cancel_sends_cancel_job_refunds_and_ignores_a_late_success(
         await eventually(lambda: asyncio.sleep(0, job_id in island.cancels))
         # GGUF-style: the Island finishes anyway and reports success after the cancel.
         await island.publish("output", {"job_id": job_id, "seq": 0, "chunk": "late", "is_final": False})
-        await island.status(job_id, "succeeded")
-        await asyncio.sleep(0.5)
+        late = dumps({"job_id": job_id, "state": "succeeded", "timestamp": now_ms()})
+        await handled(island._nc, await publish_status(island._nc, island.id, late))  # seen and acked
         job = await status_of(stack, consumer, job_id)
         assert job["status"] == "cancelled" and job["usage"]["credits_used"] == 0.0
         assert await balance(stack.runtime, consumer.user.id) == Decimal(10000)
@@ -188,34 +190,71 @@ async def test_malformed_messages_are_acknowledged_counted_and_harmless(
     try:
         for payload in (b"not json", b"[]", dumps({"job_id": 5, "state": "started"}), dumps({"job_id": "x"})):
             await island._nc.publish(f"host.{island.id}.status", payload)
-        await island._nc.publish(f"host.{island.id}.status", dumps({"job_id": "x", "state": "exploded"}))
+        last = await publish_status(island._nc, island.id, dumps({"job_id": "x", "state": "exploded"}))
         await island._nc.publish(f"host.{island.id}.output", b"\xff\xfe")
         job_id = await submit(stack, consumer)
         await wait_status(stack, consumer, job_id, "completed")
-        assert malformed._value.get() - before == 5
-        # Acknowledged, not redelivered: a nak'd message would come back within a second and count again.
-        await asyncio.sleep(1.5)
+        # Acknowledged, not redelivered: the consumer's ack floor is past them with nothing pending (a
+        # nak'd message would be pending redelivery, and count again when it came back).
+        await handled(island._nc, last)
         assert malformed._value.get() - before == 5
     finally:
         await island.stop()
+
+
+async def _lease(stack: JobStack, job_id: str) -> Any:
+    async with stack.runtime.db.session() as session:
+        return (
+            await session.execute(
+                text(
+                    "SELECT state, attempt, host_id, lease_expires_at, "
+                    "EXTRACT(EPOCH FROM lease_expires_at - now()) AS ahead FROM jobs WHERE id = :id"
+                ),
+                {"id": job_id},
+            )
+        ).one()
 
 
 async def test_lease_renewals_keep_a_long_job_on_its_island(stack: JobStack, nats_url: str) -> None:
+    # The lease is 1 s; each renewal asks for 2 s more. The job runs for four leases only because every
+    # renewal moves its expiry forward, and it is lost once the renewals stop.
     (island,) = await islands(stack, nats_url, "hang")
     consumer = await make_consumer(stack.runtime)
+    loop = asyncio.get_running_loop()
     try:
         job_id = await submit(stack, consumer)
         await wait_status(stack, consumer, job_id, "running")
-        for _ in range(6):  # 3 s with a 1 s lease: only the renewals keep it
-            await island.publish("lease", {"job_id": job_id, "extend_seconds": 60})
-            await asyncio.sleep(0.5)
+        previous = (await _lease(stack, job_id)).lease_expires_at
+        until = loop.time() + 4
+        renewals = 0
+        while loop.time() < until:
+            await island.publish("lease", {"job_id": job_id, "extend_seconds": 2})
+            row = await eventually(lambda since=previous: _extended_past(stack, job_id, since), within=3)
+            assert (row.state, row.attempt, row.host_id) == ("running", 1, island.host_id)
+            assert 1.2 < row.ahead <= 2.1, row  # extended by the renewal's 2 s, not the 1 s lease
+            previous, renewals = row.lease_expires_at, renewals + 1
+            await asyncio.sleep(0.5)  # the pace of the renewals
+        assert renewals >= 3
         job = await status_of(stack, consumer, job_id)
         assert job["status"] == "running" and job["attempt"] == 1
-        row = await job_row(stack.runtime, job_id)
-        assert row.host_id == island.host_id and row.lease_expires_at is not None
         assert await karma_events(stack.runtime, island.host_id) == []
+        # No more renewals: the same lease runs out and the sweep takes the job from the Island.
+        await eventually(
+            lambda: _has_event(karma_events(stack.runtime, island.host_id), ("lease_expired", -2)), within=10
+        )
+        lost = await _lease(stack, job_id)
+        assert lost.attempt >= 2 or lost.state != "running", lost
     finally:
         await island.stop()
+
+
+async def _extended_past(stack: JobStack, job_id: str, previous: Any) -> Any:
+    row = await _lease(stack, job_id)
+    return row if row.lease_expires_at is not None and row.lease_expires_at > previous else None
+
+
+async def _has_event(events: Any, event: tuple[str, int]) -> bool:
+    return event in await events
 
 
 async def test_a_cargo_no_assignment_can_express_fails_with_a_refund(stack: JobStack, nats_url: str) -> None:

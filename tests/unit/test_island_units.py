@@ -20,7 +20,7 @@ from island.state import IslandState
 
 SPIN = wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))')
 TEXT_STATS = wasmtime.wat2wasm(
-    (Path(__file__).parents[1] / "src/coordinator/web/static/text-stats.wat").read_text()
+    (Path(__file__).parents[2] / "src/coordinator/web/static/text-stats.wat").read_text()
 )
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from coordinator.billing import exchange as market
 from coordinator.billing.exchange import TtlCache
-from coordinator.jobs import rules, service
+from coordinator.jobs import lifecycle, rules, service
 from coordinator.telemetry import metrics
 from coordinator.workloads import service as workloads
 from tests.factories import make_consumer, seed_cargos
@@ -162,11 +162,11 @@ async def test_success_karma_counts_the_minutes_once_and_reaches_the_fleet_view(
                 text("UPDATE jobs SET started_at = now() - interval '150 minutes' WHERE id = :id"),
                 {"id": uuid.UUID(job_id)},
             )
-        done = await service.finish_job(
+        done = await lifecycle.finish(
             stack.runtime, uuid.UUID(job_id), rules.SUCCEEDED, host_id=island.host_id, output="ok"
         )
         assert done is not None
-        again = await service.finish_job(
+        again = await lifecycle.finish(
             stack.runtime, uuid.UUID(job_id), rules.SUCCEEDED, host_id=island.host_id, output="ok"
         )
         assert again is None
@@ -189,10 +189,10 @@ async def test_only_an_islands_own_fault_costs_karma(stack: JobStack, nats_url: 
         await wait_status(stack, consumer, ours, "running")
         await wait_status(stack, consumer, theirs, "running")
         app_error = "Container crash: General error (application failure)"
-        await service.finish_job(
+        await lifecycle.finish(
             stack.runtime, uuid.UUID(ours), rules.FAILED, host_id=island.host_id, error=app_error
         )
-        await service.finish_job(
+        await lifecycle.finish(
             stack.runtime,
             uuid.UUID(theirs),
             rules.FAILED,

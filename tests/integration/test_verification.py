@@ -22,9 +22,9 @@ from coordinator.verification import rules
 from coordinator.verification import service as verification
 from coordinator.verification.providers import BuiltinProvider
 from tests.factories import Consumer, make_consumer, seed_cargos
+from tests.integration.test_payouts import MONDAY, _earn, _island, _payouts
 from tests.job_stack import CHAT, JobStack, job_stack, submit
 from tests.job_support import make_island
-from tests.test_payouts import MONDAY, _earn, _island, _payouts
 
 # --- rules (pure) ----------------------------------------------------------------------------------
 

@@ -1,0 +1,325 @@
+"""The job-lifecycle engine: applies one move of `jobs/moves.py` — guarded UPDATE, the move's effects in
+the same transaction, then (after commit) the move's hooks. Every state change of a job goes through here.
+
+Shape of every caller: `transition(runtime, move, job_id, inputs)` in its own transaction, or, for the
+sweeps and the dispatcher that lock many rows first, `transition_in(store, …)` inside theirs followed by
+`after_commit(runtime, session, results)`. The store is PostgreSQL (`PgStore`) in production and an
+in-memory one (`jobs/memory.py`) in the unit tests, so the rules are tested without a database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coordinator.billing import settlement
+from coordinator.errors import NotFound
+from coordinator.hosts.models import Host
+from coordinator.jobs import effects, moves, wiring
+from coordinator.jobs import repository as sql
+from coordinator.jobs.hooks import TransitionResult
+from coordinator.jobs.moves import Move
+from coordinator.karma import service as karma
+from coordinator.runtime import Runtime
+from coordinator.telemetry import context
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a caller brings to a move. `host_id` set means the Island reported it: only the Island the
+    job is assigned to may apply it. `attempt` pins a requeue or give-back to one assignment."""
+
+    host_id: uuid.UUID | None = None
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+    output: str | None = None
+    penalty: str | None = None
+    attempt: int | None = None
+    extend_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The row after a guarded UPDATE (the columns of `repository.RETURNING`) and its previous state."""
+
+    id: uuid.UUID
+    user_id: int
+    workload_id: int
+    state: str
+    host_id: uuid.UUID | None
+    attempt: int
+    max_attempts: int
+    budget: Decimal
+    clearing_price: Decimal | None
+    created_at: datetime
+    error: str | None
+    usage: dict[str, Any] | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    old_state: str | None
+    stream_owner: str | None = None
+
+    @classmethod
+    def of(cls, row: Any, old_state: str | None) -> Moved:
+        return cls(
+            row.id,
+            row.user_id,
+            row.workload_id,
+            row.state,
+            row.host_id,
+            row.attempt,
+            row.max_attempts,
+            Decimal(row.budget),
+            None if row.clearing_price is None else Decimal(row.clearing_price),
+            row.created_at,
+            row.error,
+            row.usage,
+            row.started_at,
+            row.completed_at,
+            old_state,
+            getattr(row, "stream_owner", None),
+        )
+
+
+class JobStore(Protocol):
+    """One transaction's view of the jobs table: the guarded UPDATE of a move and its effects."""
+
+    async def apply(self, move: Move, job_id: uuid.UUID, inputs: Inputs) -> Moved | None: ...
+
+    async def settle(self, moved: Moved) -> None: ...
+
+    async def karma_success(self, moved: Moved) -> None: ...
+
+    async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None: ...
+
+
+def _old_state(move: Move, row: Any) -> str | None:
+    """A one-source move knows where it came from; the others return it (`old.old_state`)."""
+    return move.sources[0] if len(move.sources) == 1 else row.old_state
+
+
+class PgStore:
+    """`JobStore` on PostgreSQL: the named SQL of `jobs/repository.py` inside the caller's session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def apply(self, move: Move, job_id: uuid.UUID, inputs: Inputs) -> Moved | None:
+        statement: Any
+        params: dict[str, Any]
+        if move is moves.START:
+            statement, params = sql.START_SQL, {"extend": inputs.extend_seconds}
+        elif move is moves.GIVE_BACK:
+            statement, params = sql.RETRY_PUBLISH_SQL, {"attempt": inputs.attempt}
+        elif move is moves.REQUEUE:
+            statement, params = sql.REQUEUE_SQL, {"attempt": inputs.attempt}
+        elif move in moves.BATCH_CLOSE_MOVES.values():
+            statement, params = (
+                sql.CLOSE_BATCH_SQL[move.target],
+                {"output": inputs.output, "error": inputs.error},
+            )
+        elif move in moves.FINISH_MOVES.values():
+            statement = sql.FINISH_SQL[move.target]
+            params = {"error": inputs.error, "usage": inputs.usage, "output": inputs.output}
+        else:
+            raise ValueError(f"move {move.name} is not applied to one job")
+        row = (
+            await self.session.execute(statement, {"id": job_id, "host_id": inputs.host_id, **params})
+        ).first()
+        return None if row is None else Moved.of(row, _old_state(move, row))
+
+    async def assign_many(self, rows: Sequence[sql.AssignRow], stream_owner: str | None) -> list[Moved]:
+        params = sql.assign_many_params(rows, stream_owner)
+        return [
+            Moved.of(r, moves.ASSIGN.sources[0])
+            for r in await self.session.execute(sql.ASSIGN_MANY_SQL, params)
+        ]
+
+    async def settle(self, moved: Moved) -> None:
+        """Success pays the clearing price (Island share and fee); any other end refunds in full."""
+        if moved.state == moves.SUCCEED.target:
+            owner_id = None
+            if moved.host_id is not None:
+                owner_id = await self.session.scalar(select(Host.owner_id).where(Host.id == moved.host_id))
+            paid = await settlement.settle_success(
+                self.session,
+                job_id=moved.id,
+                user_id=moved.user_id,
+                budget=moved.budget,
+                clearing_price=moved.budget if moved.clearing_price is None else moved.clearing_price,
+                host_id=moved.host_id,
+                host_owner_id=owner_id,
+            )
+            charged, refunded = paid.paid, paid.refunded
+        else:
+            await settlement.refund_in_full(
+                self.session,
+                job_id=moved.id,
+                user_id=moved.user_id,
+                amount=moved.budget,
+                reason=f"job {moved.state}",
+            )
+            charged, refunded = Decimal(0), moved.budget
+        await self.session.execute(
+            sql.RECORD_SETTLEMENT_SQL, {"id": moved.id, "charged": charged, "refunded": refunded}
+        )
+
+    async def karma_success(self, moved: Moved) -> None:
+        # The guarded UPDATE applies once, and karma_events refuses a second job_succeeded for the same
+        # Island and job.
+        assert moved.host_id is not None
+        started, done = moved.started_at, moved.completed_at
+        seconds = 0.0 if started is None or done is None else (done - started).total_seconds()
+        change = await karma.record_success(self.session, moved.host_id, moved.id, max(seconds, 0.0))
+        karma_changes(self.session).append(change)
+
+    async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None:
+        await penalize_in(self.session, host_id, event, job_id)
+
+
+def store_of(where: AsyncSession | JobStore) -> JobStore:
+    return PgStore(where) if isinstance(where, AsyncSession) else where
+
+
+def result_of(moved: Moved, move: Move, inputs: Inputs, released: uuid.UUID | None) -> TransitionResult:
+    return TransitionResult(
+        job_id=moved.id,
+        user_id=moved.user_id,
+        workload_id=moved.workload_id,
+        from_state=moved.old_state,
+        to_state=moved.state,
+        host_id=moved.host_id,
+        attempt=moved.attempt,
+        created_at=moved.created_at,
+        error=moved.error,
+        usage=moved.usage,
+        released_host_id=released,
+        stream_owner=moved.stream_owner,
+        move=move.name,
+        # A requeue or give-back names the Island it takes the job from, not one that reported anything.
+        reported_by=None if move.target == moves.REQUEUE.target else inputs.host_id,
+    )
+
+
+def released_island(move: Move, moved: Moved, inputs: Inputs) -> uuid.UUID | None:
+    """The Island the job just left (its slot is free again): the old one for a requeue or give-back
+    (the row no longer names it), the row's own for an end; None while it still holds the job."""
+    if move.target == moves.REQUEUE.target:
+        return inputs.host_id
+    return moved.host_id if move.terminal else None
+
+
+async def transition_in(
+    where: AsyncSession | JobStore, move: Move, job_id: uuid.UUID, inputs: Inputs = Inputs()
+) -> TransitionResult | None:
+    """Apply `move` inside the caller's transaction: the guarded UPDATE, then the move's effects.
+    None when the guard refused (already moved, another Island's, unknown job): nothing changed."""
+    store = store_of(where)
+    moved = await store.apply(move, job_id, inputs)
+    if moved is None:
+        return None
+    released = released_island(move, moved, inputs)
+    if moves.SETTLE in move.effects:
+        await store.settle(moved)
+    if moves.KARMA_SUCCESS in move.effects and moved.host_id is not None:
+        await store.karma_success(moved)
+    penalty = moves.penalty_for(move, penalty=inputs.penalty, reported_by=inputs.host_id, error=inputs.error)
+    if penalty is not None and released is not None:
+        await store.penalize(released, penalty, moved.id)
+    return result_of(moved, move, inputs, released)
+
+
+async def assign_in(
+    session: AsyncSession, rows: Sequence[sql.AssignRow], stream_owner: str | None
+) -> list[tuple[Moved, TransitionResult]]:
+    """queued → assigned for a whole dispatch pass in one statement (the hooks run once published)."""
+    assigned = await PgStore(session).assign_many(rows, stream_owner)
+    return [(m, result_of(m, moves.ASSIGN, Inputs(), None)) for m in assigned]
+
+
+async def transition(
+    runtime: Runtime, move: Move, job_id: uuid.UUID, inputs: Inputs = Inputs()
+) -> TransitionResult | None:
+    """Apply `move` in its own transaction, commit, then run its hooks."""
+    async with runtime.db.transaction() as session:
+        result = await transition_in(session, move, job_id, inputs)
+    await after_commit(runtime, session, [] if result is None else [result])
+    return result
+
+
+async def finish(
+    runtime: Runtime, job_id: uuid.UUID, to_state: str, **inputs: Any
+) -> TransitionResult | None:
+    """End a job in `to_state` by its finish move (succeed, fail, cancel, time_out)."""
+    return await transition(runtime, moves.finish_move(to_state), job_id, Inputs(**inputs))
+
+
+def submitted(job_id: uuid.UUID, user_id: int, workload_id: int, created_at: datetime) -> TransitionResult:
+    """The result of the submit move (the row was inserted and charged by `service.submit_job`)."""
+    return TransitionResult(
+        job_id, user_id, workload_id, None, moves.SUBMIT.target, None, 0, created_at, move=moves.SUBMIT.name
+    )
+
+
+async def after_commit(
+    runtime: Runtime, session: AsyncSession | None, results: Iterable[TransitionResult]
+) -> None:
+    """Once the moves committed: new karma into the fleet view, then each move's declared hooks."""
+    if session is not None:
+        apply_karma(runtime, session)
+    builtin = effects.builtin_hooks(runtime)
+    extensions = wiring.hooks(runtime)
+    for result in results:
+        move = moves.MOVES[result.move]
+        with context.bind(job_id=result.job_id, host_id=result.host_id or result.released_host_id):
+            for name in move.hooks:
+                if name == moves.EXTENSIONS:
+                    await extensions.run(result)
+                elif name != moves.FLEET_KARMA:
+                    await _run_hook(name, builtin[name], result)
+
+
+async def _run_hook(name: str, hook: Any, result: TransitionResult) -> None:
+    try:
+        await hook(result)
+    except Exception:
+        log.exception("jobs.hook_failed", hook=name, job_id=str(result.job_id))
+
+
+# ---------------------------------------------------------------- karma outside a move, and after commit
+
+
+async def penalize_in(
+    session: AsyncSession, host_id: uuid.UUID, event_type: str, job_id: uuid.UUID | None
+) -> None:
+    """Take karma from an Island by the karma rules (lease_expired −2, timeout −1, job_failed −1,
+    impersonation −5 + review flag); an unknown Island changes nothing."""
+    try:
+        change = await karma.penalize(session, host_id, event_type, job_id=job_id)
+    except NotFound:
+        return
+    karma_changes(session).append(change)
+
+
+def karma_changes(session: AsyncSession) -> list[karma.KarmaChange]:
+    """Karma changes made in this session's transaction, for the fleet view after commit."""
+    changes: list[karma.KarmaChange] = session.info.setdefault("karma_changes", [])
+    return changes
+
+
+def apply_karma(runtime: Runtime, session: AsyncSession) -> None:
+    """After commit: copy the transaction's new karma balances into the fleet view (placement scores them)."""
+    fleet = wiring.fleet_of(runtime)
+    for change in session.info.pop("karma_changes", []):
+        view = fleet.get(change.host_id) if fleet is not None else None
+        if view is not None:
+            view.karma = change.karma
