@@ -26,9 +26,14 @@ ADMIN_PAGES = [
     "/admin",
     "/admin/fleet",
     "/admin/fleet/table",
+    "/admin/fleet/live",
     "/admin/jobs",
     "/admin/jobs/counts",
     "/admin/users",
+    "/admin/kyc",
+    "/admin/kyc?status=verified",
+    "/admin/registry",
+    "/admin/exchange",
 ]
 
 
@@ -119,6 +124,8 @@ async def test_admin_approves_and_suspends_and_the_fleet_page_follows(
     await make_admin(stack, "ops@example.com")
     async with new_page(browser) as (_, page):
         await sign_in(page, stack, "ops@example.com")
+        polled: list[str] = []
+        page.on("request", lambda r: polled.append(r.url) if "/admin/fleet/table" in r.url else None)
         await page.goto(f"{stack.url}/admin/fleet")
         assert "pending_approval" in (await fleet_row_status(page, host_id) or "")
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] button", has_text="Approve").click()
@@ -140,6 +147,7 @@ async def test_admin_approves_and_suspends_and_the_fleet_page_follows(
         # And resumed from this page.
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] button", has_text="Resume").click()
         await page.locator(f"#fleet-table tr[data-host-id='{host_id}'] .status-online").wait_for()
+        assert polled == []  # pushed over the page's SSE stream, never polled
 
         for path in ("/admin/jobs", "/admin/users", "/cargo", "/exchange", "/settings"):
             await page.goto(f"{stack.url}{path}")
@@ -155,3 +163,14 @@ async def test_a_non_admin_gets_403_on_every_admin_page(stack: WebStack, browser
             assert response is not None and response.status == 403, path
             assert await page.locator("[data-status='403']").count() == 1
         assert await page.locator("nav a", has_text="Admin").count() == 0
+        # The operators' forms refuse a non-admin too (with a valid CSRF token), and change nothing.
+        csrf = await page.locator("input[name=csrf_token]").first.input_value()
+        me = await user_id(stack.runtime, "curious@example.com")
+        for path in (
+            f"/admin/kyc/{me}/approve",
+            "/admin/registry/1/approve",
+            "/admin/exchange/snapshot",
+            f"/admin/fleet/{stack.island.host_id}/approve",
+        ):
+            answer = await page.request.post(f"{stack.url}{path}", form={"csrf_token": csrf})
+            assert answer.status == 403, path

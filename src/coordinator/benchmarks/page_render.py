@@ -82,6 +82,11 @@ async def page_render(env: BenchEnv) -> Result:
         "/admin/jobs",
         f"/admin/jobs/{job_id}",
         "/admin/users",
+        "/host",
+        "/verify",
+        "/admin/kyc",
+        "/admin/registry",
+        "/admin/exchange",
     ]
     rounds = 10 if env.quick else 60
     coordinator = CoordinatorProcess(database_url, env.nats_url)

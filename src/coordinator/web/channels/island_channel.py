@@ -22,6 +22,7 @@ from coordinator.protocol.codec import ProtocolError
 from coordinator.telemetry import context, metrics
 from coordinator.web.channels import protocol as wire
 from coordinator.web.channels.socket import Channel, JoinRefused
+from coordinator.web.fleet_events import fleet_changed
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,7 @@ class IslandChannel(Channel):
             await self.push(ASSIGN_JOB, job.to_dict())
         owner = view.owner_id if view is not None else None
         await account_events.island_updated(self.runtime, owner, self.host_id, "connected")
+        await fleet_changed(self.runtime)
 
     async def terminate(self) -> None:
         self.runtime.channels.remove_island(self)
@@ -60,6 +62,7 @@ class IslandChannel(Channel):
         view = self.runtime.fleet.get(self.host_id)
         if view is not None:
             await account_events.island_updated(self.runtime, view.owner_id, self.host_id, "disconnected")
+        await fleet_changed(self.runtime)
 
     async def handle_in(self, event: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if event not in EVENTS_IN:

@@ -7,12 +7,12 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from coordinator.web.pages import account, auth, catalog, chat, fleet, jobs
+from coordinator.web.pages import account, auth, catalog, chat, fleet, host, island_access, jobs, review
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
 router = APIRouter()
-for module in (auth, chat, jobs, account, catalog, fleet):
+for module in (auth, chat, jobs, island_access, account, catalog, fleet, host, review):
     router.include_router(module.router)
 
 

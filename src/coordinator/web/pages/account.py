@@ -1,5 +1,6 @@
 """`/credits` (balance, ledger with filters, spend per day) and the settings pages: API keys (created
-with scopes, shown once, revoked) and my Islands (status, karma, earnings; pair with a code; suspend)."""
+with scopes, shown once, revoked) and my Islands (status, karma, earnings; pair with a code; suspend;
+device tokens and NATS credentials in `island_access.py`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from coordinator.errors import ValidationFailed
 from coordinator.hosts import owners, pairing
 from coordinator.hosts import service as hosts
 from coordinator.web.auth import SESSION_COOKIE
+from coordinator.web.fleet_events import fleet_changed
 from coordinator.web.pages.base import PageRoute, check_csrf, redirect, render, runtime_of, signed_in
 from coordinator.web.pages.charts import bar_chart
-from coordinator.web.pages.fleet import heartbeat_age
+from coordinator.web.pages.island_access import islands_context
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 LEDGER_PAGE = 50
@@ -137,10 +139,7 @@ async def islands_page(request: Request, principal: Principal = Depends(signed_i
 async def _islands(
     request: Request, principal: Principal, *, paired: str | None = None, status_code: int = 200
 ) -> HTMLResponse:
-    async with runtime_of(request).db.read() as session:
-        mine = await owners.list_owned_hosts(session, principal.user.id)
-    rows = [{"host": h, "age": heartbeat_age(h.last_heartbeat_at)} for h in mine]
-    context = {"islands": rows, "paired": paired, "owner_reason": owners.OWNER_SUSPENSION}
+    context = {**await islands_context(request, principal), "paired": paired}
     return render(request, "islands.html", context, status_code=status_code)
 
 
@@ -152,6 +151,7 @@ async def pair_island(
     async with runtime.db.transaction() as session:
         host = await pairing.claim_pairing_code(session, code, principal.user.id)
     hosts.sync_view(runtime.fleet, host)
+    await fleet_changed(runtime)
     return await _islands(request, principal, paired=str(host.id))
 
 
@@ -166,4 +166,5 @@ async def own_island_action(
     async with runtime.db.transaction() as session:
         host = await change(session, host_id, principal.user.id)
     hosts.sync_view(runtime.fleet, host)
+    await fleet_changed(runtime)
     return redirect("/settings/islands")

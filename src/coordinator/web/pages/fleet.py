@@ -1,5 +1,5 @@
 """Operator pages: the fleet (Islands by status and region, heartbeat age, approve/suspend/resume, the
-table refreshed live by htmx polling), the jobs monitor and users (grant credits, ban). Admin only."""
+table pushed live over SSE), the jobs monitor and users (grant credits, ban). Admin only."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.responses import StreamingResponse
 
 from coordinator.accounts import service as accounts
 from coordinator.accounts.models import User
@@ -20,6 +21,7 @@ from coordinator.hosts import service as hosts
 from coordinator.jobs import monitor, rules
 from coordinator.jobs import service as jobs
 from coordinator.jobs.views import usage_of
+from coordinator.web.fleet_events import fleet_changed
 from coordinator.web.pages.base import (
     PageRoute,
     admin_only,
@@ -30,6 +32,7 @@ from coordinator.web.pages.base import (
     runtime_of,
 )
 from coordinator.web.pages.charts import bar_chart, line_chart
+from coordinator.web.pages.fleet_live import fleet_live_response
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 MAX_GRANT = Decimal(10_000_000)
@@ -80,6 +83,12 @@ async def fleet_table(request: Request, _: Principal = Depends(admin_only)) -> H
     return render(request, "fragments/fleet_table.html", await _fleet_context(request))
 
 
+@router.get("/admin/fleet/live")
+async def fleet_live(request: Request, _: Principal = Depends(admin_only)) -> StreamingResponse:
+    """The table as Server-Sent Events, sent again whenever the fleet changes (`fleet_live.py`)."""
+    return fleet_live_response(request, runtime_of(request), lambda: _fleet_context(request))
+
+
 @router.post("/admin/fleet/{host_id}/{action}", dependencies=[Depends(check_csrf)])
 async def fleet_action(
     host_id: str,
@@ -99,6 +108,7 @@ async def fleet_action(
         else:
             raise NotFound("Unknown action")
     hosts.sync_view(runtime.fleet, host)
+    await fleet_changed(runtime)
     if is_htmx(request):
         return render(request, "fragments/fleet_table.html", await _fleet_context(request))
     return redirect("/admin/fleet")

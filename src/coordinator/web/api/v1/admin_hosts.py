@@ -13,6 +13,7 @@ from coordinator.hosts.models import Host
 from coordinator.web import schemas
 from coordinator.web.auth import get_runtime, require_admin
 from coordinator.web.errors import error_responses
+from coordinator.web.fleet_events import fleet_changed
 from coordinator.web.routing import ApiRouter
 
 router = ApiRouter(tags=["admin"])
@@ -22,8 +23,10 @@ class SuspendRequest(BaseModel):
     reason: str | None = Field(None, max_length=2000)
 
 
-def _answer(request: Request, host: Host) -> dict[str, Any]:
-    hosts.sync_view(get_runtime(request).fleet, host)
+async def _answer(request: Request, host: Host) -> dict[str, Any]:
+    runtime = get_runtime(request)
+    hosts.sync_view(runtime.fleet, host)
+    await fleet_changed(runtime)
     return {"data": hosts.public_view(host, is_admin=True)}
 
 
@@ -46,7 +49,7 @@ async def approve_host(
 ) -> dict[str, Any]:
     async with get_runtime(request).db.transaction() as session:
         host = await hosts.set_approved(session, host_id)
-    return _answer(request, host)
+    return await _answer(request, host)
 
 
 @router.post(
@@ -59,7 +62,7 @@ async def suspend_host(
 ) -> dict[str, Any]:
     async with get_runtime(request).db.transaction() as session:
         host = await hosts.suspend(session, host_id, body.reason if body else None)
-    return _answer(request, host)
+    return await _answer(request, host)
 
 
 @router.post(
@@ -72,4 +75,4 @@ async def resume_host(
 ) -> dict[str, Any]:
     async with get_runtime(request).db.transaction() as session:
         host = await hosts.resume(session, host_id)
-    return _answer(request, host)
+    return await _answer(request, host)
