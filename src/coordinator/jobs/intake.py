@@ -20,6 +20,7 @@ from coordinator.jobs import rules, service
 from coordinator.jobs.effects import output_of
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.jobs.output_check import incomplete_output
 from coordinator.protocol import messages
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import JobImage
@@ -170,6 +171,8 @@ class JobIntake:
             final_output = getattr(output_of(self.runtime), "final_output", None)
             if final_output is not None:
                 output = await final_output(ref, self.final_output_grace)
+            if (gap := await incomplete_output(self.runtime, ref)) is not None:
+                target, error = rules.FAILED, gap
         await service.finish_job(
             self.runtime, ref.job_id, target, host_id=host_id, error=error, output=output
         )

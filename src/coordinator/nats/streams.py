@@ -54,6 +54,18 @@ def status_stream_config() -> StreamConfig:
     )
 
 
+def output_stream_config() -> StreamConfig:
+    # Island output (`host.*.output`, core publishes) captured durably, the original's `JOB_OUTPUT`:
+    # one durable consumer shared by the replicas (nats/output_consumer.py), so WorkQueue fits.
+    return StreamConfig(
+        name=subjects.OUTPUT_STREAM,
+        subjects=[subjects.OUTPUT_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=3600,
+    )
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         info = await js.stream_info(config.name or "")
@@ -67,9 +79,10 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create or verify `JOBS` and `JOB_STATUS`."""
+    """Create or verify `JOBS`, `JOB_STATUS` and `JOB_OUTPUT`."""
     await _ensure_stream(js, jobs_stream_config())
     await _ensure_stream(js, status_stream_config())
+    await _ensure_stream(js, output_stream_config())
 
 
 def status_consumer_config() -> ConsumerConfig:
