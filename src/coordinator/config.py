@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     db_max_overflow: int = 10
 
     nats_url: str | None = Field(None, validation_alias=AliasChoices("NATS_URL", "COORDINATOR_NATS_URL"))
+    # Copies of each JetStream stream (JOBS, JOB_STATUS, JOB_OUTPUT): 3 on a three-node NATS cluster.
+    nats_stream_replicas: int = 1
     nats_disabled: bool = Field(
         False, validation_alias=AliasChoices("NATS_DISABLED", "COORDINATOR_NATS_DISABLED")
     )

@@ -72,7 +72,7 @@ class OutputConsumerChild(Child):
         if nc is None:
             raise RuntimeError("NATS is not connected")
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, self.runtime.settings.nats_stream_replicas)
         psub = await js.pull_subscribe(
             subjects.OUTPUT_SUBJECTS,
             durable=subjects.OUTPUT_CONSUMER,

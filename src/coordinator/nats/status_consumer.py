@@ -62,7 +62,7 @@ class StatusConsumerChild(Child):
         if nc is None:
             raise RuntimeError("NATS is not connected")
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, self.runtime.settings.nats_stream_replicas)
         psub = await js.pull_subscribe(
             subjects.STATUS_SUBJECTS,
             durable=subjects.STATUS_CONSUMER,
