@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     output_grace_seconds: float = 2.0
     # How long a success whose output has a gap (or no final chunk) waits for the missing chunks (redelivered
     # from JOB_OUTPUT after a replica died) before it fails with a refund instead.
-    output_gap_grace_seconds: float = 10.0
+    output_gap_grace_seconds: float = 8.0
     sse_keepalive_seconds: float = 15.0
     # A Phoenix socket (`/socket/websocket`) silent this long (no frame, no heartbeat) is closed.
     channel_idle_timeout_seconds: float = 60.0

@@ -33,7 +33,7 @@ from coordinator.telemetry import context, metrics
 log = structlog.get_logger(__name__)
 
 MAX_DELIVER = 20
-ACK_WAIT_SECONDS = 5.0
+ACK_WAIT_SECONDS = 3.0
 BATCH = 200
 LONG_POLL_SECONDS = 5.0
 CONCURRENCY = 8

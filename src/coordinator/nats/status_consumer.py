@@ -15,6 +15,7 @@ import structlog
 from nats.errors import TimeoutError as NatsTimeout
 
 from coordinator.jobs.intake import apply_status_message
+from coordinator.jobs.output_check import OutputPending, redeliverable
 from coordinator.nats.job_handler import sender
 from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
 from coordinator.protocol import subjects
@@ -111,7 +112,12 @@ class StatusConsumerChild(Child):
         host_id = context.clean_id(subjects.host_id_from_subject(msg.subject))
         with context.bind_from_nats(msg, host_id=host_id, job_id=context.clean_id(job_key(msg.data))):
             try:
+                redeliverable.set(delivered < MAX_DELIVER)
                 await apply_status(self.runtime, msg.subject, msg.data)
+            except OutputPending:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1)  # its output is still arriving (JOB_OUTPUT redelivers)
+                return
             except Exception:
                 log.exception("nats.status_failed", subject=msg.subject, delivered=delivered)
                 if delivered < MAX_DELIVER:
