@@ -113,7 +113,7 @@ async def _drop_coordinator_streams(url: str) -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream(timeout=30)  # a loaded machine can take seconds to delete a large stream
-        for stream in ("JOBS", "JOB_STATUS"):
+        for stream in ("JOBS", "JOB_STATUS", "JOB_OUTPUT"):
             try:
                 await js.delete_stream(stream)
             except NotFoundError:

@@ -263,6 +263,7 @@ def job_children(runtime: Runtime) -> list[Child]:
     from coordinator.jobs.recovery import LeaseSweeper
     from coordinator.nats.job_bus import JobBusChild
     from coordinator.nats.job_handler import JobHandlerChild
+    from coordinator.nats.output_consumer import OutputConsumerChild
     from coordinator.nats.status_consumer import StatusConsumerChild
     from coordinator.nats.stream_router import StreamRouterChild
 
@@ -270,6 +271,7 @@ def job_children(runtime: Runtime) -> list[Child]:
         JobBusChild(runtime),
         StreamRouterChild(runtime),
         JobHandlerChild(runtime),
+        OutputConsumerChild(runtime),
         StatusConsumerChild(runtime),
         Dispatcher(runtime),
         LeaseSweeper(runtime),

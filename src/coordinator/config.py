@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     db_max_overflow: int = 10
 
     nats_url: str | None = Field(None, validation_alias=AliasChoices("NATS_URL", "COORDINATOR_NATS_URL"))
+    # Copies of each JetStream stream (JOBS, JOB_STATUS, JOB_OUTPUT): 3 on a three-node NATS cluster.
+    nats_stream_replicas: int = 1
     nats_disabled: bool = Field(
         False, validation_alias=AliasChoices("NATS_DISABLED", "COORDINATOR_NATS_DISABLED")
     )
@@ -147,6 +149,9 @@ class Settings(BaseSettings):
     # streaming (output accumulator, pub/sub, SSE)
     output_flush_interval_seconds: float = 0.05
     output_grace_seconds: float = 2.0
+    # How long a success whose output has a gap (or no final chunk) waits for the missing chunks (redelivered
+    # from JOB_OUTPUT after a replica died) before it fails with a refund instead.
+    output_gap_grace_seconds: float = 8.0
     sse_keepalive_seconds: float = 15.0
     # A Phoenix socket (`/socket/websocket`) silent this long (no frame, no heartbeat) is closed.
     channel_idle_timeout_seconds: float = 60.0

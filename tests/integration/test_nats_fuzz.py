@@ -71,8 +71,15 @@ async def _pong(nc: Any, host: str) -> bool:
 
 
 async def _status_consumer_drained(nc: Any) -> bool:
-    info = await nc.jetstream().consumer_info(subjects.STATUS_STREAM, subjects.STATUS_CONSUMER)
-    return info.num_ack_pending == 0 and info.num_pending == 0
+    """Both durable consumers (JOB_STATUS and JOB_OUTPUT) acknowledged everything they were given."""
+    for stream, consumer in (
+        (subjects.STATUS_STREAM, subjects.STATUS_CONSUMER),
+        (subjects.OUTPUT_STREAM, subjects.OUTPUT_CONSUMER),
+    ):
+        info = await nc.jetstream().consumer_info(stream, consumer)
+        if info.num_ack_pending or info.num_pending:
+            return False
+    return True
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))

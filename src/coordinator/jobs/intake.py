@@ -19,6 +19,7 @@ from coordinator.jobs import lifecycle, moves, rules, service
 from coordinator.jobs import repository as sql
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
+from coordinator.jobs.output_check import incomplete_output
 from coordinator.protocol import messages
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import JobImage
@@ -175,6 +176,8 @@ class JobIntake:
             final_output = getattr(self.runtime.output, "final_output", None)
             if final_output is not None:
                 output = await final_output(ref, self.final_output_grace)
+            if (gap := await incomplete_output(self.runtime, ref)) is not None:
+                target, error = rules.FAILED, gap
         inputs = lifecycle.Inputs(host_id=host_id, error=error, output=output)
         await lifecycle.transition(self.runtime, moves.finish_move(target), ref.job_id, inputs)
         return True

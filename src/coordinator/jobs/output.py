@@ -259,6 +259,11 @@ class OutputAccumulator:
             await asyncio.wait_for(stream.completed.wait(), wait)
         return stream.assembly.output()
 
+    async def output_complete(self, job: JobRef) -> bool:
+        """The current attempt's output is gap-free up to its final chunk (or is an image)."""
+        stream = await self._stream(job)
+        return stream.finalized or stream.assembly.complete
+
     async def _maybe_finalize(self, stream: _Stream) -> None:
         if stream.assembly.complete:
             stream.completed.set()

@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
-from coordinator.errors import Forbidden, ValidationFailed
+from coordinator.errors import Forbidden, NotFound, ValidationFailed
 from coordinator.marketplace import signing
 from coordinator.marketplace import submission_rules as rules
 from coordinator.marketplace.tables import Publisher
@@ -46,7 +46,9 @@ async def update_publisher(
     by_admin: bool = False,
 ) -> Publisher:
     """Register a cosign key, or change tier: a publisher may become Verified once KYC passed;
-    Organization and Partner (and custom limits) are granted by an admin."""
+    Organization and Partner (and custom limits) are granted by an admin (of an existing user: 404)."""
+    if by_admin and await session.get(User, user_id) is None:
+        raise NotFound("User not found")
     publisher = await publisher_of(session, user_id, lock=True)
     if tier is not None:
         if tier not in rules.TIERS:

@@ -190,7 +190,7 @@ class HostHandlerChild(Child):
         from coordinator.nats.streams import ensure_streams
 
         nc = self.runtime.nats
-        await ensure_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream(), self.runtime.settings.nats_stream_replicas)
         async with self.runtime.db.session() as session:
             known = await hosts.load_fleet(session, self.handler.fleet)
         self.runtime.publisher = Publisher(nc, self.runtime.base_url)

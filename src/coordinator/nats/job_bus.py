@@ -85,7 +85,7 @@ class JobBusChild(Child):
         nc = self.runtime.nats
         if nc is None:
             raise RuntimeError("NATS is not connected")
-        await ensure_streams(nc.jetstream())
+        await ensure_streams(nc.jetstream(), self.runtime.settings.nats_stream_replicas)
 
         async def wake(_: Any) -> None:
             if self.runtime.dispatcher is not None:

@@ -1,4 +1,4 @@
-"""Core-NATS job messages from Islands: `host.*.output|progress|image|lease` → jobs intake (the same
+"""Core-NATS job messages from Islands: `host.*.progress|image|lease` → jobs intake (the same
 `apply_job_message` the `island:<id>` channel calls; here the sender is the subject's second token).
 
 Malformed payloads are logged with their subject, counted in `nats_malformed` and dropped."""
@@ -50,10 +50,11 @@ async def handle_core_message(runtime: Runtime, subject: str, payload: bytes) ->
 
 
 class JobHandlerChild(Child):
-    """Subscribes to the Island job-message subjects (never `host.>`)."""
+    """Subscribes to the Island job-message subjects (never `host.>`); `host.*.output` is consumed
+    durably from `JOB_OUTPUT` instead (nats/output_consumer.py)."""
 
     name = "job_handler"
-    SUFFIXES = ("output", "progress", "image", "lease")
+    SUFFIXES = ("progress", "image", "lease")
     QUEUE = "coordinator-job-messages"
 
     def __init__(self, runtime: Runtime) -> None:

@@ -14,6 +14,7 @@ import structlog
 from nats.errors import TimeoutError as NatsTimeout
 
 from coordinator.jobs.intake import apply_status_message
+from coordinator.jobs.output_check import OutputPending, redeliverable
 from coordinator.loops import LoopService
 from coordinator.nats.job_handler import sender
 from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
@@ -67,7 +68,7 @@ class StatusConsumerChild(LoopService):
         if nc is None:
             raise RuntimeError("NATS is not connected")
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, self.runtime.settings.nats_stream_replicas)
         self._psub = await js.pull_subscribe(
             subjects.STATUS_SUBJECTS,
             durable=subjects.STATUS_CONSUMER,
@@ -121,7 +122,12 @@ class StatusConsumerChild(LoopService):
         host_id = context.clean_id(subjects.host_id_from_subject(msg.subject))
         with context.bind_from_nats(msg, host_id=host_id, job_id=context.clean_id(job_key(msg.data))):
             try:
+                redeliverable.set(delivered < MAX_DELIVER)
                 await apply_status(self.runtime, msg.subject, msg.data)
+            except OutputPending:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1)  # its output is still arriving (JOB_OUTPUT redelivers)
+                return
             except Exception:
                 log.exception("nats.status_failed", subject=msg.subject, delivered=delivered)
                 if delivered < MAX_DELIVER:

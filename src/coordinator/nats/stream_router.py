@@ -74,6 +74,8 @@ async def call_local(local: OutputAccumulator, op: str, ref: JobRef, args: list[
         await local.on_terminal(ref, str(args[0]), args[1], args[2])
     elif op == "final_output":
         return await local.final_output(ref, float(args[0]))
+    elif op == "output_complete":
+        return await local.output_complete(ref)
     else:
         raise ValueError(f"unknown sink op {op!r}")
     return None
@@ -158,6 +160,9 @@ class StreamRouter:
     async def final_output(self, job: JobRef, wait: float) -> str | None:
         result = await self._route("final_output", job, [wait], wait=wait + REQUEST_TIMEOUT_SECONDS)
         return None if result is None else str(result)
+
+    async def output_complete(self, job: JobRef) -> bool:
+        return bool(await self._route("output_complete", job, []))
 
 
 class StreamRouterChild(Child):

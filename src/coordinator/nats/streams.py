@@ -1,7 +1,10 @@
-"""JetStream set-up: stream `JOBS` (AssignJob, WorkQueue) and stream `JOB_STATUS` with its pull consumer.
+"""JetStream set-up: stream `JOBS` (AssignJob, WorkQueue), stream `JOB_STATUS` with its pull consumer, and
+stream `JOB_OUTPUT` (consumed by nats/output_consumer.py).
 
 Provided here for the jobs engineer's status consumer:
-- `ensure_streams(js)` creates or verifies both streams (idempotent, safe on every replica's start).
+- `ensure_streams(js, replicas)` creates or verifies the streams (idempotent, safe on every replica's
+  start); `replicas` (`COORDINATOR_NATS_STREAM_REPLICAS`, 3 on a three-node cluster) is each stream's
+  number of copies, so losing one node loses no stored job, status or output.
 - `subscribe_status(js, handler)` runs the durable pull consumer `coordinator-status` on `JOB_STATUS`
   until cancelled. `handler(host_id, msg)` is awaited per message: returning normally acks it; raising
   `ProtocolError` acks it, logs it with the subject and counts it in `nats_malformed` (never redelivered);
@@ -32,7 +35,7 @@ STATUS_ACK_WAIT_SECONDS = 30.0
 StatusHandler = Callable[[str, Any], Awaitable[None]]
 
 
-def jobs_stream_config() -> StreamConfig:
+def jobs_stream_config(replicas: int = 1) -> StreamConfig:
     # WorkQueue: a job message disappears once the Island acks it (island-protocol §3.1).
     return StreamConfig(
         name=subjects.JOBS_STREAM,
@@ -40,10 +43,11 @@ def jobs_stream_config() -> StreamConfig:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=24 * 3600,
+        num_replicas=replicas,
     )
 
 
-def status_stream_config() -> StreamConfig:
+def status_stream_config(replicas: int = 1) -> StreamConfig:
     # One durable consumer per cluster (the coordinator), so WorkQueue retention fits too.
     return StreamConfig(
         name=subjects.STATUS_STREAM,
@@ -51,6 +55,20 @@ def status_stream_config() -> StreamConfig:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=24 * 3600,
+        num_replicas=replicas,
+    )
+
+
+def output_stream_config(replicas: int = 1) -> StreamConfig:
+    # Island output (`host.*.output`, core publishes) captured durably, the original's `JOB_OUTPUT`:
+    # one durable consumer shared by the replicas (nats/output_consumer.py), so WorkQueue fits.
+    return StreamConfig(
+        name=subjects.OUTPUT_STREAM,
+        subjects=[subjects.OUTPUT_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=3600,
+        num_replicas=replicas,
     )
 
 
@@ -61,15 +79,17 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.add_stream(config)
         log.info("nats.stream_created", stream=config.name)
         return
-    if set(info.config.subjects or []) != set(config.subjects or []):
+    changed_replicas = (info.config.num_replicas or 1) != (config.num_replicas or 1)
+    if set(info.config.subjects or []) != set(config.subjects or []) or changed_replicas:
         await js.update_stream(config)
         log.info("nats.stream_updated", stream=config.name)
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create or verify `JOBS` and `JOB_STATUS`."""
-    await _ensure_stream(js, jobs_stream_config())
-    await _ensure_stream(js, status_stream_config())
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create or verify `JOBS`, `JOB_STATUS` and `JOB_OUTPUT`."""
+    await _ensure_stream(js, jobs_stream_config(replicas))
+    await _ensure_stream(js, status_stream_config(replicas))
+    await _ensure_stream(js, output_stream_config(replicas))
 
 
 def status_consumer_config() -> ConsumerConfig:

@@ -10,6 +10,9 @@ JOBS_SUBJECTS = "host.*.jobs"
 STATUS_STREAM = "JOB_STATUS"
 STATUS_SUBJECTS = "host.*.status"
 STATUS_CONSUMER = "coordinator-status"
+OUTPUT_STREAM = "JOB_OUTPUT"
+OUTPUT_SUBJECTS = "host.*.output"
+OUTPUT_CONSUMER = "coordinator-output"
 
 # Island → coordinator suffixes the coordinator subscribes to (never `host.>`).
 INBOUND_SUFFIXES = ("heartbeat", "status", "output", "progress", "image", "lease")

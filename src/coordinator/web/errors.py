@@ -127,10 +127,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal_error", "Internal server error"), 500)
 
 
+def _envelope_answer(code: int, envelope: dict[str, str]) -> dict[str, Any]:
+    description = STATUS_CODES.get(code, "error").replace("_", " ")
+    return {"description": description, "content": {"application/json": {"schema": envelope}}}
+
+
 def install_envelope_openapi(app: FastAPI) -> None:
     """The OpenAPI document tells the truth about 422: FastAPI documents `HTTPValidationError`
     (`{"detail": …}`) for every route with parameters, but the handler above answers every invalid
-    request with the envelope. Every 422 in the document (declared or added) is the envelope."""
+    request with the envelope. Every 422 in the document (declared or added) is the envelope. Every
+    operation that takes a body also documents the answers every body can get before the route runs:
+    400 (bytes that cannot be parsed, e.g. invalid UTF-8) and 413 (over the size limit, web/bodylimit)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -142,7 +149,11 @@ def install_envelope_openapi(app: FastAPI) -> None:
             envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
-                    answer = operation.get("responses", {}).get("422")
+                    responses = operation.get("responses", {})
+                    if "requestBody" in operation:
+                        for code in (400, 413):
+                            responses.setdefault(str(code), _envelope_answer(code, envelope))
+                    answer = responses.get("422")
                     if answer is not None:
                         answer["description"] = "validation failed"
                         answer["content"] = {"application/json": {"schema": envelope}}

@@ -89,7 +89,11 @@ def text_stats_wasm() -> bytes:
     return bytes(wasmtime.wat2wasm((STATIC / "text-stats.wat").read_text()))
 
 
-@router.get("/cargos/text-stats.wasm")
+@router.get(
+    "/cargos/text-stats.wasm",
+    response_class=Response,
+    responses={200: {"content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}}},
+)
 async def text_stats_module() -> Response:
     wasm = await asyncio.to_thread(text_stats_wasm)
     return Response(wasm, media_type="application/wasm", headers={"Cache-Control": "public, max-age=3600"})
