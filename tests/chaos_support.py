@@ -24,11 +24,11 @@ from coordinator.devstack import free_port, nats_server_binary
 from coordinator.jobs.rules import TERMINAL
 from coordinator.runtime import Runtime
 from tests.conftest import make_settings
+from tests.e2e.test_jobs_crash import start_coordinator, submit_many, wait_for_jobs_stream, wait_healthy
 from tests.factories import Consumer, make_consumer, seed_cargos
 from tests.fake_island import FakeIsland
 from tests.job_stack import eventually
 from tests.job_support import assert_money_conserved, make_island
-from tests.test_jobs_crash import start_coordinator, submit_many, wait_for_jobs_stream, wait_healthy
 
 TOKENS = tuple(f" t{i}" for i in range(8))
 OUTPUT = "".join(TOKENS)
