@@ -20,6 +20,7 @@ import nats
 from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import text
 
+from coordinator.app import build_runtime
 from coordinator.devstack import free_port, nats_server_binary
 from coordinator.jobs.rules import TERMINAL
 from coordinator.runtime import Runtime
@@ -118,7 +119,7 @@ async def chaos_stack(
     """A coordinator process, `islands` fake Islands streaming TOKENS, and a funded consumer."""
     for name, value in FAST_ENV.items():
         monkeypatch.setenv(name, value)
-    runtime = Runtime.from_settings(make_settings(database_url))
+    runtime = build_runtime(make_settings(database_url))
     await seed_cargos(runtime)
     async with runtime.db.transaction() as session:
         await session.execute(text("UPDATE workloads SET cold_start_seconds = 0"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import nats
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from sqlalchemy import text
 
 from coordinator.app import build_runtime
@@ -73,8 +73,8 @@ async def wait_for_jobs_stream(nats_url: str) -> None:
         async def exists() -> bool:
             try:
                 await nc.jetstream().stream_info("JOBS")
-            except NotFoundError:
-                return False
+            except (NotFoundError, ServiceUnavailableError, nats.errors.TimeoutError):
+                return False  # not created yet, or a cluster still electing its JetStream leader
             return True
 
         await eventually(exists, within=30)
