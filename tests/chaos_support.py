@@ -114,10 +114,12 @@ async def chaos_stack(
     *,
     islands: int = 3,
     island_nats_url: str | None = None,
+    env: dict[str, str] | None = None,
     **island_options: Any,
 ) -> AsyncIterator[Chaos]:
-    """A coordinator process, `islands` fake Islands streaming TOKENS, and a funded consumer."""
-    for name, value in FAST_ENV.items():
+    """A coordinator process (FAST_ENV, then `env`), `islands` fake Islands streaming TOKENS, and a
+    funded consumer."""
+    for name, value in {**FAST_ENV, **(env or {})}.items():
         monkeypatch.setenv(name, value)
     runtime = build_runtime(make_settings(database_url))
     await seed_cargos(runtime)

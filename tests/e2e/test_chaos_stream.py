@@ -62,9 +62,12 @@ class GapIsland(ChaosIsland):
 async def test_a_sequence_gap_fails_the_job_with_a_refund_after_the_grace_period(
     database_url: str, nats_url: str, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    monkeypatch.setenv("COORDINATOR_OUTPUT_GAP_GRACE_SECONDS", "1.5")
-    monkeypatch.setenv("COORDINATOR_JOB_MAX_ATTEMPTS", "1")
-    async with chaos_stack(database_url, nats_url, tmp_path, monkeypatch, islands=0) as chaos:
+    env = {
+        "COORDINATOR_OUTPUT_GAP_GRACE_SECONDS": "1.5",
+        "COORDINATOR_JOB_MAX_ATTEMPTS": "1",
+        "COORDINATOR_JOB_LEASE_SECONDS": "30",  # the lease outlives the grace: the gap decides
+    }
+    async with chaos_stack(database_url, nats_url, tmp_path, monkeypatch, islands=0, env=env) as chaos:
         island = GapIsland(nats_url, chunks=TOKENS, heartbeat_every=1.0)
         chaos.islands.append(island)
         await make_island(chaos.runtime, host_id=island.host_id)
