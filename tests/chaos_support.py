@@ -20,6 +20,7 @@ import nats
 from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import text
 
+from coordinator.app import build_runtime
 from coordinator.devstack import free_port, nats_server_binary
 from coordinator.jobs.rules import TERMINAL
 from coordinator.runtime import Runtime
@@ -120,7 +121,7 @@ async def chaos_stack(
     funded consumer."""
     for name, value in {**FAST_ENV, **(env or {})}.items():
         monkeypatch.setenv(name, value)
-    runtime = Runtime.from_settings(make_settings(database_url))
+    runtime = build_runtime(make_settings(database_url))
     await seed_cargos(runtime)
     async with runtime.db.transaction() as session:
         await session.execute(text("UPDATE workloads SET cold_start_seconds = 0"))
@@ -187,7 +188,9 @@ async def assert_invariants(
     assert tuple(charges) == (len(jobs), len(jobs)), "a job was charged twice or not at all"
     short = {job_id: out for job_id, (state, out) in jobs.items() if state == "succeeded" and out != OUTPUT}
     assert short == {}, f"{len(short)} succeeded jobs with output other than what the Island sent"
-    assert states.get("succeeded", 0) >= min_succeeded, states
+    async with runtime.db.session() as session:
+        errors = (await session.execute(text("SELECT error, count(*) FROM jobs GROUP BY 1"))).all()
+    assert states.get("succeeded", 0) >= min_succeeded, (states, errors)
     await assert_money_conserved(runtime)
     return states
 
