@@ -188,7 +188,9 @@ async def assert_invariants(
     assert tuple(charges) == (len(jobs), len(jobs)), "a job was charged twice or not at all"
     short = {job_id: out for job_id, (state, out) in jobs.items() if state == "succeeded" and out != OUTPUT}
     assert short == {}, f"{len(short)} succeeded jobs with output other than what the Island sent"
-    assert states.get("succeeded", 0) >= min_succeeded, states
+    async with runtime.db.session() as session:
+        errors = (await session.execute(text("SELECT error, count(*) FROM jobs GROUP BY 1"))).all()
+    assert states.get("succeeded", 0) >= min_succeeded, (states, errors)
     await assert_money_conserved(runtime)
     return states
 
