@@ -9,6 +9,7 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import psycopg
@@ -19,6 +20,7 @@ from coordinator.benchmarks.fake_island import FakeFleet, JobBehaviour, heartbea
 from coordinator.benchmarks.harness import BenchEnv, Load, Result, Stopwatch, latency_summary, scenario
 from coordinator.benchmarks.stack import (
     _db_checks,
+    _failure_reasons,
     _host_count,
     _phase_p50_ms,
     _submit,
@@ -205,7 +207,9 @@ async def lifecycle(env: BenchEnv) -> Result:
         while time.monotonic() < drain and _db_checks(s.database_url, submitted)["lost"] > 0:
             await asyncio.sleep(0.5)
         checks = _db_checks(s.database_url, submitted)
-        phases = _phase_p50_ms(s.database_url, submitted)
+        phases: dict[str, Any] = {**_phase_p50_ms(s.database_url, submitted)}
+        if failures := _failure_reasons(s.database_url, submitted):
+            phases["failure_reasons"] = failures
         await fleet.stop()
         fleet_failures(fleet, load)
     completed = load.per_second()["completed"][: int(load.window)]  # full seconds only

@@ -111,6 +111,17 @@ def _db_checks(database_url: str, submitted: list[str]) -> dict[str, int]:
     }
 
 
+def _failure_reasons(database_url: str, submitted: list[str]) -> dict[str, int]:
+    """The errors of the jobs that did not succeed, most frequent first (empty when none failed)."""
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        rows = conn.execute(
+            "SELECT left(coalesce(error, state), 120), count(*) FROM jobs WHERE id = ANY(%s::uuid[])"
+            " AND state IN ('failed', 'timeout', 'cancelled') GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
+            (submitted,),
+        ).fetchall()
+    return {str(reason): int(count) for reason, count in rows}
+
+
 def _phase_p50_ms(database_url: str, submitted: list[str]) -> dict[str, float]:
     """Median time a job spent in each phase, from the coordinator's own timestamps: where a closed-loop
     run's latency (and so its throughput) goes."""
