@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from coordinator.jobs.intake import apply_job_message
 from coordinator.jobs.output import accumulator_of
+from coordinator.loops import LoopService
 from coordinator.nats.job_handler import sender
-from coordinator.nats.status_consumer import job_key
+from coordinator.nats.status_consumer import StatusConsumerChild, job_key
 from coordinator.nats.streams import ensure_streams
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
-from coordinator.supervisor import Child
 from coordinator.telemetry import context, metrics
 
 log = structlog.get_logger(__name__)
@@ -61,42 +59,45 @@ async def apply_output(runtime: Runtime, subject: str, payload: bytes) -> None:
         log.warning("nats.malformed", subject=subject, error=str(exc))
 
 
-class OutputConsumerChild(Child):
+class OutputConsumerChild(LoopService):
+    """Consumes `JOB_OUTPUT` with the shared durable pull consumer: each pass long-polls, then drains."""
+
     name = "output_consumer"
+    interval = 0.0  # the long poll is the wait
+    after_error = 1.0  # e.g. the connection is down: do not spin
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
         self.runtime = runtime
+        self._psub: Any = None
 
-    async def run(self, ready: Callable[[], None]) -> None:
+    async def setup(self) -> None:
         nc = self.runtime.nats
         if nc is None:
             raise RuntimeError("NATS is not connected")
         js = nc.jetstream()
         await ensure_streams(js, self.runtime.settings.nats_stream_replicas)
-        psub = await js.pull_subscribe(
+        self._psub = await js.pull_subscribe(
             subjects.OUTPUT_SUBJECTS,
             durable=subjects.OUTPUT_CONSUMER,
             stream=subjects.OUTPUT_STREAM,
             config=output_consumer_config(),
         )
-        ready()
-        try:
-            while True:
-                msgs = await self._fetch(psub, 1, LONG_POLL_SECONDS)
-                while msgs:
-                    await self._process_batch(msgs)
-                    msgs = await self._fetch(psub, BATCH, 0.02)
-        finally:
+
+    async def run_once(self) -> None:
+        msgs = await StatusConsumerChild.fetch(self._psub, 1, LONG_POLL_SECONDS)
+        while msgs:
+            await self._process_batch(msgs)
+            msgs = await StatusConsumerChild.fetch(self._psub, BATCH, 0.02)
+
+    async def drain(self) -> None:
+        """No wait for the long poll: a message fetched and not yet acked is delivered again."""
+
+    async def teardown(self) -> None:
+        if self._psub is not None:
+            psub, self._psub = self._psub, None
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
-
-    @staticmethod
-    async def _fetch(psub: Any, batch: int, wait: float) -> list[Any]:
-        try:
-            msgs: list[Any] = await psub.fetch(batch, timeout=wait)
-        except (TimeoutError, NatsTimeout):
-            return []
-        return msgs
 
     async def _process_batch(self, msgs: list[Any]) -> None:
         by_job: dict[str, list[Any]] = {}

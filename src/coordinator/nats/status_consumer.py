@@ -79,10 +79,10 @@ class StatusConsumerChild(LoopService):
     async def run_once(self) -> None:
         # Long-poll for one message (a batch long-poll would wait for the batch to fill), then drain
         # whatever is already waiting with short no-wait fetches.
-        msgs = await self._fetch(self._psub, 1, LONG_POLL_SECONDS)
+        msgs = await self.fetch(self._psub, 1, LONG_POLL_SECONDS)
         while msgs:
             await self._process_batch(msgs)
-            msgs = await self._fetch(self._psub, BATCH, 0.05)
+            msgs = await self.fetch(self._psub, BATCH, 0.05)
 
     async def drain(self) -> None:
         """No wait for the long poll: a message fetched and not yet acked is delivered again."""
@@ -94,7 +94,8 @@ class StatusConsumerChild(LoopService):
                 await psub.unsubscribe()
 
     @staticmethod
-    async def _fetch(psub: Any, batch: int, wait: float) -> list[Any]:
+    async def fetch(psub: Any, batch: int, wait: float) -> list[Any]:
+        """Up to `batch` messages, waiting at most `wait` seconds (none: an empty list)."""
         try:
             msgs: list[Any] = await psub.fetch(batch, timeout=wait)
         except (TimeoutError, NatsTimeout):
