@@ -19,10 +19,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from coordinator.jobs.intake import apply_job_message
 from coordinator.jobs.output import accumulator_of
-from coordinator.loops import LoopService
+from coordinator.nats.durable_consumer import DurableConsumer, by_job, job_key
 from coordinator.nats.job_handler import sender
-from coordinator.nats.status_consumer import StatusConsumerChild, job_key
-from coordinator.nats.streams import ensure_streams
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
@@ -33,7 +31,6 @@ log = structlog.get_logger(__name__)
 MAX_DELIVER = 20
 ACK_WAIT_SECONDS = 3.0
 BATCH = 200
-LONG_POLL_SECONDS = 5.0
 CONCURRENCY = 8
 
 
@@ -59,50 +56,20 @@ async def apply_output(runtime: Runtime, subject: str, payload: bytes) -> None:
         log.warning("nats.malformed", subject=subject, error=str(exc))
 
 
-class OutputConsumerChild(LoopService):
+class OutputConsumerChild(DurableConsumer):
     """Consumes `JOB_OUTPUT` with the shared durable pull consumer: each pass long-polls, then drains."""
 
     name = "output_consumer"
-    interval = 0.0  # the long poll is the wait
-    after_error = 1.0  # e.g. the connection is down: do not spin
+    stream = subjects.OUTPUT_STREAM
+    filter_subjects = subjects.OUTPUT_SUBJECTS
+    durable = subjects.OUTPUT_CONSUMER
+    batch = BATCH
+    drain_wait = 0.02
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__()
-        self.runtime = runtime
-        self._psub: Any = None
+    def consumer_config(self) -> ConsumerConfig:
+        return output_consumer_config()
 
-    async def setup(self) -> None:
-        nc = self.runtime.nats
-        if nc is None:
-            raise RuntimeError("NATS is not connected")
-        js = nc.jetstream()
-        await ensure_streams(js, self.runtime.settings.nats_stream_replicas)
-        self._psub = await js.pull_subscribe(
-            subjects.OUTPUT_SUBJECTS,
-            durable=subjects.OUTPUT_CONSUMER,
-            stream=subjects.OUTPUT_STREAM,
-            config=output_consumer_config(),
-        )
-
-    async def run_once(self) -> None:
-        msgs = await StatusConsumerChild.fetch(self._psub, 1, LONG_POLL_SECONDS)
-        while msgs:
-            await self._process_batch(msgs)
-            msgs = await StatusConsumerChild.fetch(self._psub, BATCH, 0.02)
-
-    async def drain(self) -> None:
-        """No wait for the long poll: a message fetched and not yet acked is delivered again."""
-
-    async def teardown(self) -> None:
-        if self._psub is not None:
-            psub, self._psub = self._psub, None
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
-
-    async def _process_batch(self, msgs: list[Any]) -> None:
-        by_job: dict[str, list[Any]] = {}
-        for index, msg in enumerate(msgs):
-            by_job.setdefault(job_key(msg.data) or f"#{index}", []).append(msg)
+    async def process_batch(self, msgs: list[Any]) -> None:
         gate = asyncio.Semaphore(CONCURRENCY)
         applied: list[Any] = []
 
@@ -116,7 +83,7 @@ class OutputConsumerChild(LoopService):
                         return
                     applied.append(msg)
 
-        await asyncio.gather(*(in_order(group) for group in by_job.values()))
+        await asyncio.gather(*(in_order(group) for group in by_job(msgs)))
         if not await self._flush():
             for msg in applied:
                 with contextlib.suppress(Exception):

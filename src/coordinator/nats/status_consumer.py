@@ -9,15 +9,14 @@ import asyncio
 import contextlib
 from typing import Any
 
-import orjson
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig
 
 from coordinator.jobs.intake import apply_status_message
 from coordinator.jobs.output_check import OutputPending, redeliverable
-from coordinator.loops import LoopService
+from coordinator.nats.durable_consumer import DurableConsumer, by_job, job_key
 from coordinator.nats.job_handler import sender
-from coordinator.nats.streams import STATUS_MAX_DELIVER, ensure_streams, status_consumer_config
+from coordinator.nats.streams import STATUS_MAX_DELIVER, status_consumer_config
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
@@ -27,18 +26,7 @@ log = structlog.get_logger(__name__)
 
 MAX_DELIVER = STATUS_MAX_DELIVER
 BATCH = 100
-LONG_POLL_SECONDS = 5.0
 CONCURRENCY = 8
-
-
-def job_key(payload: bytes) -> str | None:
-    """The job a status message is about, for ordering (None when unparsable: handled on its own)."""
-    try:
-        data = orjson.loads(payload)  # depth-limited: deep nesting is a decode error, not a RecursionError
-    except ValueError:
-        return None
-    job_id = data.get("job_id") if isinstance(data, dict) else None
-    return job_id if isinstance(job_id, str) else None
 
 
 async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
@@ -51,62 +39,22 @@ async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
         log.warning("nats.malformed", subject=subject, error=str(exc))
 
 
-class StatusConsumerChild(LoopService):
+class StatusConsumerChild(DurableConsumer):
     """Consumes `JOB_STATUS` with the durable pull consumer: each pass long-polls, then drains."""
 
     name = "status_consumer"
-    interval = 0.0  # the long poll is the wait
-    after_error = 1.0  # e.g. the connection is down: do not spin
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__()
-        self.runtime = runtime
-        self._psub: Any = None
+    stream = subjects.STATUS_STREAM
+    filter_subjects = subjects.STATUS_SUBJECTS
+    durable = subjects.STATUS_CONSUMER
+    batch = BATCH
+    drain_wait = 0.05
 
-    async def setup(self) -> None:
-        nc = self.runtime.nats
-        if nc is None:
-            raise RuntimeError("NATS is not connected")
-        js = nc.jetstream()
-        await ensure_streams(js, self.runtime.settings.nats_stream_replicas)
-        self._psub = await js.pull_subscribe(
-            subjects.STATUS_SUBJECTS,
-            durable=subjects.STATUS_CONSUMER,
-            stream=subjects.STATUS_STREAM,
-            config=status_consumer_config(),
-        )
+    def consumer_config(self) -> ConsumerConfig:
+        return status_consumer_config()
 
-    async def run_once(self) -> None:
-        # Long-poll for one message (a batch long-poll would wait for the batch to fill), then drain
-        # whatever is already waiting with short no-wait fetches.
-        msgs = await self.fetch(self._psub, 1, LONG_POLL_SECONDS)
-        while msgs:
-            await self._process_batch(msgs)
-            msgs = await self.fetch(self._psub, BATCH, 0.05)
-
-    async def drain(self) -> None:
-        """No wait for the long poll: a message fetched and not yet acked is delivered again."""
-
-    async def teardown(self) -> None:
-        if self._psub is not None:
-            psub, self._psub = self._psub, None
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
-
-    @staticmethod
-    async def fetch(psub: Any, batch: int, wait: float) -> list[Any]:
-        """Up to `batch` messages, waiting at most `wait` seconds (none: an empty list)."""
-        try:
-            msgs: list[Any] = await psub.fetch(batch, timeout=wait)
-        except (TimeoutError, NatsTimeout):
-            return []
-        return msgs
-
-    async def _process_batch(self, msgs: list[Any]) -> None:
+    async def process_batch(self, msgs: list[Any]) -> None:
         """Messages of one job in order; different jobs concurrently (bounded by the pool)."""
-        by_job: dict[str, list[Any]] = {}
-        for index, msg in enumerate(msgs):
-            by_job.setdefault(job_key(msg.data) or f"#{index}", []).append(msg)
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def in_order(group: list[Any]) -> None:
@@ -114,7 +62,7 @@ class StatusConsumerChild(LoopService):
                 for msg in group:
                     await self._process(msg)
 
-        await asyncio.gather(*(in_order(group) for group in by_job.values()))
+        await asyncio.gather(*(in_order(group) for group in by_job(msgs)))
 
     async def _process(self, msg: Any) -> None:
         delivered = msg.metadata.num_delivered
