@@ -15,7 +15,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from coordinator.app import HttpChild, NatsConnectionChild, build_runtime, job_children, streaming_children
-from coordinator.jobs import lifecycle, moves, service, wiring
+from coordinator.jobs import lifecycle, moves, rules, service, wiring
 from coordinator.jobs import repository as sql
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.models import Job
@@ -26,7 +26,7 @@ from tests.conftest import make_settings
 from tests.factories import Consumer, make_consumer, seed_cargos
 from tests.job_support import make_island
 
-FAST = {"output_grace_seconds": 0.3, "output_flush_interval_seconds": 0.02, "sse_keepalive_seconds": 0.2}
+FAST = {"output_flush_interval_seconds": 0.02, "sse_keepalive_seconds": 0.2}
 
 
 @dataclass
@@ -124,12 +124,16 @@ async def newest_job(runtime: Runtime, user_id: int, *, within: float = 5.0) -> 
         await asyncio.sleep(0.02)
 
 
-async def finish(
-    stack: Stack, ref: JobRef, state: str = "succeeded", error: str | None = None, usage: Any = None
-) -> None:
-    result = await lifecycle.finish(
-        stack.runtime, ref.job_id, state, host_id=stack.host_id, error=error, usage=usage
-    )
+async def finish(stack: Stack, ref: JobRef, state: str = "succeeded", error: str | None = None) -> None:
+    """The end of a job as its Island reports it (`succeeded`/`failed` through the intake, which stores
+    the stream's result with the move); a coordinator-decided end (cancelled, timeout) by its move."""
+    if state in (rules.SUCCEEDED, rules.FAILED):
+        before = await job_of(stack.runtime, ref.job_id)
+        assert await stack.runtime.job_intake.status(stack.host_id, str(ref.job_id), state, error)
+        after = await job_of(stack.runtime, ref.job_id)
+        assert after.state != before.state and rules.is_terminal(after.state), (before.state, after.state)
+        return
+    result = await lifecycle.finish(stack.runtime, ref.job_id, state, error=error)
     assert result is not None
 
 

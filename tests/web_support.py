@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-FAST = {"output_grace_seconds": 0.3, "output_flush_interval_seconds": 0.02, "sse_keepalive_seconds": 1.0}
+FAST = {"output_flush_interval_seconds": 0.02, "sse_keepalive_seconds": 1.0}
 
 
 @dataclass

@@ -148,7 +148,6 @@ class Settings(BaseSettings):
 
     # streaming (output accumulator, pub/sub, SSE)
     output_flush_interval_seconds: float = 0.05
-    output_grace_seconds: float = 2.0
     # How long a success whose output has a gap (or no final chunk) waits for the missing chunks (redelivered
     # from JOB_OUTPUT after a replica died) before it fails with a refund instead.
     output_gap_grace_seconds: float = 8.0

@@ -43,7 +43,6 @@ async def coordinator(database_url: str, nats_url: str) -> AsyncIterator[Runtime
         nats_url,
         job_lease_seconds=3,
         lease_sweep_interval_seconds=0.2,
-        output_grace_seconds=0.3,
         output_flush_interval_seconds=0.02,
     ) as runtime:
         await seed_cargos(runtime)

@@ -16,7 +16,6 @@ from tests.phoenix_client import PhoenixClient
 
 TOKENS = [f" t{i}" for i in range(10)]
 FAST = {
-    "output_grace_seconds": 0.3,
     "output_flush_interval_seconds": 0.02,
     "lease_sweep_interval_seconds": 0.2,
 }

@@ -46,7 +46,6 @@ async def coordinator(
         nats_url,
         metrics_collectors=False,
         output_flush_interval_seconds=0.02,
-        output_grace_seconds=0.3,
         dispatch_interval_seconds=0.5,
         job_unplaceable_timeout_seconds=unplaceable,
     ) as runtime:

@@ -54,7 +54,7 @@ async def test_any_message_order_ends_in_one_terminal_state_with_money_conserved
             await make_island(runtime),
             await make_consumer(runtime, f"p{uuid.uuid4().hex[:8]}@example.com"),
             # No output in these histories: do not wait for a final chunk that never comes.
-            JobIntake(runtime, final_output_grace=0),
+            JobIntake(runtime),
         )
     island, impostor, consumer, intake = PREPARED[runtime]
     job = await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}, budget="2")

@@ -11,6 +11,7 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from coordinator.jobs.events import JobRef
+from coordinator.jobs.output_check import INCOMPLETE_OUTPUT
 from coordinator.pubsub import Subscription, job_topic
 from tests.stream_support import Stack, finish, job_of, running_job, set_runtime, stream_stack
 
@@ -62,20 +63,26 @@ async def test_container_chunks_are_ordered_by_seq_and_the_empty_final_chunk_end
     await sink.on_output(ref, 1, "a", False)  # duplicate
     await sink.on_output(ref, 2, "b", False)
     await sink.on_output(ref, 4, "", True)
-    await finish(stack, ref, usage={"prompt_tokens": 4, "completion_tokens": 3})
+    await finish(stack, ref)
     events = await drain(sub)
     assert kinds(events) == ["token", "token", "token", "status", "done"]
     assert [e["content"] for e in events[:3]] == ["a", "b", "c"]
     assert events[3] == {"type": "status", "status": "completed"}
     assert events[4]["usage"] == {
-        "prompt_tokens": 4,
-        "completion_tokens": 3,
-        "total_tokens": 7,
+        "prompt_tokens": 1,  # "Hi", estimated
+        "completion_tokens": 3,  # the token chunks
+        "total_tokens": 4,
         "credits_used": 1.0,
-        "tokens_source": "island",
+        "tokens_source": "counted",
     }
     job = await job_of(stack.runtime, ref.job_id)
     assert job.output == "abc"
+    assert job.usage == {
+        "prompt_tokens": 1,
+        "completion_tokens": 3,
+        "total_tokens": 4,
+        "tokens_source": "counted",
+    }
     rows = await stored(stack, ref)
     # Everything since assignment, stored in order with contiguous positions: queued, running, tokens…
     assert [p for p, _ in rows] == list(range(1, len(rows) + 1))
@@ -124,10 +131,13 @@ async def test_terminal_status_overtaking_output_waits_for_the_last_chunks(stack
     sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
     sink = stack.accumulator
     await sink.on_output(ref, 1, "one ", False)
-    await finish(stack, ref)  # `succeeded` processed before the last chunks
+    success = asyncio.create_task(finish(stack, ref))  # `succeeded` processed before the last chunks
+    await asyncio.sleep(0.1)
+    assert (await job_of(stack.runtime, ref.job_id)).state == "running"  # the success waits for them
     await sink.on_output(ref, 3, "three", False)
     await sink.on_output(ref, 2, "two ", False)
     await sink.on_output(ref, 4, "", True)
+    await success
     events = await drain(sub)
     assert kinds(events) == ["token", "token", "token", "status", "done"]
     assert "".join(e["content"] for e in events[:3]) == "one two three"
@@ -166,18 +176,21 @@ async def test_diffusers_progress_after_the_image_does_not_break_order_or_finali
     }
 
 
-async def test_missing_final_chunk_finalises_after_the_grace_period(stack: Stack) -> None:
-    ref = await running_job(stack)
-    sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
-    await stack.accumulator.on_output(ref, 1, "partial", False)
-    await stack.accumulator.on_output(ref, 3, " tail", False)  # seq 2 and the final chunk are lost
-    started = asyncio.get_running_loop().time()
-    await finish(stack, ref)
-    events = await drain(sub)
-    waited = asyncio.get_running_loop().time() - started
-    assert kinds(events) == ["token", "token", "status", "done"]
-    assert waited >= stack.runtime.settings.output_grace_seconds * 0.9
-    assert (await job_of(stack.runtime, ref.job_id)).output == "partial tail"
+async def test_a_success_whose_output_stays_incomplete_fails_after_the_gap_grace(database_url: str) -> None:
+    async with stream_stack(database_url, output_gap_grace_seconds=0.5) as stack:
+        ref = await running_job(stack)
+        sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))
+        await stack.accumulator.on_output(ref, 1, "partial", False)
+        await stack.accumulator.on_output(ref, 3, " tail", False)  # seq 2 and the final chunk are lost
+        started = asyncio.get_running_loop().time()
+        await finish(stack, ref)
+        waited = asyncio.get_running_loop().time() - started
+        events = await drain(sub)
+        assert kinds(events) == ["token", "token", "status", "error"]
+        assert events[-1]["error"] == INCOMPLETE_OUTPUT
+        assert waited >= 0.5 * 0.9
+        job = await job_of(stack.runtime, ref.job_id)
+        assert (job.state, job.output, job.error) == ("failed", "partial", INCOMPLETE_OUTPUT)
 
 
 async def test_failure_ends_with_an_error_event_carrying_the_islands_message(stack: Stack) -> None:
@@ -209,7 +222,7 @@ async def test_positions_continue_after_a_restart_of_the_accumulator(stack: Stac
     assert after[-1][1] == {"type": "status", "status": "running"}
 
 
-async def test_final_output_waits_for_the_last_chunks_when_the_status_overtook_them(stack: Stack) -> None:
+async def test_the_result_waits_for_the_last_chunks_when_the_status_overtook_them(stack: Stack) -> None:
     ref = await running_job(stack)
     sink = stack.accumulator
     await sink.on_output(ref, 1, "to", False)
@@ -220,12 +233,14 @@ async def test_final_output_waits_for_the_last_chunks_when_the_status_overtook_t
         await sink.on_output(ref, 3, "", True)
 
     producer = asyncio.create_task(late_chunks())
-    assert await sink.final_output(ref, 2.0) == "today"
+    result = await sink.result(ref, 2.0)
+    assert (result.output, result.complete) == ("today", True)
     await producer
     # Without its last piece, the wait is bounded and gives what has arrived.
     other = await running_job(stack)
     await sink.on_output(other, 1, "half", False)
-    assert await sink.final_output(other, 0.1) == "half"
+    result = await sink.result(other, 0.1)
+    assert (result.output, result.complete) == ("half", False)
 
 
 async def test_idle_streams_are_forgotten_once_stored(stack: Stack) -> None:
@@ -253,7 +268,7 @@ async def test_a_replica_taking_a_stream_over_continues_it_live_and_keeps_the_ea
     await heir.on_output(ref, 3, " a time", False)
     assert (await sub.get(1.0)).payload == {"type": "token", "content": " a time"}  # type: ignore[union-attr]
     await heir.on_output(ref, 4, "", True)
-    assert await heir.final_output(ref, 1.0) == "Once upon a time"
+    assert (await heir.result(ref, 1.0)).output == "Once upon a time"
     await finish(stack, ref)
     events = await drain(sub)
     assert kinds(events)[-1] == "done"

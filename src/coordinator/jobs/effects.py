@@ -45,7 +45,8 @@ def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
         ref = await wiring.job_ref(runtime, result)
         sink = runtime.output
         if rules.is_terminal(result.to_state):
-            await sink.on_terminal(ref, result.to_state, result.error, result.usage)
+            credits = result.credits or 0.0  # a batch parent's money is its children's
+            await sink.on_terminal(ref, result.to_state, result.error, result.usage, credits)
         else:
             await sink.on_status(ref, rules.public_status(result.to_state))
 

@@ -25,13 +25,25 @@ class JobRef:
     stream_owner: str | None = None
 
 
+@dataclass(frozen=True)
+class OutputResult:
+    """A job's assembled result as its stream owner holds it: the output, the usage counted from the
+    stream (token counts merged over what the Island reported), and whether the output is complete (the
+    final chunk with nothing missing before it, or the image). The terminal move stores it."""
+
+    output: str | None
+    usage: dict[str, Any]
+    complete: bool
+
+
 @runtime_checkable
 class OutputSink(Protocol):
     """Receives every accepted event of a job, in arrival order, from the job handler.
 
     The job handler has already checked that the sender is the Island the job is assigned to. The sink
-    orders chunks by the runtime's `seq` conventions, persists them (`job_events`), assembles
-    `jobs.output`, and broadcasts on topic `job:{id}`. `on_status` and `on_terminal` are called after the
+    orders chunks by the runtime's `seq` conventions, persists them (`job_events`), assembles the
+    result (`result`, which the terminal move stores in its transaction: the sink never writes the jobs
+    row) and broadcasts on topic `job:{id}`. `on_status` and `on_terminal` are called after the
     corresponding state transition has committed; `on_terminal` exactly once per job."""
 
     async def on_output(self, job: JobRef, seq: int, chunk: str, is_final: bool) -> None: ...
@@ -44,9 +56,16 @@ class OutputSink(Protocol):
 
     async def on_status(self, job: JobRef, public_status: str) -> None: ...
 
+    async def result(self, job: JobRef, wait: float) -> OutputResult:
+        """The job's result, once complete or after `wait` seconds (status can overtake output)."""
+        ...
+
     async def on_terminal(
-        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
-    ) -> None: ...
+        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None, credits: float
+    ) -> None:
+        """The job ended (committed): its last events. `usage` is what the row stores, `credits` what
+        the job cost its consumer."""
+        ...
 
 
 class UndeliverableAssignment(Exception):

@@ -36,6 +36,8 @@ class TransitionResult:
     # coordinator decided, e.g. a cancel, a timeout or a dead-letter).
     move: str = ""
     reported_by: uuid.UUID | None = None
+    # What the job cost its consumer once the move settled it (`rules.credits_used`); None before.
+    credits: float | None = None
 
 
 Hook = Callable[[TransitionResult], Awaitable[None]]

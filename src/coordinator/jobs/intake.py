@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from coordinator.jobs import lifecycle, moves, rules, service
+from coordinator.jobs import lifecycle, moves, output_check, rules, service
 from coordinator.jobs import repository as sql
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
-from coordinator.jobs.output_check import incomplete_output
 from coordinator.protocol import messages
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import JobImage
@@ -32,8 +31,6 @@ log = structlog.get_logger(__name__)
 CACHE_SECONDS = 5.0
 # Extend a lease on ordinary traffic at most this often per job.
 EXTEND_EVERY_SECONDS = 10.0
-# How long a success waits for its final output chunk when the status overtook it.
-FINAL_OUTPUT_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -45,9 +42,8 @@ class _Known:
 
 
 class JobIntake:
-    def __init__(self, runtime: Runtime, *, final_output_grace: float = FINAL_OUTPUT_GRACE_SECONDS) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.final_output_grace = final_output_grace
         self._known: dict[uuid.UUID, _Known] = {}
         self._penalized: set[tuple[uuid.UUID, str]] = set()
         runtime.hooks.register(self._forget)
@@ -81,7 +77,14 @@ class JobIntake:
                 row = (await session.execute(sql.JOB_FOR_MESSAGE_SQL, {"id": parsed})).first()
         if row is not None and row.host_id == host_id:
             ref = JobRef(
-                row.id, row.user_id, row.workload_id, row.kind, row.runtime, row.host_id, row.created_at
+                row.id,
+                row.user_id,
+                row.workload_id,
+                row.kind,
+                row.runtime,
+                row.host_id,
+                row.created_at,
+                row.stream_owner,
             )
             self._known[row.id] = _Known(ref, row.state, now)
             return ref
@@ -166,19 +169,18 @@ class JobIntake:
             elif (known := self._known.get(ref.job_id)) is not None:
                 known.extended = time.monotonic()  # the start extended the lease
             return True
-        output = None
         if target in (rules.SUCCEEDED, rules.FAILED) and not self._known_running(ref.job_id):
             # `started` is normally first on the same stream; if it was overtaken, start implicitly.
             await self._start(ref, host_id)
         if target == rules.SUCCEEDED:
-            # Status can overtake the last output chunks: give them a moment, then store the output
-            # in the same transaction as the success, so a poller never sees `completed` without it.
-            final_output = getattr(self.runtime.output, "final_output", None)
-            if final_output is not None:
-                output = await final_output(ref, self.final_output_grace)
-            if (gap := await incomplete_output(self.runtime, ref)) is not None:
+            # The stream owner's result, once complete (status can overtake the last chunks), is stored
+            # by the success itself: a poller never sees `completed` without its output.
+            result, gap = await output_check.final_result(self.runtime, ref)
+            if gap is not None:
                 target, error = rules.FAILED, gap
-        inputs = lifecycle.Inputs(host_id=host_id, error=error, output=output)
+        else:
+            result = await self.runtime.output.result(ref, 0)  # what it streamed before it failed
+        inputs = lifecycle.Inputs(host_id=host_id, error=error, output=result.output, usage=result.usage)
         await lifecycle.transition(self.runtime, moves.finish_move(target), ref.job_id, inputs)
         return True
 

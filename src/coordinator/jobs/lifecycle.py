@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.billing import settlement
 from coordinator.errors import NotFound
 from coordinator.hosts.models import Host
-from coordinator.jobs import moves
+from coordinator.jobs import moves, rules
 from coordinator.jobs import repository as sql
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.moves import Move
@@ -95,7 +95,9 @@ class JobStore(Protocol):
 
     async def apply(self, move: Move, job_id: uuid.UUID, inputs: Inputs) -> Moved | None: ...
 
-    async def settle(self, moved: Moved) -> None: ...
+    async def settle(self, moved: Moved) -> Decimal:
+        """Settle the money of an ended job; what the consumer paid."""
+        ...
 
     async def karma_success(self, moved: Moved) -> None: ...
 
@@ -144,7 +146,7 @@ class PgStore:
             for r in await self.session.execute(sql.ASSIGN_MANY_SQL, params)
         ]
 
-    async def settle(self, moved: Moved) -> None:
+    async def settle(self, moved: Moved) -> Decimal:
         """Success pays the clearing price (Island share and fee); any other end refunds in full."""
         if moved.state == moves.SUCCEED.target:
             owner_id = None
@@ -172,6 +174,7 @@ class PgStore:
         await self.session.execute(
             sql.RECORD_SETTLEMENT_SQL, {"id": moved.id, "charged": charged, "refunded": refunded}
         )
+        return charged
 
     async def karma_success(self, moved: Moved) -> None:
         # The guarded UPDATE applies once, and karma_events refuses a second job_succeeded for the same
@@ -190,7 +193,9 @@ def store_of(where: AsyncSession | JobStore) -> JobStore:
     return PgStore(where) if isinstance(where, AsyncSession) else where
 
 
-def result_of(moved: Moved, move: Move, inputs: Inputs, released: uuid.UUID | None) -> TransitionResult:
+def result_of(
+    moved: Moved, move: Move, inputs: Inputs, released: uuid.UUID | None, paid: Decimal | None = None
+) -> TransitionResult:
     return TransitionResult(
         job_id=moved.id,
         user_id=moved.user_id,
@@ -207,6 +212,7 @@ def result_of(moved: Moved, move: Move, inputs: Inputs, released: uuid.UUID | No
         move=move.name,
         # A requeue or give-back names the Island it takes the job from, not one that reported anything.
         reported_by=None if move.target == moves.REQUEUE.target else inputs.host_id,
+        credits=None if paid is None else rules.credits_used(moved.budget, paid, True),
     )
 
 
@@ -228,14 +234,13 @@ async def transition_in(
     if moved is None:
         return None
     released = released_island(move, moved, inputs)
-    if moves.SETTLE in move.effects:
-        await store.settle(moved)
+    paid = await store.settle(moved) if moves.SETTLE in move.effects else None
     if moves.KARMA_SUCCESS in move.effects and moved.host_id is not None:
         await store.karma_success(moved)
     penalty = moves.penalty_for(move, penalty=inputs.penalty, reported_by=inputs.host_id, error=inputs.error)
     if penalty is not None and released is not None:
         await store.penalize(released, penalty, moved.id)
-    return result_of(moved, move, inputs, released)
+    return result_of(moved, move, inputs, released, paid)
 
 
 async def assign_in(

@@ -120,7 +120,7 @@ class MemoryStore:
             old,
         )
 
-    async def settle(self, moved: Moved) -> None:
+    async def settle(self, moved: Moved) -> Decimal:
         job = self.jobs[moved.id]
         job.settled += 1
         self.settlements.append((moved.id, moved.state))
@@ -131,8 +131,9 @@ class MemoryStore:
             self.earned[moved.host_id] = self.earned.get(moved.host_id, Decimal(0)) + share
             self.fees += price - share
             self.balances[moved.user_id] += moved.budget - price
-        else:
-            self.balances[moved.user_id] += moved.budget
+            return price
+        self.balances[moved.user_id] += moved.budget
+        return Decimal(0)
 
     async def karma_success(self, moved: Moved) -> None:
         assert moved.host_id is not None

@@ -1,13 +1,14 @@
-"""The output accumulator: orders each job's Island output, persists it in batches, assembles
-`jobs.output`, and broadcasts every consumer event on topic `job:{id}` (DESIGN §6 step 4).
+"""The output accumulator: orders each job's Island output, persists it in batches, assembles the
+job's result, and broadcasts every consumer event on topic `job:{id}` (DESIGN §6 step 4).
 
 Positions are per job, 1, 2, 3…, continuing the stored ones after a restart. Events are kept in memory
 until their batch has committed, so a replay (memory first, then the table) never misses one.
 
-A job finalises once it is terminal AND its output is complete (final chunk with nothing missing, or the
-image), or `output_grace_seconds` after the terminal status when the last piece never comes; failures,
-cancellations and timeouts finalise at once. Then: the guarded UPDATE of `output`/`usage`, the final
-`status` event and `done` (succeeded) or `error` (anything else), always last."""
+The accumulator never writes the jobs row: the terminal move stores the `result` it assembled (output and
+counted usage) in the move's own transaction (`jobs/intake.py` asks for it before a success, waiting for
+the last chunks when the status overtook them). Once the move committed, `on_terminal` releases what is
+still held and ends the stream: the final `status` event, then `done` (succeeded) or `error`, always last.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import text
 
-from coordinator.jobs import moves, rules
-from coordinator.jobs.events import JobRef
-from coordinator.jobs.output_assembly import JobAssembly, clean_usage, counted_usage, done_usage
+from coordinator.jobs import rules
+from coordinator.jobs.events import JobRef, OutputResult
+from coordinator.jobs.output_assembly import JobAssembly, counted_usage, done_usage
 from coordinator.loops import LoopService
 from coordinator.pubsub import Event, PubSub, job_topic
 from coordinator.runtime import Runtime
@@ -44,16 +44,6 @@ INSERT_EVENTS_SQL = text(
     ON CONFLICT DO NOTHING
     """
 )
-
-# The assembled result of a finished job; only a terminal job is written, token usage merged in.
-WRITE_RESULT_SQL = text(
-    f"""
-    UPDATE jobs SET output = COALESCE(:output, jobs.output),
-           usage = CASE WHEN jsonb_typeof(jobs.usage) = 'object' THEN jobs.usage ELSE '{{}}' END || :usage
-    WHERE id = :id AND {moves.states_sql(moves.FINISHED, "state")}
-    RETURNING budget, charged, settled_at, usage, error
-    """
-).bindparams(bindparam("usage", type_=JSONB))
 
 # The texts a chat job's prompt tokens are estimated from (when the Island reports no counts).
 PROMPT_SQL = text("SELECT input ->> 'system_prompt', input ->> 'prompt' FROM jobs WHERE id = :id")
@@ -94,9 +84,7 @@ class _Stream:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     next_position: int = 1
     unflushed: list[Event] = field(default_factory=list)
-    terminal: tuple[str, str | None, dict[str, Any] | None] | None = None
     finalized: bool = False
-    grace: asyncio.TimerHandle | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     first_token_at: float | None = None
     # Set once the current attempt's output is complete (final chunk with nothing missing, or image).
@@ -110,10 +98,8 @@ class OutputAccumulator:
     def __init__(self, runtime: Runtime, pubsub: PubSub | None = None) -> None:
         self.runtime = runtime
         self.pubsub = pubsub or runtime.pubsub
-        self.grace_seconds = runtime.settings.output_grace_seconds
         self._streams: dict[uuid.UUID, _Stream] = {}
         self._flush_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.wake: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ sink interface
@@ -130,7 +116,7 @@ class OutputAccumulator:
                 metrics.time_to_first_token.observe(waited)
             for payload in events:
                 await self._emit(stream, payload)
-            await self._maybe_finalize(stream)
+            self._mark_complete(stream)
 
     async def on_progress(self, job: JobRef, step: int, total: int) -> None:
         stream = await self._stream(job)
@@ -151,7 +137,7 @@ class OutputAccumulator:
             payload = stream.assembly.set_image(image_data, format, width, height, seed)
             if payload is not None:
                 await self._emit(stream, payload)
-            await self._maybe_finalize(stream)
+            self._mark_complete(stream)
 
     async def on_status(self, job: JobRef, public_status: str) -> None:
         stream = await self._stream(job)
@@ -165,18 +151,40 @@ class OutputAccumulator:
             await self._emit(stream, status_event(public_status))
 
     async def on_terminal(
-        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
+        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None, credits: float
     ) -> None:
         stream = await self._stream(job)
         async with stream.lock:
-            if stream.finalized or stream.terminal is not None:
+            if stream.finalized:
                 return
-            stream.terminal = (state, error, usage)
-            if state != rules.SUCCEEDED or stream.assembly.complete:
-                await self._finalize(stream)
+            stream.finalized = True
+            for payload in stream.assembly.release_held():
+                await self._emit(stream, payload)
+            await self._emit(stream, status_event(rules.public_status(state)))
+            if state == rules.SUCCEEDED:
+                await self._emit(stream, {"type": "done", "usage": done_usage(usage or {}, credits)})
             else:
-                loop = asyncio.get_running_loop()
-                stream.grace = loop.call_later(self.grace_seconds, self._grace_expired, stream)
+                await self._emit(
+                    stream, {"type": "error", "error": error or f"Job {rules.public_status(state)}"}
+                )
+        asyncio.get_running_loop().call_later(FORGET_AFTER_SECONDS, self._forget, stream)
+
+    async def result(self, job: JobRef, wait: float) -> OutputResult:
+        """The assembled output and its counted usage once its last piece arrived (or after `wait`
+        seconds), for the terminal move to store in its own transaction."""
+        stream = await self._stream(job)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.completed.wait(), wait)
+        async with stream.lock:
+            assembly = stream.assembly
+            complete = stream.finalized or assembly.complete
+            reported = dict(assembly.usage)
+            output, chunks = assembly.output(), assembly.token_chunks
+        prompt = None
+        if "completion_tokens" not in reported and chunks:
+            prompt = await self._prompt_text(job.job_id)
+        return OutputResult(output, counted_usage(reported, chunks, prompt), complete)
 
     # ------------------------------------------------------------ replay
 
@@ -251,57 +259,9 @@ class OutputAccumulator:
         if self.wake is not None:
             self.wake()
 
-    async def final_output(self, job: JobRef, wait: float) -> str | None:
-        """The assembled output once its last piece arrived (or after `wait` seconds), for the success
-        transition to store in its own transaction (status can overtake output)."""
-        stream = await self._stream(job)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stream.completed.wait(), wait)
-        return stream.assembly.output()
-
-    async def output_complete(self, job: JobRef) -> bool:
-        """The current attempt's output is gap-free up to its final chunk (or is an image)."""
-        stream = await self._stream(job)
-        return stream.finalized or stream.assembly.complete
-
-    async def _maybe_finalize(self, stream: _Stream) -> None:
+    def _mark_complete(self, stream: _Stream) -> None:
         if stream.assembly.complete:
             stream.completed.set()
-        if stream.terminal is not None and stream.assembly.complete:
-            await self._finalize(stream)
-
-    def _grace_expired(self, stream: _Stream) -> None:
-        task = asyncio.get_running_loop().create_task(self._finalize_late(stream))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _finalize_late(self, stream: _Stream) -> None:
-        async with stream.lock:
-            if not stream.finalized:
-                log.info("output.finalized_after_grace", job_id=str(stream.ref.job_id))
-                await self._finalize(stream)
-
-    async def _finalize(self, stream: _Stream) -> None:
-        assert stream.terminal is not None
-        state, error, terminal_usage = stream.terminal
-        stream.finalized = True
-        if stream.grace is not None:
-            stream.grace.cancel()
-        for payload in stream.assembly.release_held():
-            await self._emit(stream, payload)
-        reported = {**clean_usage(terminal_usage), **stream.assembly.usage}
-        prompt = None
-        if "completion_tokens" not in reported and stream.assembly.token_chunks:
-            prompt = await self._prompt_text(stream.ref.job_id)
-        token_usage = counted_usage(reported, stream.assembly.token_chunks, prompt)
-        credits, stored_error = await self._write_result(stream, token_usage)
-        await self._emit(stream, status_event(rules.public_status(state)))
-        if state == rules.SUCCEEDED:
-            await self._emit(stream, {"type": "done", "usage": done_usage(token_usage, credits)})
-        else:
-            message = error or stored_error or f"Job {rules.public_status(state)}"
-            await self._emit(stream, {"type": "error", "error": message})
-        asyncio.get_running_loop().call_later(FORGET_AFTER_SECONDS, self._forget, stream)
 
     async def _input_seed(self, job_id: uuid.UUID) -> int | None:
         async with self.runtime.db.read() as session:
@@ -317,19 +277,6 @@ class OutputAccumulator:
             log.exception("output.prompt_read_failed", job_id=str(job_id))
             return None
         return None if row is None else (row[0] or "") + (row[1] or "")
-
-    async def _write_result(self, stream: _Stream, token_usage: dict[str, Any]) -> tuple[float, str | None]:
-        """Store output and usage; the consumer's cost so far and the stored error, for the final event."""
-        params = {"id": stream.ref.job_id, "output": stream.assembly.output(), "usage": token_usage}
-        try:
-            async with self.runtime.db.transaction() as session:
-                row = (await session.execute(WRITE_RESULT_SQL, params)).first()
-        except Exception:
-            log.exception("output.write_failed", job_id=str(stream.ref.job_id))
-            return 0.0, None
-        if row is None:
-            return 0.0, None
-        return rules.credits_used(row.budget, row.charged, row.settled_at), row.error
 
     def _forget(self, stream: _Stream) -> None:
         if not stream.unflushed and self._streams.get(stream.ref.job_id) is stream:
@@ -354,12 +301,6 @@ class OutputAccumulator:
             for stream, flushed in batch:
                 del stream.unflushed[: len(flushed)]
             return len(events)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
 
 
 async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> list[Event]:
@@ -410,4 +351,3 @@ class OutputAccumulatorChild(LoopService):
         if self.accumulator is not None:
             with contextlib.suppress(Exception):
                 await self.accumulator.flush()
-            await self.accumulator.close()

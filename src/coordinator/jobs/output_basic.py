@@ -1,7 +1,6 @@
-"""A minimal output sink: keeps chunks in memory by seq and writes `jobs.output` when the job ends.
-
-The streaming work (ordered persistence to `job_events`, pub/sub, SSE) replaces it with a full
-accumulator as `runtime.output`."""
+"""A minimal output sink for a process that does not stream (the worker): keeps chunks in memory by seq
+and assembles the result the terminal move stores. It persists and broadcasts nothing; the coordinator
+process replaces it with the accumulator (`jobs/output.py`) as `runtime.output`."""
 
 from __future__ import annotations
 
@@ -12,23 +11,17 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
-
-from coordinator.jobs.events import JobRef
+from coordinator.jobs.events import JobRef, OutputResult
 from coordinator.runtime import Runtime
 
-# Stores the assembled output of a job (a late chunk after the terminal status rewrites it).
-WRITE_OUTPUT_SQL = text("UPDATE jobs SET output = :output WHERE id = :id")
-
-# How long after the terminal status the last chunks may still arrive (status can overtake output).
-GRACE_SECONDS = 0.3
+# How long a finished job's chunks are kept (late duplicates are ignored meanwhile).
+FORGET_AFTER_SECONDS = 6.0
 
 
 @dataclass
 class _Buffer:
     chunks: dict[int, str] = field(default_factory=dict)
     image: str | None = None
-    finished: bool = False
     # Set when the last piece of output (final chunk or image) has arrived.
     complete: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -59,16 +52,14 @@ class BasicOutput:
         buffer.chunks.setdefault(seq, self._visible(job, chunk, is_final))
         if is_final:
             buffer.complete.set()
-        if buffer.finished:
-            await self._write(job)
 
-    async def final_output(self, job: JobRef, wait: float) -> str | None:
-        """The assembled output once its last piece arrived (or after `wait` seconds): status can overtake
-        output, and the terminal transition stores this in the same transaction."""
+    async def result(self, job: JobRef, wait: float) -> OutputResult:
+        """The assembled output once its last piece arrived (or after `wait` seconds)."""
         buffer = self._buffer(job)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(buffer.complete.wait(), wait)
-        return self.assemble(job) or None
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(buffer.complete.wait(), wait)
+        return OutputResult(self.assemble(job) or None, {}, buffer.complete.is_set())
 
     async def on_progress(self, job: JobRef, step: int, total: int) -> None:
         return None
@@ -82,23 +73,12 @@ class BasicOutput:
         buffer = self._buffer(job)
         buffer.image = json.dumps(image, separators=(",", ":"))
         buffer.complete.set()
-        if buffer.finished:
-            await self._write(job)
 
     async def on_status(self, job: JobRef, public_status: str) -> None:
         return None
 
     async def on_terminal(
-        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
+        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None, credits: float
     ) -> None:
-        buffer = self._buffer(job)
-        buffer.finished = True
-        await self._write(job)
-        asyncio.get_running_loop().call_later(GRACE_SECONDS * 20, self._buffers.pop, job.job_id, None)
-
-    async def _write(self, job: JobRef) -> None:
-        output = self.assemble(job)
-        if not output:
-            return
-        async with self.runtime.db.transaction() as session:
-            await session.execute(WRITE_OUTPUT_SQL, {"id": job.job_id, "output": output})
+        loop = asyncio.get_running_loop()
+        loop.call_later(FORGET_AFTER_SECONDS, self._buffers.pop, job.job_id, None)

@@ -212,7 +212,7 @@ REQUEUE_SQL = text(
 JOB_FOR_MESSAGE_SQL = text(
     """
     SELECT j.id, j.user_id, j.workload_id, j.state, j.host_id, j.attempt, j.created_at,
-           j.excluded_host_ids, w.kind, w.runtime
+           j.excluded_host_ids, j.stream_owner, w.kind, w.runtime
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
     WHERE j.id = :id
     """

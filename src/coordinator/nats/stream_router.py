@@ -1,7 +1,8 @@
 """Cross-replica output routing: every job's events are produced by one replica, its stream owner.
 
-The owner is the first replica whose sink hears of the job (`jobs.stream_owner`, claimed once). Any other
-replica forwards the sink call (output, progress, image, status, terminal, final output) to the owner with a
+The owner is the replica that assigned the job (`jobs.stream_owner`), else the first whose sink hears of it
+(claimed once). Any other replica forwards the sink call (output, progress, image, status, result,
+terminal) to the owner with a
 core-NATS request on `coordinator.replica.<id>.sink`; when nobody answers there (the owner is gone) it
 takes the job over with a guarded UPDATE and handles the call itself.
 See docs/decisions/multi-replica-streaming.md."""
@@ -20,7 +21,7 @@ import structlog
 from nats.errors import NoRespondersError
 
 from coordinator.jobs import repository as sql
-from coordinator.jobs.events import JobRef
+from coordinator.jobs.events import JobRef, OutputResult
 from coordinator.jobs.output import OutputAccumulator, accumulator_of
 from coordinator.runtime import Runtime
 from coordinator.supervisor import Child
@@ -71,11 +72,10 @@ async def call_local(local: OutputAccumulator, op: str, ref: JobRef, args: list[
     elif op == "status":
         await local.on_status(ref, str(args[0]))
     elif op == "terminal":
-        await local.on_terminal(ref, str(args[0]), args[1], args[2])
-    elif op == "final_output":
-        return await local.final_output(ref, float(args[0]))
-    elif op == "output_complete":
-        return await local.output_complete(ref)
+        await local.on_terminal(ref, str(args[0]), args[1], args[2], float(args[3]))
+    elif op == "result":
+        result = await local.result(ref, float(args[0]))
+        return [result.output, result.usage, result.complete]
     else:
         raise ValueError(f"unknown sink op {op!r}")
     return None
@@ -153,16 +153,15 @@ class StreamRouter:
         await self._route("status", job, [public_status])
 
     async def on_terminal(
-        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None
+        self, job: JobRef, state: str, error: str | None, usage: dict[str, Any] | None, credits: float
     ) -> None:
-        await self._route("terminal", job, [state, error, usage])
+        await self._route("terminal", job, [state, error, usage, credits])
 
-    async def final_output(self, job: JobRef, wait: float) -> str | None:
-        result = await self._route("final_output", job, [wait], wait=wait + REQUEST_TIMEOUT_SECONDS)
-        return None if result is None else str(result)
-
-    async def output_complete(self, job: JobRef) -> bool:
-        return bool(await self._route("output_complete", job, []))
+    async def result(self, job: JobRef, wait: float) -> OutputResult:
+        output, usage, complete = await self._route(
+            "result", job, [wait], wait=wait + REQUEST_TIMEOUT_SECONDS
+        )
+        return OutputResult(output, usage, bool(complete))
 
 
 class StreamRouterChild(Child):
@@ -197,9 +196,9 @@ class StreamRouterChild(Child):
                 await msg.respond(json.dumps(reply).encode())
 
         async def on_message(msg: Any) -> None:
-            # A final output waits for the last chunks, which arrive on this same subscription: run the
+            # A result may wait for the last chunks, which arrive on this same subscription: run the
             # waits aside; everything else in arrival order.
-            if b'"op":"final_output"' in msg.data or b'"op": "final_output"' in msg.data:
+            if b'"op": "result"' in msg.data:
                 task = asyncio.get_running_loop().create_task(answer(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -29,6 +29,8 @@ KEEPALIVE = b": keepalive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 # How long to wait for a store flush (another replica's) that fills a gap in the live positions.
 GAP_WAIT_SECONDS = 3.0
+# A job terminal this long without a stored final event lost it (its replica died): synthesize one.
+LOST_FINAL_AFTER_SECONDS = 4.0
 
 
 def frame(encoded: str) -> bytes:
@@ -75,7 +77,7 @@ async def _lost_final(runtime: Runtime, job_id: uuid.UUID, position: int) -> Eve
     if job is None or not rules.is_terminal(job.state) or job.completed_at is None:
         return None
     waited = (datetime.now(UTC) - job.completed_at).total_seconds()
-    if waited < runtime.settings.output_grace_seconds + 2.0:
+    if waited < LOST_FINAL_AFTER_SECONDS:
         return None
     return final_from_row(job, position)
 
