@@ -18,6 +18,8 @@ from coordinator.billing.quotas import RateCounter, RateCounterSync
 from coordinator.config import Settings
 from coordinator.hosts.fleet import FleetView
 from coordinator.hosts.network import CachedNetworkStats
+from coordinator.jobs import moves
+from coordinator.jobs.batches import advance_hook
 from coordinator.jobs.effects import builtin_hooks
 from coordinator.jobs.hooks import HookRegistry
 from coordinator.jobs.intake import JobIntake
@@ -60,7 +62,8 @@ def build_runtime(settings: Settings) -> Runtime:
         network_stats=CachedNetworkStats(),
         scan_slots=asyncio.Semaphore(settings.registry_scan_concurrency),
     )
-    runtime.builtin_hooks = builtin_hooks(runtime)  # run before the extension hooks (`jobs/lifecycle.py`)
+    # run before the extension hooks (`jobs/lifecycle.py`)
+    runtime.builtin_hooks = {**builtin_hooks(runtime), moves.ADVANCE_BATCH: advance_hook(runtime)}
     runtime.output = BasicOutput(runtime)
     runtime.job_intake = JobIntake(runtime)
     runtime.channels = ChannelRegistry(runtime)
@@ -207,7 +210,7 @@ class ReadyMarker(Child):
 
 def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = True) -> list[Child]:
     """The tree in start order: telemetry, database, metric collectors (with HTTP, which serves them),
-    pub/sub, output accumulator and batch hook, background jobs, HTTP (or, without it, the bare metrics
+    pub/sub, output accumulator, background jobs, HTTP (or, without it, the bare metrics
     endpoint if a port is set), then (if configured) the NATS subtree: hosts, then the job pipeline; last
     the ready marker (`/readyz` answers ready only once everything before it started)."""
     children: list[Child] = [TelemetryChild(runtime), DatabaseChild(runtime)]
@@ -247,13 +250,11 @@ def hosts_children(runtime: Runtime) -> list[Child]:
 
 
 def streaming_children(runtime: Runtime) -> list[Child]:
-    """Pub/sub (bridged over NATS once the connection is up), the output accumulator after it, and the
-    batch hook (advances server-side batches when their children end)."""
-    from coordinator.jobs.batches import BatchHookChild
+    """Pub/sub (bridged over NATS once the connection is up) and the output accumulator after it."""
     from coordinator.jobs.output import OutputAccumulatorChild
     from coordinator.pubsub import PubSubChild
 
-    return [PubSubChild(runtime), OutputAccumulatorChild(runtime), BatchHookChild(runtime)]
+    return [PubSubChild(runtime), OutputAccumulatorChild(runtime)]
 
 
 def job_children(runtime: Runtime) -> list[Child]:

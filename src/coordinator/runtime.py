@@ -40,7 +40,7 @@ class Runtime:
     # Built with the runtime (`app.build_runtime`), for the whole life of the process.
     pubsub: PubSub
     fleet: FleetView
-    hooks: HookRegistry  # extension after-commit hooks of job transitions (batch roll-up, intake cache…)
+    hooks: HookRegistry  # extension after-commit hooks of job transitions (intake cache, tests)
     surge: Surge  # the exchange's surge factor (the settings' ratio, multiplier and cache time)
     market_rates: TtlCache[Decimal | None]  # each Cargo's market rate, recomputed at most every 10 s
     workload_meta: WorkloadMetaCache  # each Cargo's kind and runtime, for job events
@@ -59,7 +59,6 @@ class Runtime:
     publisher: Publisher | None = None
     host_handler: HostHandler | None = None
     island_intake: IslandIntake | None = None
-    batch_hook: Hook | None = None  # registered by the batch hook child (server-side batches)
     # False until every child of the process's tree has started (then True, and False again once it
     # starts stopping); None when no full tree runs (tests assembling their own children).
     tree_ready: bool | None = None

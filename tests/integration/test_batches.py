@@ -188,3 +188,24 @@ async def test_invalid_batches_are_refused_with_nothing_created(stack: Stack) ->
     for job_id in (str(uuid.uuid4()), "nope"):
         response = await stack.http.get(f"/api/v1/jobs/{job_id}/batch-status", headers=headers)
         assert response.status_code == 404
+
+
+async def test_the_last_childs_end_closes_the_parent_in_the_same_transaction(stack: Stack) -> None:
+    """The roll-up is an effect of the child's move: rolled back with it, committed with it."""
+    from coordinator.jobs import lifecycle, moves
+
+    batch = await submit(stack, inputs=[{"prompt": "only"}])
+    child = uuid.UUID(batch["children"][0]["id"])
+    await assign(stack, child)
+    parent_state = text("SELECT state, output FROM jobs WHERE id = :id")
+    inputs = lifecycle.Inputs(host_id=stack.host_id, output='"x"')
+    async with stack.runtime.db.session() as session:
+        result = await lifecycle.transition_in(session, moves.SUCCEED, child, inputs)
+        assert result is not None and [r.move for r in result.then] == ["close_batch_ok"]
+        inside = (await session.execute(parent_state, {"id": uuid.UUID(batch["id"])})).one()
+        assert tuple(inside) == ("succeeded", '["x"]')
+        await session.rollback()  # a crash before commit: neither the child's end nor the parent's close
+    async with stack.runtime.db.session() as session:
+        after = (await session.execute(parent_state, {"id": uuid.UUID(batch["id"])})).one()
+    assert tuple(after) == ("running", None)
+    assert (await get_job(stack, str(child)))["status"] == "running"

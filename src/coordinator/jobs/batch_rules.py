@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -113,3 +115,81 @@ def parent_outcome(child_states: list[str]) -> tuple[str, str | None]:
     if child_states and all(s == rules.CANCELLED for s in child_states):
         return rules.FAILED, "every batch child was cancelled"
     return rules.FAILED, "every batch child failed"
+
+
+@dataclass(frozen=True)
+class Child:
+    """One child of a batch: a job row, or an input still waiting (or dropped) with no row (`id` None)."""
+
+    id: uuid.UUID | None
+    batch_index: int
+    state: str
+    error: str | None = None
+    host_id: uuid.UUID | None = None
+    output: str | None = None
+
+    def view(self, parent_id: uuid.UUID) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": str(self.id) if self.id else f"{parent_id}-{self.batch_index}",
+            "batch_index": self.batch_index,
+            "state": batch_state(self.state),
+        }
+        if self.error:
+            body["error"] = self.error
+        if self.host_id:
+            body["host_id"] = str(self.host_id)
+        return body
+
+
+def children_of(config: dict[str, Any], rows: Sequence[Any]) -> list[Child]:
+    """Every child in batch order: the rows, then the failed, waiting and dropped inputs of the config."""
+    children = {
+        r.batch_index: Child(r.id, r.batch_index, r.state, r.error, r.host_id, r.output) for r in rows
+    }
+    for index, error in (config.get("failed_inputs") or {}).items():
+        children.setdefault(int(index), Child(None, int(index), rules.FAILED, error))
+    for index, _ in config.get("pending") or []:
+        children.setdefault(int(index), Child(None, int(index), rules.QUEUED))
+    for index in range(int(config.get("chunk_count", 0))):
+        children.setdefault(index, Child(None, index, rules.CANCELLED))  # dropped by fail_fast / cancel
+    return [children[i] for i in sorted(children)]
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """What a batch does next, decided in the transaction of a child's end (or its parent's cancel):
+    close the parent (state, merged output, error) in that same transaction; after commit, submit the
+    released inputs and cancel the listed children (`cancel_reason`)."""
+
+    parent_id: uuid.UUID
+    user_id: int
+    spec: BatchSpec
+    close: tuple[str, str | None, str | None] | None = None
+    release: tuple[tuple[int, Any], ...] = ()
+    cancel: tuple[uuid.UUID, ...] = ()
+    cancel_reason: str = ""
+
+
+def next_step(parent_id: uuid.UUID, user_id: int, config: dict[str, Any], children: list[Child]) -> BatchStep:
+    """After a child ended: fail fast, release waiting inputs into free slots, or merge and close.
+    `config["pending"]` is updated in place (the caller stores it)."""
+    spec = BatchSpec.from_config(config)
+    open_ids = tuple(c.id for c in children if c.id is not None and not rules.is_terminal(c.state))
+    failed = [c for c in children if batch_state(c.state) == "failed"]
+    if spec.fail_mode == "fail_fast" and failed:
+        first = min(failed, key=lambda c: c.batch_index)
+        config["pending"] = []
+        why = f"batch child {first.batch_index} failed: {first.error or 'failed'}"
+        reason = "cancelled: another batch child failed (fail_fast)"
+        return BatchStep(
+            parent_id, user_id, spec, (rules.FAILED, None, why), cancel=open_ids, cancel_reason=reason
+        )
+    pending = list(config.get("pending") or [])
+    room = max(0, spec.parallelism - len(open_ids))
+    release, config["pending"] = pending[:room], pending[room:]
+    close: tuple[str, str | None, str | None] | None = None
+    if not release and all(rules.is_terminal(c.state) for c in children):
+        state, error = parent_outcome([c.state for c in children])
+        outputs = [(c.output if c.state == rules.SUCCEEDED else None) for c in children]
+        close = (state, merge_outputs(outputs, spec.merge_strategy), error)
+    return BatchStep(parent_id, user_id, spec, close, tuple((int(i), v) for i, v in release))

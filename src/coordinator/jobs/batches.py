@@ -6,16 +6,15 @@ it is created `running` with no Island, no lease and no charge, and it carries t
 
 `max_parallelism` is honoured by creating children lazily: at most that many exist unfinished at once; the
 other inputs wait in the parent's `batch_config.pending` and are submitted (and charged) when a running
-child ends. An after-transition hook advances the batch; the parent row is locked while deciding, so
-concurrent child completions on several replicas release each input once and finish the parent once."""
+child ends. The decision is the lifecycle's `roll_up_batch` effect (`jobs/batch_rollup.py`), in the
+transaction of the child's end with the parent row locked, so concurrent child completions on several
+replicas release each input once and close the parent once; the `advance_batch` hook (`advance`, below)
+then submits the released inputs and cancels the dropped children."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -28,12 +27,11 @@ from coordinator.accounts.models import User
 from coordinator.billing import exchange as market
 from coordinator.billing import quotas
 from coordinator.errors import DomainError, InsufficientCredits, NotFound, ValidationFailed
-from coordinator.jobs import lifecycle, moves, rules, service
-from coordinator.jobs.batch_rules import BatchSpec, batch_state, merge_outputs, parent_outcome
-from coordinator.jobs.hooks import TransitionResult
+from coordinator.jobs import batch_rollup, lifecycle, moves, rules, service
+from coordinator.jobs.batch_rules import BatchSpec, BatchStep, Child, batch_state, children_of
+from coordinator.jobs.hooks import Hook, TransitionResult
 from coordinator.jobs.models import Job
 from coordinator.runtime import Runtime
-from coordinator.supervisor import Child as SupervisedChild
 from coordinator.workloads import rules as workload_rules
 from coordinator.workloads import service as workloads
 
@@ -49,22 +47,6 @@ INSERT_PARENT_SQL = text(
     """
 ).bindparams(bindparam("input", type_=JSONB), bindparam("batch_config", type_=JSONB))
 
-# Serialises every decision about one batch (release, finish) across replicas.
-LOCK_PARENT_SQL = text(
-    "SELECT id, user_id, workload_id, state, batch_config, created_at FROM jobs "
-    "WHERE id = :id AND batch_config IS NOT NULL FOR UPDATE"
-)
-
-# The children of a batch, in batch order.
-CHILDREN_SQL = text(
-    "SELECT id, batch_index, state, error, host_id, output FROM jobs "
-    "WHERE parent_id = :id ORDER BY batch_index"
-)
-
-SAVE_CONFIG_SQL = text("UPDATE jobs SET batch_config = :config WHERE id = :id").bindparams(
-    bindparam("config", type_=JSONB)
-)
-
 # What a batch costs its owner so far: its children's credits_used (charge while unsettled, else what the
 # settlement kept). The parent itself carries no money.
 CHILDREN_CREDITS_SQL = text(
@@ -77,32 +59,6 @@ CHILDREN_CREDITS_SQL = text(
 
 async def children_credits(session: AsyncSession, parent_id: uuid.UUID) -> Decimal:
     return Decimal(await session.scalar(CHILDREN_CREDITS_SQL, {"id": parent_id}) or 0)
-
-
-# Which batch, if any, a job belongs to.
-PARENT_OF_SQL = text("SELECT parent_id FROM jobs WHERE id = :id")
-
-
-@dataclass(frozen=True)
-class Child:
-    id: uuid.UUID | None
-    batch_index: int
-    state: str
-    error: str | None = None
-    host_id: uuid.UUID | None = None
-    output: str | None = None
-
-    def view(self, parent_id: uuid.UUID) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": str(self.id) if self.id else f"{parent_id}-{self.batch_index}",
-            "batch_index": self.batch_index,
-            "state": batch_state(self.state),
-        }
-        if self.error:
-            body["error"] = self.error
-        if self.host_id:
-            body["host_id"] = str(self.host_id)
-        return body
 
 
 # ------------------------------------------------------------------ submit
@@ -119,7 +75,6 @@ def _validate_inputs(schema: dict[str, Any] | None, inputs: list[Any]) -> None:
 
 async def submit_batch(runtime: Runtime, user: User, spec: BatchSpec) -> uuid.UUID:
     """Create the parent and the first children; nothing stays charged if a child cannot be submitted."""
-    ensure_hook(runtime)
     parent_id = uuid.uuid4()
     async with runtime.db.transaction() as session:
         workload = await workloads.get_by_slug(session, spec.workload)
@@ -154,9 +109,10 @@ async def submit_batch(runtime: Runtime, user: User, spec: BatchSpec) -> uuid.UU
         for index, value in enumerate(first):
             created.append((await _submit_child(runtime, user, spec, parent_id, index, value)).id)
     except DomainError:
+        # The parent first: its children's cancels then release nothing.
+        await _finish_parent(runtime, parent_id, rules.FAILED, None, "batch submission failed")
         for child_id in created:
             await _cancel_child(runtime, child_id, "batch submission failed")
-        await _finish_parent(runtime, parent_id, rules.FAILED, None, "batch submission failed")
         raise
     return parent_id
 
@@ -184,110 +140,56 @@ async def load_batch(session: AsyncSession, user: User, batch_id: str) -> tuple[
     job, slug = await service.get_job(session, user, batch_id)
     if job.batch_config is None:
         raise NotFound("Batch not found")
-    rows = (await session.execute(CHILDREN_SQL, {"id": job.id})).all()
+    rows = (await session.execute(batch_rollup.CHILDREN_SQL, {"id": job.id})).all()
     return job, slug, children_of(job.batch_config, rows)
 
 
-def children_of(config: dict[str, Any], rows: Sequence[Any]) -> list[Child]:
-    children = {
-        r.batch_index: Child(r.id, r.batch_index, r.state, r.error, r.host_id, r.output) for r in rows
-    }
-    for index, error in (config.get("failed_inputs") or {}).items():
-        children.setdefault(int(index), Child(None, int(index), rules.FAILED, error))
-    for index, _ in config.get("pending") or []:
-        children.setdefault(int(index), Child(None, int(index), rules.QUEUED))
-    for index in range(int(config.get("chunk_count", 0))):
-        children.setdefault(index, Child(None, index, rules.CANCELLED))  # dropped by fail_fast / cancel
-    return [children[i] for i in sorted(children)]
+# ------------------------------------------------------------------ after a roll-up (the advance_batch hook)
 
 
-# ------------------------------------------------------------------ progress (after-transition hook)
-
-
-def ensure_hook(runtime: Runtime) -> None:
-    """Register the batch hook on this process's transitions (idempotent)."""
-    if runtime.batch_hook is not None:
+async def advance(runtime: Runtime, step: BatchStep) -> None:
+    """After the transaction that rolled the batch up: cancel the children it dropped, submit the inputs
+    it released (one that cannot be submitted counts as a failed child, and the batch rolls up again)."""
+    for child_id in step.cancel:
+        await _cancel_child(runtime, child_id, step.cancel_reason)
+    if not step.release:
         return
-
-    async def on_transition(result: TransitionResult) -> None:
-        if not rules.is_terminal(result.to_state) or result.from_state is None:
-            return
-        async with runtime.db.read() as session:
-            parent_id = await session.scalar(PARENT_OF_SQL, {"id": result.job_id})
-        if parent_id is not None:
-            await advance_batch(runtime, parent_id)
-        elif result.to_state == rules.CANCELLED:
-            await cancel_children(runtime, result.job_id)  # no-op unless it is a batch parent
-
-    runtime.batch_hook = on_transition
-    runtime.hooks.register(on_transition)
-
-
-async def advance_batch(runtime: Runtime, parent_id: uuid.UUID) -> None:
-    """After a child ended: fail fast, release waiting inputs, or merge and finish the parent."""
-    release: list[tuple[int, Any]] = []
-    to_cancel: list[uuid.UUID] = []
-    outcome: tuple[str, str | None, str | None] | None = None
-    async with runtime.db.transaction() as session:
-        parent = (await session.execute(LOCK_PARENT_SQL, {"id": parent_id})).first()
-        if parent is None or parent.state != rules.RUNNING:
-            return
-        config = dict(parent.batch_config)
-        children = children_of(config, (await session.execute(CHILDREN_SQL, {"id": parent_id})).all())
-        spec = BatchSpec.from_config(config)
-        failed = [c for c in children if batch_state(c.state) == "failed"]
-        if spec.fail_mode == "fail_fast" and failed:
-            first = min(failed, key=lambda c: c.batch_index)
-            to_cancel = [c.id for c in children if c.id is not None and not rules.is_terminal(c.state)]
-            config["pending"] = []
-            outcome = (
-                rules.FAILED,
-                None,
-                f"batch child {first.batch_index} failed: {first.error or 'failed'}",
-            )
-        else:
-            active = sum(1 for c in children if c.id is not None and not rules.is_terminal(c.state))
-            pending = list(config.get("pending") or [])
-            room = max(0, spec.parallelism - active)
-            release, config["pending"] = pending[:room], pending[room:]
-            if not release and all(rules.is_terminal(c.state) for c in children):
-                state, error = parent_outcome([c.state for c in children])
-                merged = merge_outputs(
-                    [(c.output if c.state == rules.SUCCEEDED else None) for c in children],
-                    spec.merge_strategy,
-                )
-                outcome = (state, merged, error)
-        await session.execute(SAVE_CONFIG_SQL, {"id": parent_id, "config": config})
-    if outcome is not None and outcome[0] == rules.FAILED and to_cancel:
-        await _finish_parent(runtime, parent_id, *outcome)
-        for child_id in to_cancel:
-            await _cancel_child(runtime, child_id, "cancelled: another batch child failed (fail_fast)")
-        return
-    if outcome is not None:
-        await _finish_parent(runtime, parent_id, *outcome)
-    if release:
-        await _release(runtime, parent, spec, release)
-
-
-async def _release(runtime: Runtime, parent: Any, spec: BatchSpec, release: list[tuple[int, Any]]) -> None:
-    """Submit inputs that waited for a free slot; one that cannot be submitted counts as a failed child."""
     async with runtime.db.session() as session:
-        user = await session.get(User, parent.user_id)
+        user = await session.get(User, step.user_id)
     assert user is not None
     failures: dict[str, str] = {}
-    for index, value in release:
+    for index, value in step.release:
         try:
-            await _submit_child(runtime, user, spec, parent.id, int(index), value)
+            await _submit_child(runtime, user, step.spec, step.parent_id, index, value)
         except DomainError as exc:
             failures[str(index)] = exc.message
     if failures:
-        async with runtime.db.transaction() as session:
-            row = (await session.execute(LOCK_PARENT_SQL, {"id": parent.id})).first()
-            if row is not None:
-                config = dict(row.batch_config)
-                config["failed_inputs"] = {**(config.get("failed_inputs") or {}), **failures}
-                await session.execute(SAVE_CONFIG_SQL, {"id": parent.id, "config": config})
-        await advance_batch(runtime, parent.id)
+        await _record_failures(runtime, step.parent_id, failures)
+
+
+def advance_hook(runtime: Runtime) -> Hook:
+    """The `advance_batch` hook: a move whose roll-up left a next step runs it after commit."""
+
+    async def advance_batch(result: TransitionResult) -> None:
+        if result.batch is not None:
+            await advance(runtime, result.batch)
+
+    return advance_batch
+
+
+async def _record_failures(runtime: Runtime, parent_id: uuid.UUID, failures: dict[str, str]) -> None:
+    async with runtime.db.transaction() as session:
+        row = (await session.execute(batch_rollup.LOCK_PARENT_SQL, {"id": parent_id})).first()
+        if row is None:
+            return
+        config = dict(row.batch_config)
+        config["failed_inputs"] = {**(config.get("failed_inputs") or {}), **failures}
+        await session.execute(batch_rollup.SAVE_CONFIG_SQL, {"id": parent_id, "config": config})
+        step = await batch_rollup.child_ended(session, parent_id)
+        closed = await lifecycle.close_batch_in(session, step)
+    await lifecycle.after_commit(runtime, session, [] if closed is None else [closed])
+    if step is not None:
+        await advance(runtime, step)
 
 
 async def _finish_parent(
@@ -300,22 +202,6 @@ async def _finish_parent(
 async def _cancel_child(runtime: Runtime, job_id: uuid.UUID, reason: str) -> None:
     """Cancel one child as the coordinator (full refund, CancelJob to its Island)."""
     await lifecycle.transition(runtime, moves.CANCEL, job_id, lifecycle.Inputs(error=reason))
-
-
-async def cancel_children(runtime: Runtime, parent_id: uuid.UUID) -> int:
-    """Cancelling a batch parent cancels its unfinished children and drops its waiting inputs."""
-    async with runtime.db.transaction() as session:
-        parent = (await session.execute(LOCK_PARENT_SQL, {"id": parent_id})).first()
-        if parent is None:
-            return 0
-        rows = (await session.execute(CHILDREN_SQL, {"id": parent_id})).all()
-        config = dict(parent.batch_config)
-        config["pending"] = []
-        await session.execute(SAVE_CONFIG_SQL, {"id": parent_id, "config": config})
-    open_children = [r.id for r in rows if not rules.is_terminal(r.state)]
-    for child_id in open_children:
-        await _cancel_child(runtime, child_id, "cancelled with its batch")
-    return len(open_children)
 
 
 def batch_job_view(job: Job, slug: str, children: list[Child]) -> dict[str, Any]:
@@ -357,17 +243,3 @@ def batch_progress_view(job: Job, children: list[Child]) -> dict[str, Any]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-class BatchHookChild(SupervisedChild):
-    """Registers the batch hook at start, so every replica advances batches whose children end there."""
-
-    name = "batches"
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    async def run(self, ready: Callable[[], None]) -> None:
-        ensure_hook(self.runtime)
-        ready()
-        await asyncio.Event().wait()

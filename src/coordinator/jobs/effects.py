@@ -26,7 +26,7 @@ def transition_event(result: TransitionResult) -> str | None:
 
 def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
     """The built-in after-commit hooks by name (`jobs/moves.py` says which moves run which); built once
-    per process by `app.build_runtime` (`runtime.builtin_hooks`)."""
+    per process by `app.build_runtime` (`runtime.builtin_hooks`, with `batches.advance_hook`)."""
 
     async def count(result: TransitionResult) -> None:
         metrics.job_transitions.labels(

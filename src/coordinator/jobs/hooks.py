@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 
+from coordinator.jobs.batch_rules import BatchStep
+
 log = structlog.get_logger(__name__)
 
 
@@ -38,6 +40,10 @@ class TransitionResult:
     reported_by: uuid.UUID | None = None
     # What the job cost its consumer once the move settled it (`rules.credits_used`); None before.
     credits: float | None = None
+    # Moves applied in the same transaction as a consequence (a batch parent closed by its last child's
+    # end), and the batch's next step after commit (inputs to submit, children to cancel).
+    then: tuple[TransitionResult, ...] = ()
+    batch: BatchStep | None = None
 
 
 Hook = Callable[[TransitionResult], Awaitable[None]]

@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.billing import settlement
 from coordinator.errors import NotFound
 from coordinator.hosts.models import Host
-from coordinator.jobs import moves, rules
+from coordinator.jobs import batch_rollup, moves, rules
 from coordinator.jobs import repository as sql
+from coordinator.jobs.batch_rules import BatchStep
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.moves import Move
 from coordinator.karma import service as karma
@@ -67,6 +68,8 @@ class Moved:
     completed_at: datetime | None
     old_state: str | None
     stream_owner: str | None = None
+    parent_id: uuid.UUID | None = None
+    is_batch: bool = False
 
     @classmethod
     def of(cls, row: Any, old_state: str | None) -> Moved:
@@ -87,6 +90,8 @@ class Moved:
             row.completed_at,
             old_state,
             getattr(row, "stream_owner", None),
+            getattr(row, "parent_id", None),
+            bool(getattr(row, "is_batch", False)),
         )
 
 
@@ -102,6 +107,10 @@ class JobStore(Protocol):
     async def karma_success(self, moved: Moved) -> None: ...
 
     async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None: ...
+
+    async def roll_up(self, moved: Moved) -> BatchStep | None:
+        """A batch child ended or a batch parent was cancelled: the batch's next step."""
+        ...
 
 
 def _old_state(move: Move, row: Any) -> str | None:
@@ -188,13 +197,26 @@ class PgStore:
     async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None:
         await penalize_in(self.session, host_id, event, job_id)
 
+    async def roll_up(self, moved: Moved) -> BatchStep | None:
+        if moved.parent_id is not None:
+            return await batch_rollup.child_ended(self.session, moved.parent_id)
+        if moved.is_batch and moved.state == moves.CANCEL.target:
+            return await batch_rollup.parent_cancelled(self.session, moved.id)
+        return None
+
 
 def store_of(where: AsyncSession | JobStore) -> JobStore:
     return PgStore(where) if isinstance(where, AsyncSession) else where
 
 
 def result_of(
-    moved: Moved, move: Move, inputs: Inputs, released: uuid.UUID | None, paid: Decimal | None = None
+    moved: Moved,
+    move: Move,
+    inputs: Inputs,
+    released: uuid.UUID | None,
+    paid: Decimal | None = None,
+    batch: BatchStep | None = None,
+    then: tuple[TransitionResult, ...] = (),
 ) -> TransitionResult:
     return TransitionResult(
         job_id=moved.id,
@@ -213,6 +235,8 @@ def result_of(
         # A requeue or give-back names the Island it takes the job from, not one that reported anything.
         reported_by=None if move.target == moves.REQUEUE.target else inputs.host_id,
         credits=None if paid is None else rules.credits_used(moved.budget, paid, True),
+        batch=batch,
+        then=then,
     )
 
 
@@ -240,7 +264,18 @@ async def transition_in(
     penalty = moves.penalty_for(move, penalty=inputs.penalty, reported_by=inputs.host_id, error=inputs.error)
     if penalty is not None and released is not None:
         await store.penalize(released, penalty, moved.id)
-    return result_of(moved, move, inputs, released, paid)
+    step = await store.roll_up(moved) if moves.ROLL_UP_BATCH in move.effects else None
+    closed = await close_batch_in(store, step)
+    return result_of(moved, move, inputs, released, paid, step, () if closed is None else (closed,))
+
+
+async def close_batch_in(where: AsyncSession | JobStore, step: BatchStep | None) -> TransitionResult | None:
+    """Close a batch parent when its roll-up step says so (in the caller's transaction)."""
+    if step is None or step.close is None:
+        return None
+    state, output, error = step.close
+    inputs = Inputs(output=output, error=error)
+    return await transition_in(where, moves.BATCH_CLOSE_MOVES[state], step.parent_id, inputs)
 
 
 async def assign_in(
@@ -283,7 +318,7 @@ async def after_commit(
         apply_karma(runtime, session)
     builtin = runtime.builtin_hooks
     extensions = runtime.hooks
-    for result in results:
+    for result in _with_consequences(results):
         move = moves.MOVES[result.move]
         with context.bind(job_id=result.job_id, host_id=result.host_id or result.released_host_id):
             for name in move.hooks:
@@ -291,6 +326,13 @@ async def after_commit(
                     await extensions.run(result)
                 elif name != moves.FLEET_KARMA:
                     await _run_hook(name, builtin[name], result)
+
+
+def _with_consequences(results: Iterable[TransitionResult]) -> Iterable[TransitionResult]:
+    """Each result, then the moves applied in its transaction because of it (a batch parent's close)."""
+    for result in results:
+        yield result
+        yield from _with_consequences(result.then)
 
 
 async def _run_hook(name: str, hook: Any, result: TransitionResult) -> None:

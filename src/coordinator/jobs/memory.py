@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from coordinator.jobs import moves, rules
+from coordinator.jobs.batch_rules import BatchStep
 from coordinator.jobs.lifecycle import Inputs, Moved
 from coordinator.jobs.moves import Move
 
@@ -134,6 +135,9 @@ class MemoryStore:
             return price
         self.balances[moved.user_id] += moved.budget
         return Decimal(0)
+
+    async def roll_up(self, moved: Moved) -> BatchStep | None:
+        return None  # no batches in memory
 
     async def karma_success(self, moved: Moved) -> None:
         assert moved.host_id is not None

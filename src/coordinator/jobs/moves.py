@@ -23,6 +23,7 @@ SETTLE = "settle"  # success pays the clearing price (Island share, fee), anythi
 KARMA_SUCCESS = "karma_success"  # +karma for the Island that finished it (once per Island and job)
 PENALIZE = "penalize"  # −karma for the Island it left, when the move's inputs name a penalty
 EXCLUDE_ISLAND = "exclude_island"  # the Island it left is never tried again for this job
+ROLL_UP_BATCH = "roll_up_batch"  # a batch child's end: the parent's next step; its close, in this transaction
 
 EFFECTS: dict[str, str] = {
     STORE_RESULT: "error, usage and output stored by the guarded UPDATE",
@@ -30,6 +31,7 @@ EFFECTS: dict[str, str] = {
     KARMA_SUCCESS: "karma for the Island that succeeded",
     PENALIZE: "karma penalty for the Island, when the inputs name one",
     EXCLUDE_ISLAND: "the Island it left is excluded for the next attempts",
+    ROLL_UP_BATCH: "batch child or parent: the batch's next step, the parent closed in this transaction",
 }
 
 # After commit (a failure is logged; the durable state is already right, workers repair the rest).
@@ -41,7 +43,8 @@ WAKE_DISPATCHER = "wake_dispatcher"  # this replica's dispatcher and every other
 TELL_ACCOUNT = "tell_account"  # `user:<id>` events: job status, balance after charge or refund
 CANCEL_ON_ISLAND = "cancel_on_island"  # CancelJob to the Island, when the coordinator decided the end
 REPUTATION = "reputation"  # the Cargo registry's reputation events of finished jobs
-EXTENSIONS = "extensions"  # hooks registered by other parts (batch roll-up, intake cache, tests)
+ADVANCE_BATCH = "advance_batch"  # submit the batch inputs the roll-up released, cancel the ones it dropped
+EXTENSIONS = "extensions"  # hooks registered by other parts (intake cache, tests)
 
 HOOKS: dict[str, str] = {
     FLEET_KARMA: "new karma balances into the fleet view",
@@ -52,7 +55,8 @@ HOOKS: dict[str, str] = {
     TELL_ACCOUNT: "account events (status, balance)",
     CANCEL_ON_ISLAND: "CancelJob to the Island (coordinator's decision only)",
     REPUTATION: "Cargo reputation event",
-    EXTENSIONS: "registered hooks: batch parent roll-up, intake cache",
+    ADVANCE_BATCH: "submit released batch inputs, cancel dropped children",
+    EXTENSIONS: "registered hooks: intake cache",
 }
 
 
@@ -82,6 +86,7 @@ HOOK_ORDER = (
     WAKE_DISPATCHER,
     TELL_ACCOUNT,
     REPUTATION,
+    ADVANCE_BATCH,
     EXTENSIONS,
 )
 
@@ -91,7 +96,7 @@ def _hooks(*names: str) -> tuple[str, ...]:
 
 
 _BROADCAST = _hooks(METRICS, TELL_OUTPUT, TELL_ACCOUNT, REPUTATION, EXTENSIONS)
-_END = _hooks(FLEET_KARMA, FREE_CAPACITY, *_BROADCAST)
+_END = _hooks(FLEET_KARMA, FREE_CAPACITY, ADVANCE_BATCH, *_BROADCAST)
 
 
 def _finish(name: str, target: str, effects: tuple[str, ...], hooks: tuple[str, ...], doc: str) -> Move:
@@ -117,15 +122,27 @@ REQUEUE = Move(
     _hooks(FLEET_KARMA, FREE_CAPACITY, WAKE_DISPATCHER, *_BROADCAST),
     "lease lost or never started",
 )
-SUCCEED = _finish("succeed", SUCCEEDED, (STORE_RESULT, SETTLE, KARMA_SUCCESS), _END, "the Island succeeded")
-FAIL = _finish("fail", FAILED, (STORE_RESULT, SETTLE, PENALIZE), _END, "failed, dead-lettered, unplaceable")
+SUCCEED = _finish(
+    "succeed", SUCCEEDED, (STORE_RESULT, SETTLE, KARMA_SUCCESS, ROLL_UP_BATCH), _END, "the Island succeeded"
+)
+FAIL = _finish(
+    "fail",
+    FAILED,
+    (STORE_RESULT, SETTLE, PENALIZE, ROLL_UP_BATCH),
+    _END,
+    "failed, dead-lettered, unplaceable",
+)
 CANCEL = _finish(
-    "cancel", CANCELLED, (STORE_RESULT, SETTLE), _hooks(*_END, CANCEL_ON_ISLAND), "by the owner or its batch"
+    "cancel",
+    CANCELLED,
+    (STORE_RESULT, SETTLE, ROLL_UP_BATCH),
+    _hooks(*_END, CANCEL_ON_ISLAND),
+    "by the owner or its batch",
 )
 TIME_OUT = _finish(
     "time_out",
     TIMEOUT,
-    (STORE_RESULT, SETTLE, PENALIZE),
+    (STORE_RESULT, SETTLE, PENALIZE, ROLL_UP_BATCH),
     _hooks(*_END, CANCEL_ON_ISLAND),
     "past the Cargo's maximum duration",
 )

@@ -5,7 +5,6 @@ process replaces it with the accumulator (`jobs/output.py`) as `runtime.output`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ FORGET_AFTER_SECONDS = 6.0
 class _Buffer:
     chunks: dict[int, str] = field(default_factory=dict)
     image: str | None = None
-    # Set when the last piece of output (final chunk or image) has arrived.
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class BasicOutput:
@@ -50,16 +47,11 @@ class BasicOutput:
     async def on_output(self, job: JobRef, seq: int, chunk: str, is_final: bool) -> None:
         buffer = self._buffer(job)
         buffer.chunks.setdefault(seq, self._visible(job, chunk, is_final))
-        if is_final:
-            buffer.complete.set()
 
     async def result(self, job: JobRef, wait: float) -> OutputResult:
-        """The assembled output once its last piece arrived (or after `wait` seconds)."""
-        buffer = self._buffer(job)
-        if wait > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(buffer.complete.wait(), wait)
-        return OutputResult(self.assemble(job) or None, {}, buffer.complete.is_set())
+        """What has arrived, at once: this sink does not track completeness, so it never holds a success
+        back (the accumulator does)."""
+        return OutputResult(self.assemble(job) or None, {}, True)
 
     async def on_progress(self, job: JobRef, step: int, total: int) -> None:
         return None
@@ -72,7 +64,6 @@ class BasicOutput:
             image["seed"] = seed
         buffer = self._buffer(job)
         buffer.image = json.dumps(image, separators=(",", ":"))
-        buffer.complete.set()
 
     async def on_status(self, job: JobRef, public_status: str) -> None:
         return None

@@ -20,7 +20,7 @@ from coordinator.workloads.rules import MAX_DURATION_BY_TRUST
 RETURNING = """
     RETURNING jobs.id, jobs.user_id, jobs.workload_id, jobs.state, jobs.host_id, jobs.attempt,
               jobs.max_attempts, jobs.budget, jobs.clearing_price, jobs.created_at, jobs.error, jobs.usage,
-              jobs.started_at, jobs.completed_at
+              jobs.started_at, jobs.completed_at, jobs.parent_id, jobs.batch_config IS NOT NULL AS is_batch
 """
 
 # A new paid job, waiting for an Island.
