@@ -56,6 +56,12 @@ class EmbeddedPostgres:
         root = base.rsplit("/", 1)[0]
         return f"{root}/{name}?{query}"
 
+    @property
+    def log_path(self) -> Path:
+        """The server's log file (pgserver starts PostgreSQL with `-l <data>/log`)."""
+        assert self._server is not None
+        return Path(self._server.log)
+
     def ensure_database(self, name: str) -> str:
         assert self._server is not None
         exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")

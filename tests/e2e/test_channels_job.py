@@ -123,6 +123,7 @@ async def test_cancel_from_the_channel_cancels_the_job_and_streams_its_end(
     again = await client.push(topic, "cancel")  # idempotent
     assert again["status"] == "ok" and again["response"] == {"status": "cancelled"}
     done = await running_job(stack)
+    await stack.accumulator.on_output(done, 1, "", True)
     await finish(stack, done)
     await client.join(f"job:{done.job_id}")
     late = await client.push(f"job:{done.job_id}", "cancel")

@@ -23,6 +23,7 @@ SCENARIO_MODULES = [
     "coordinator.benchmarks.channels",
     "coordinator.benchmarks.page_render",
     "coordinator.benchmarks.nats_auth",
+    "coordinator.benchmarks.statements",
 ]
 for _module in SCENARIO_MODULES:
     importlib.import_module(_module)

@@ -162,6 +162,7 @@ async def lifecycle(env: BenchEnv) -> Result:
         unfinished: dict[str, asyncio.Semaphore] = {}
         slots = [asyncio.Semaphore(window) for _ in range(submitters)]
         load.begin()
+        cpu_before = s.coordinator.cpu_seconds()
         stop_at = time.monotonic() + duration
         conninfo = libpq_url(s.database_url)
         async with http_client(s) as client, await psycopg.AsyncConnection.connect(conninfo) as conn:
@@ -203,6 +204,7 @@ async def lifecycle(env: BenchEnv) -> Result:
 
             await asyncio.gather(settled(), *[submitter(i) for i in range(submitters)])
             load.end()
+            cpu = s.coordinator.cpu_seconds() - cpu_before
         drain = time.monotonic() + 60
         while time.monotonic() < drain and _db_checks(s.database_url, submitted)["lost"] > 0:
             await asyncio.sleep(0.5)
@@ -229,6 +231,7 @@ async def lifecycle(env: BenchEnv) -> Result:
         {
             "median_completed_per_s": sustained,
             "mean_completed_per_s": round(load.totals["completed"] / max(load.window, 1e-9), 1),
+            "coordinator_cpu_ms_per_job": round(cpu * 1000 / max(load.totals["completed"], 1), 2),
             **checks,
             **phases,
         },

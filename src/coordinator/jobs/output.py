@@ -146,7 +146,7 @@ class OutputAccumulator:
                 return
             if public_status == rules.public_status(rules.QUEUED):
                 # Requeued after a lost lease: the next attempt streams its output from the start.
-                stream.assembly = JobAssembly(job.runtime)
+                stream.assembly = JobAssembly(job.runtime, job.workload_kind)
                 stream.completed = asyncio.Event()
             await self._emit(stream, status_event(public_status))
 
@@ -211,7 +211,7 @@ class OutputAccumulator:
     async def _stream(self, job: JobRef) -> _Stream:
         stream = self._streams.get(job.job_id)
         if stream is None:
-            stream = self._streams[job.job_id] = _Stream(job, JobAssembly(job.runtime))
+            stream = self._streams[job.job_id] = _Stream(job, JobAssembly(job.runtime, job.workload_kind))
             try:
                 async with self.runtime.db.read() as session:
                     last = await session.scalar(MAX_POSITION_SQL, {"job_id": job.job_id})
@@ -240,7 +240,7 @@ class OutputAccumulator:
                 tokens = []  # requeued: the output starts again with the next attempt
             elif kind == "token" and isinstance(content, str):
                 tokens.append(content)
-        stream.assembly = JobAssembly.resumed(stream.ref.runtime, tokens)
+        stream.assembly = JobAssembly.resumed(stream.ref.runtime, stream.ref.workload_kind, tokens)
         log.info("output.stream_resumed", job_id=str(stream.ref.job_id), tokens=len(tokens))
 
     def sweep_idle(self, idle_seconds: float = IDLE_STREAM_SECONDS) -> int:

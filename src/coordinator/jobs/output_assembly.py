@@ -58,6 +58,9 @@ class JobAssembly:
     """The ordering and result of one attempt of one job's output."""
 
     runtime: str
+    # The Cargo's kind: an `image` job is complete with its image only (the Island's final chunk from the
+    # exit code may overtake it).
+    kind: str = ""
     next_seq: int = 0
     held: dict[int, tuple[str, bool]] = field(default_factory=dict)
     parts: list[str] = field(default_factory=list)
@@ -74,14 +77,16 @@ class JobAssembly:
         self.next_seq = first_seq(self.runtime)
 
     @classmethod
-    def resumed(cls, runtime: str, tokens: list[str]) -> JobAssembly:
+    def resumed(cls, runtime: str, kind: str, tokens: list[str]) -> JobAssembly:
         """The assembly of an attempt whose first `tokens` another replica already emitted (it owned the
         stream and is gone): they count towards the output, and the next chunk to arrive continues them."""
-        return cls(runtime, parts=list(tokens), adopt_next_seq=True, token_chunks=len(tokens))
+        return cls(runtime, kind, parts=list(tokens), adopt_next_seq=True, token_chunks=len(tokens))
 
     @property
     def complete(self) -> bool:
         """The last piece of output has arrived (final chunk with nothing missing before it, or image)."""
+        if self.kind == "image":
+            return self.image is not None
         return (self.final_seen and not self.held) or self.image is not None
 
     def chunk(self, seq: int, chunk: str, is_final: bool) -> list[dict[str, Any]]:
