@@ -18,4 +18,5 @@ def test_statements_transactions_and_shapes_are_counted_per_backend_without_the_
     statements, transactions, shapes = count_log(lines)
     assert (statements, transactions) == (4, 2)
     assert shapes["SELECT 1"] == 1 and shapes["BEGIN"] == 1 and shapes["COMMIT"] == 1
+    assert shapes["UPDATE jobs SET state = 'running' WHERE id = $1"] == 1  # its lines joined
     assert not any("state FROM jobs" in s for s in shapes)

@@ -34,11 +34,7 @@ def count_log(lines: list[str]) -> tuple[int, int, Counter[str]]:
     statements, transactions = 0, 0
     shapes: Counter[str] = Counter()
     open_tx: set[str] = set()
-    for line in lines:
-        match = LINE.match(line)
-        if match is None or match["app"] == BENCH_APP:
-            continue
-        sql, pid = match["sql"].strip(), match["pid"]
+    for pid, sql in _statements(lines):
         statements += 1
         shapes[shape(sql)] += 1
         word = sql.split(None, 1)[0].upper() if sql else ""
@@ -50,6 +46,26 @@ def count_log(lines: list[str]) -> tuple[int, int, Counter[str]]:
         elif pid not in open_tx:
             transactions += 1
     return statements, transactions, shapes
+
+
+def _statements(lines: list[str]) -> list[tuple[str, str]]:
+    """(backend pid, whole statement text) of each logged statement but the benchmark's own; a
+    statement's further lines are the log lines that carry no prefix."""
+    found: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for line in lines:
+        match = LINE.match(line)
+        if match is None:
+            if current is not None and not line.startswith("stmt|"):
+                current.append(line)
+            else:
+                current = None
+        elif match["app"] == BENCH_APP:
+            current = None
+        else:
+            current = [match["sql"]]
+            found.append((match["pid"], current))
+    return [(pid, " ".join(parts).strip()) for pid, parts in found]
 
 
 def read_from(path: Path, offset: int) -> list[str]:
