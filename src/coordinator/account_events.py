@@ -35,10 +35,11 @@ async def job_updated(runtime: Runtime, user_id: int, job_id: uuid.UUID, status:
     await publish(runtime, user_id, JOB_UPDATED, {"id": str(job_id), "status": status})
 
 
-async def credits_changed(runtime: Runtime, user_id: int) -> None:
-    """The balance after a ledger movement (read after the movement committed)."""
-    async with runtime.db.read() as session:
-        balance = await session.scalar(BALANCE_SQL, {"id": user_id})
+async def credits_changed(runtime: Runtime, user_id: int, balance: Decimal | None = None) -> None:
+    """The balance after a ledger movement: the one the movement returned, else read after commit."""
+    if balance is None:
+        async with runtime.db.read() as session:
+            balance = await session.scalar(BALANCE_SQL, {"id": user_id})
     if balance is not None:
         await publish(runtime, user_id, CREDITS, {"balance": float(Decimal(balance))})
 

@@ -259,9 +259,10 @@ def streaming_children(runtime: Runtime) -> list[Child]:
 
 def job_children(runtime: Runtime) -> list[Child]:
     """The job pipeline over NATS: bus (streams, wake-ups), the cross-replica stream router, Island job
-    messages, status consumer, dispatcher and the fast lease sweeper."""
+    messages, status consumer, dispatcher, the fast lease sweeper and the reputation recorder."""
     from coordinator.jobs.dispatcher import Dispatcher
     from coordinator.jobs.recovery import LeaseSweeper
+    from coordinator.marketplace.reputation import ReputationRecorder
     from coordinator.nats.job_bus import JobBusChild
     from coordinator.nats.job_handler import JobHandlerChild
     from coordinator.nats.output_consumer import OutputConsumerChild
@@ -276,6 +277,7 @@ def job_children(runtime: Runtime) -> list[Child]:
         StatusConsumerChild(runtime),
         Dispatcher(runtime),
         LeaseSweeper(runtime),
+        ReputationRecorder(runtime),
     ]
 
 

@@ -22,6 +22,7 @@ class Settlement:
     refunded: Decimal
     earned: Decimal
     applied: bool = True  # False when the job had already been settled or refunded
+    balance: Decimal | None = None  # the consumer's balance after the refund (None: nothing moved)
 
 
 async def charge_for_submission(
@@ -88,15 +89,16 @@ async def settle_success(
     if earned > 0:
         # Earnings are not a ledger movement (host_earnings); counted on commit like the ledger's.
         ledger.count_on_commit(session, "earning", earned)
-    return Settlement(paid=paid, refunded=refund, earned=earned)
+    return Settlement(paid=paid, refunded=refund, earned=earned, balance=moved)
 
 
 async def refund_in_full(
     session: AsyncSession, *, job_id: uuid.UUID, user_id: int, amount: Decimal, reason: str
-) -> bool:
-    """Give the whole budget back (failure, cancel, timeout, dead-letter, unplaceable). True if it moved."""
+) -> Decimal | None:
+    """Give the whole budget back (failure, cancel, timeout, dead-letter, unplaceable). The new balance,
+    or None when nothing moved (nothing to refund, or refunded already)."""
     if amount <= 0:
-        return False
+        return None
     balance = await ledger.credit(
         session,
         user_id,
@@ -106,4 +108,4 @@ async def refund_in_full(
         idempotency_key=f"refund:{job_id}",
         description=reason,
     )
-    return balance is not None
+    return balance

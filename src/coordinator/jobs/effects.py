@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import structlog
 
 from coordinator.jobs import moves, rules, wiring
@@ -43,6 +45,8 @@ def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
 
     async def tell_output(result: TransitionResult) -> None:
         ref = await wiring.job_ref(runtime, result)
+        if result.move == moves.ASSIGN.name and result.attempt == 1:
+            ref = replace(ref, new_stream=True)  # its first assignment: no event is stored yet
         sink = runtime.output
         if rules.is_terminal(result.to_state):
             credits = result.credits or 0.0  # a batch parent's money is its children's
@@ -65,7 +69,7 @@ def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
             runtime, result.user_id, result.job_id, rules.public_status(result.to_state)
         )
         if result.from_state is None or rules.is_terminal(result.to_state):
-            await account_events.credits_changed(runtime, result.user_id)
+            await account_events.credits_changed(runtime, result.user_id, result.balance)
 
     async def cancel_on_island(result: TransitionResult) -> None:
         """CancelJob to the Island, when the coordinator (not the Island) ended the job."""
@@ -81,9 +85,6 @@ def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
                 bus.publish_cancel(released, result.job_id), "publish_cancel", result.job_id
             )
 
-    # The Cargo registry's reputation events (success, failure, timeout, cancel) of finished jobs.
-    from coordinator.marketplace.reputation import job_hook
-
     return {
         moves.METRICS: count,
         moves.FREE_CAPACITY: free_capacity,
@@ -91,5 +92,4 @@ def builtin_hooks(runtime: Runtime) -> dict[str, Hook]:
         moves.WAKE_DISPATCHER: wake_dispatch,
         moves.TELL_ACCOUNT: tell_account,
         moves.CANCEL_ON_ISLAND: cancel_on_island,
-        moves.REPUTATION: job_hook(runtime),
     }

@@ -23,6 +23,11 @@ class JobRef:
     created_at: datetime
     # The replica producing the job's events, when known without a look-up (see nats.stream_router).
     stream_owner: str | None = None
+    # Characters of the job's system prompt and prompt (`repository.prompt_chars_sql`), for the
+    # prompt-token estimate.
+    prompt_chars: int | None = None
+    # The job's first assignment: it has no stored events yet (the stream starts at position 1).
+    new_stream: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -44,6 +45,8 @@ class TransitionResult:
     # end), and the batch's next step after commit (inputs to submit, children to cancel).
     then: tuple[TransitionResult, ...] = ()
     batch: BatchStep | None = None
+    # The consumer's balance after the move's charge or refund (None when it moved no money).
+    balance: Decimal | None = None
 
 
 Hook = Callable[[TransitionResult], Awaitable[None]]

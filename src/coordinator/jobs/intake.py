@@ -85,6 +85,7 @@ class JobIntake:
                 row.host_id,
                 row.created_at,
                 row.stream_owner,
+                row.prompt_chars,
             )
             self._known[row.id] = _Known(ref, row.state, now)
             return ref

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -100,8 +100,8 @@ class JobStore(Protocol):
 
     async def apply(self, move: Move, job_id: uuid.UUID, inputs: Inputs) -> Moved | None: ...
 
-    async def settle(self, moved: Moved) -> Decimal:
-        """Settle the money of an ended job; what the consumer paid."""
+    async def settle(self, moved: Moved) -> tuple[Decimal, Decimal | None]:
+        """Settle the money of an ended job: what the consumer paid, and its balance after (if known)."""
         ...
 
     async def karma_success(self, moved: Moved) -> None: ...
@@ -155,8 +155,9 @@ class PgStore:
             for r in await self.session.execute(sql.ASSIGN_MANY_SQL, params)
         ]
 
-    async def settle(self, moved: Moved) -> Decimal:
-        """Success pays the clearing price (Island share and fee); any other end refunds in full."""
+    async def settle(self, moved: Moved) -> tuple[Decimal, Decimal | None]:
+        """Success pays the clearing price (Island share and fee); any other end refunds in full.
+        What the consumer paid, and its balance after the refund (None when nothing moved)."""
         if moved.state == moves.SUCCEED.target:
             owner_id = None
             if moved.host_id is not None:
@@ -170,9 +171,9 @@ class PgStore:
                 host_id=moved.host_id,
                 host_owner_id=owner_id,
             )
-            charged, refunded = paid.paid, paid.refunded
+            charged, refunded, balance = paid.paid, paid.refunded, paid.balance
         else:
-            await settlement.refund_in_full(
+            balance = await settlement.refund_in_full(
                 self.session,
                 job_id=moved.id,
                 user_id=moved.user_id,
@@ -183,7 +184,7 @@ class PgStore:
         await self.session.execute(
             sql.RECORD_SETTLEMENT_SQL, {"id": moved.id, "charged": charged, "refunded": refunded}
         )
-        return charged
+        return charged, balance
 
     async def karma_success(self, moved: Moved) -> None:
         # The guarded UPDATE applies once, and karma_events refuses a second job_succeeded for the same
@@ -258,7 +259,7 @@ async def transition_in(
     if moved is None:
         return None
     released = released_island(move, moved, inputs)
-    paid = await store.settle(moved) if moves.SETTLE in move.effects else None
+    paid, balance = await store.settle(moved) if moves.SETTLE in move.effects else (None, None)
     if moves.KARMA_SUCCESS in move.effects and moved.host_id is not None:
         await store.karma_success(moved)
     penalty = moves.penalty_for(move, penalty=inputs.penalty, reported_by=inputs.host_id, error=inputs.error)
@@ -266,7 +267,8 @@ async def transition_in(
         await store.penalize(released, penalty, moved.id)
     step = await store.roll_up(moved) if moves.ROLL_UP_BATCH in move.effects else None
     closed = await close_batch_in(store, step)
-    return result_of(moved, move, inputs, released, paid, step, () if closed is None else (closed,))
+    result = result_of(moved, move, inputs, released, paid, step, () if closed is None else (closed,))
+    return result if balance is None else replace(result, balance=balance)
 
 
 async def close_batch_in(where: AsyncSession | JobStore, step: BatchStep | None) -> TransitionResult | None:
@@ -303,10 +305,21 @@ async def finish(
     return await transition(runtime, moves.finish_move(to_state), job_id, Inputs(**inputs))
 
 
-def submitted(job_id: uuid.UUID, user_id: int, workload_id: int, created_at: datetime) -> TransitionResult:
+def submitted(
+    job_id: uuid.UUID, user_id: int, workload_id: int, created_at: datetime, balance: Decimal | None = None
+) -> TransitionResult:
     """The result of the submit move (the row was inserted and charged by `service.submit_job`)."""
     return TransitionResult(
-        job_id, user_id, workload_id, None, moves.SUBMIT.target, None, 0, created_at, move=moves.SUBMIT.name
+        job_id,
+        user_id,
+        workload_id,
+        None,
+        moves.SUBMIT.target,
+        None,
+        0,
+        created_at,
+        move=moves.SUBMIT.name,
+        balance=balance,
     )
 
 

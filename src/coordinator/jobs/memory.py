@@ -121,7 +121,7 @@ class MemoryStore:
             old,
         )
 
-    async def settle(self, moved: Moved) -> Decimal:
+    async def settle(self, moved: Moved) -> tuple[Decimal, Decimal | None]:
         job = self.jobs[moved.id]
         job.settled += 1
         self.settlements.append((moved.id, moved.state))
@@ -132,9 +132,9 @@ class MemoryStore:
             self.earned[moved.host_id] = self.earned.get(moved.host_id, Decimal(0)) + share
             self.fees += price - share
             self.balances[moved.user_id] += moved.budget - price
-            return price
+            return price, self.balances[moved.user_id]
         self.balances[moved.user_id] += moved.budget
-        return Decimal(0)
+        return Decimal(0), self.balances[moved.user_id]
 
     async def roll_up(self, moved: Moved) -> BatchStep | None:
         return None  # no batches in memory

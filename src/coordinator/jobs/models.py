@@ -57,6 +57,8 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
     settled_at: Mapped[datetime | None]
+    # When the Cargo reputation events of this finished job were recorded (`marketplace/reputation.py`).
+    reputation_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
@@ -66,6 +68,11 @@ Index("ix_jobs_queue", Job.priority.desc(), Job.created_at, postgresql_where=tex
 Index("ix_jobs_host_active", Job.host_id, postgresql_where=text("state IN ('assigned', 'running')"))
 Index("ix_jobs_lease", Job.lease_expires_at, postgresql_where=text("state IN ('assigned', 'running')"))
 Index("ix_jobs_parent", Job.parent_id, postgresql_where=text("parent_id IS NOT NULL"))
+Index(
+    "ix_jobs_reputation_due",
+    Job.completed_at,
+    postgresql_where=text("reputation_at IS NULL AND completed_at IS NOT NULL"),
+)
 
 
 class JobEvent(Base):

@@ -42,7 +42,6 @@ TELL_OUTPUT = "tell_output"  # the output sink: status event, or the terminal ev
 WAKE_DISPATCHER = "wake_dispatcher"  # this replica's dispatcher and every other one
 TELL_ACCOUNT = "tell_account"  # `user:<id>` events: job status, balance after charge or refund
 CANCEL_ON_ISLAND = "cancel_on_island"  # CancelJob to the Island, when the coordinator decided the end
-REPUTATION = "reputation"  # the Cargo registry's reputation events of finished jobs
 ADVANCE_BATCH = "advance_batch"  # submit the batch inputs the roll-up released, cancel the ones it dropped
 EXTENSIONS = "extensions"  # hooks registered by other parts (intake cache, tests)
 
@@ -54,7 +53,6 @@ HOOKS: dict[str, str] = {
     WAKE_DISPATCHER: "wake the dispatchers",
     TELL_ACCOUNT: "account events (status, balance)",
     CANCEL_ON_ISLAND: "CancelJob to the Island (coordinator's decision only)",
-    REPUTATION: "Cargo reputation event",
     ADVANCE_BATCH: "submit released batch inputs, cancel dropped children",
     EXTENSIONS: "registered hooks: intake cache",
 }
@@ -85,7 +83,6 @@ HOOK_ORDER = (
     TELL_OUTPUT,
     WAKE_DISPATCHER,
     TELL_ACCOUNT,
-    REPUTATION,
     ADVANCE_BATCH,
     EXTENSIONS,
 )
@@ -95,7 +92,7 @@ def _hooks(*names: str) -> tuple[str, ...]:
     return tuple(sorted(set(names), key=HOOK_ORDER.index))
 
 
-_BROADCAST = _hooks(METRICS, TELL_OUTPUT, TELL_ACCOUNT, REPUTATION, EXTENSIONS)
+_BROADCAST = _hooks(METRICS, TELL_OUTPUT, TELL_ACCOUNT, EXTENSIONS)
 _END = _hooks(FLEET_KARMA, FREE_CAPACITY, ADVANCE_BATCH, *_BROADCAST)
 
 
@@ -108,7 +105,7 @@ SUBMIT = Move(
     (),
     QUEUED,
     (),
-    _hooks(METRICS, WAKE_DISPATCHER, TELL_ACCOUNT, REPUTATION, EXTENSIONS),
+    _hooks(METRICS, WAKE_DISPATCHER, TELL_ACCOUNT, EXTENSIONS),
     "charged and queued",
 )
 ASSIGN = Move("assign", (QUEUED,), ASSIGNED, (), _BROADCAST, "leased to an Island")

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from sqlalchemy import text
 
+from coordinator.jobs import repository as sql
 from coordinator.jobs import rules
 from coordinator.jobs.events import JobRef, OutputResult
 from coordinator.jobs.output_assembly import JobAssembly, counted_usage, done_usage
@@ -46,7 +47,7 @@ INSERT_EVENTS_SQL = text(
 )
 
 # The texts a chat job's prompt tokens are estimated from (when the Island reports no counts).
-PROMPT_SQL = text("SELECT input ->> 'system_prompt', input ->> 'prompt' FROM jobs WHERE id = :id")
+PROMPT_SQL = text(f"SELECT {sql.prompt_chars_sql('jobs')} FROM jobs WHERE id = :id")
 
 # The seed a consumer gave in an image job's input (a JSON integer, else NULL).
 INPUT_SEED_SQL = text(
@@ -181,9 +182,9 @@ class OutputAccumulator:
             complete = stream.finalized or assembly.complete
             reported = dict(assembly.usage)
             output, chunks = assembly.output(), assembly.token_chunks
-        prompt = None
-        if "completion_tokens" not in reported and chunks:
-            prompt = await self._prompt_text(job.job_id)
+        prompt = job.prompt_chars
+        if prompt is None and "completion_tokens" not in reported and chunks:
+            prompt = await self._prompt_chars(job.job_id)
         return OutputResult(output, counted_usage(reported, chunks, prompt), complete)
 
     # ------------------------------------------------------------ replay
@@ -213,8 +214,10 @@ class OutputAccumulator:
         if stream is None:
             stream = self._streams[job.job_id] = _Stream(job, JobAssembly(job.runtime, job.workload_kind))
             try:
-                async with self.runtime.db.read() as session:
-                    last = await session.scalar(MAX_POSITION_SQL, {"job_id": job.job_id})
+                last = 0
+                if not job.new_stream:  # else nothing can be stored yet
+                    async with self.runtime.db.read() as session:
+                        last = await session.scalar(MAX_POSITION_SQL, {"job_id": job.job_id})
                 stream.next_position = int(last or 0) + 1
                 if last:
                     await self._resume(stream)
@@ -268,15 +271,16 @@ class OutputAccumulator:
             raw = await session.scalar(INPUT_SEED_SQL, {"id": job_id})
         return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
 
-    async def _prompt_text(self, job_id: uuid.UUID) -> str | None:
-        """The job's system prompt and prompt, for the prompt-token estimate (None if unreadable)."""
+    async def _prompt_chars(self, job_id: uuid.UUID) -> int | None:
+        """The length of the job's system prompt and prompt, for the prompt-token estimate (None if
+        unreadable). The intake's JobRef carries it; this read is for refs without it."""
         try:
             async with self.runtime.db.read() as session:
-                row = (await session.execute(PROMPT_SQL, {"id": job_id})).first()
+                chars = await session.scalar(PROMPT_SQL, {"id": job_id})
         except Exception:
             log.exception("output.prompt_read_failed", job_id=str(job_id))
             return None
-        return None if row is None else (row[0] or "") + (row[1] or "")
+        return None if chars is None else int(chars)
 
     def _forget(self, stream: _Stream) -> None:
         if not stream.unflushed and self._streams.get(stream.ref.job_id) is stream:

@@ -159,11 +159,12 @@ class JobAssembly:
 CHARS_PER_TOKEN = 4
 
 
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
+def estimate_tokens(chars: int) -> int:
+    """Tokens of a text of `chars` characters, one per `CHARS_PER_TOKEN`."""
+    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
 
 
-def counted_usage(reported: dict[str, int], token_chunks: int, prompt_text: str | None) -> dict[str, Any]:
+def counted_usage(reported: dict[str, int], token_chunks: int, prompt_chars: int | None) -> dict[str, Any]:
     """The job's token usage: the Island's counts when it reported them (`tokens_source: island`); else
     the streamed token chunks as `completion_tokens` and a prompt estimate of one token per
     `CHARS_PER_TOKEN` characters (`tokens_source: counted`). Jobs that streamed no text get no counts."""
@@ -173,7 +174,7 @@ def counted_usage(reported: dict[str, int], token_chunks: int, prompt_text: str 
     if token_chunks <= 0:
         return usage
     usage["completion_tokens"] = token_chunks
-    usage.setdefault("prompt_tokens", estimate_tokens(prompt_text or ""))
+    usage.setdefault("prompt_tokens", estimate_tokens(prompt_chars or 0))
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     usage["tokens_source"] = "counted"
     return usage

@@ -208,11 +208,20 @@ REQUEUE_SQL = text(
     + ", old.old_state"
 )
 
+
 # The job as the Island message handler checks it: who it is assigned to, and in which state.
+def prompt_chars_sql(alias: str) -> str:
+    """Characters of a job's system prompt and prompt (the prompt-token estimate counts them)."""
+    return (
+        f"length(COALESCE({alias}.input ->> 'system_prompt', '')) "
+        f"+ length(COALESCE({alias}.input ->> 'prompt', ''))"
+    )
+
+
 JOB_FOR_MESSAGE_SQL = text(
-    """
+    f"""
     SELECT j.id, j.user_id, j.workload_id, j.state, j.host_id, j.attempt, j.created_at,
-           j.excluded_host_ids, j.stream_owner, w.kind, w.runtime
+           j.excluded_host_ids, j.stream_owner, w.kind, w.runtime, {prompt_chars_sql("j")} AS prompt_chars
     FROM jobs j JOIN workloads w ON w.id = j.workload_id
     WHERE j.id = :id
     """

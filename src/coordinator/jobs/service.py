@@ -181,7 +181,7 @@ async def submit_job(
         log.info("job.submitted", workload=workload.slug, priority=priority, budget=str(price))
         metrics.jobs_submitted.labels(workload=workload.slug).inc()
         await lifecycle.after_commit(
-            runtime, None, [lifecycle.submitted(job_id, user.id, workload.id, created_at)]
+            runtime, None, [lifecycle.submitted(job_id, user.id, workload.id, created_at, balance)]
         )
     # The row as inserted, without reading it back (submit is a hot path).
     return Job(

@@ -1,8 +1,9 @@
-"""Cargo reputation: events from the job lifecycle, reviews and complaints, and the hourly actions
-(warnings by mail, flags, demotion, promotion to L1, auto-suspension)."""
+"""Cargo reputation: events of finished jobs (recorded in batches), reviews and complaints, and the
+hourly actions (warnings by mail, flags, demotion, promotion to L1, auto-suspension)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,14 +12,13 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from coordinator.jobs.hooks import TransitionResult
+from coordinator.loops import LoopService
 from coordinator.marketplace import registry, trust
 from coordinator.runtime import Runtime
 from coordinator.workloads.models import Workload
 from coordinator.workloads.rules import max_duration_seconds
 
 log = structlog.get_logger(__name__)
-TERMINAL = ("succeeded", "failed", "cancelled", "timeout")
 WARN_EVERY = timedelta(hours=24)
 
 # One event, once per (job, type): the unique partial index makes a repeated hook a no-op.
@@ -73,34 +73,103 @@ async def record_event(
     return score
 
 
-async def on_job_transition(runtime: Runtime, result: TransitionResult) -> None:
-    """After-commit job hook: a finished job's success, failure, timeout or cancel moves its Cargo."""
-    if result.to_state not in TERMINAL or result.from_state is None:
-        return
+# ---------------------------------------------------------------- finished jobs, in batches
+
+# Finished jobs whose reputation events are not recorded yet, oldest first (locked: one replica each).
+DUE_SQL = text(
+    """
+    SELECT j.id, j.workload_id, j.state, j.error, w.trust_level, w.max_duration_seconds,
+           EXTRACT(EPOCH FROM (j.completed_at - j.started_at)) AS seconds
+    FROM jobs j JOIN workloads w ON w.id = j.workload_id
+    WHERE j.reputation_at IS NULL AND j.completed_at IS NOT NULL
+    ORDER BY j.completed_at
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED
+    """
+)
+
+MARK_RECORDED_SQL = text("UPDATE jobs SET reputation_at = now() WHERE id = ANY(:ids)")
+
+# Many events of one Cargo in one statement (a repeated job event is a no-op, as for `record_event`).
+INSERT_EVENTS_SQL = text(
+    """
+    INSERT INTO cargo_reputation_events (workload_id, event_type, delta, score_after, job_id)
+    SELECT :workload_id, * FROM unnest(CAST(:types AS text[]), CAST(:deltas AS numeric[]),
+                                       CAST(:scores AS numeric[]), CAST(:job_ids AS uuid[]))
+    ON CONFLICT (job_id, event_type) WHERE job_id IS NOT NULL DO NOTHING
+    """
+)
+
+
+async def record_job_events(
+    session: AsyncSession, workload_id: int, events: list[tuple[uuid.UUID, str]]
+) -> Decimal | None:
+    """Apply finished jobs' events to one Cargo in order (row-locked once): scores and streak bonuses as
+    `record_event` would give them one by one, stored in one INSERT; returns the new score."""
+    workload = await session.get(Workload, workload_id, with_for_update=True)
+    if workload is None or not events:
+        return None
+    score, streak = Decimal(workload.reputation), workload.success_streak
+    rows: list[tuple[str, Decimal, Decimal, uuid.UUID | None]] = []
+    for job_id, event_type in events:
+        score = trust.clamp_reputation(score + trust.REPUTATION_DELTAS[event_type])
+        rows.append((event_type, trust.REPUTATION_DELTAS[event_type], score, job_id))
+        if event_type == "success":
+            streak += 1
+            if streak % trust.STREAK_LENGTH == 0:
+                score = trust.clamp_reputation(score + trust.REPUTATION_DELTAS["streak"])
+                rows.append(("streak", trust.REPUTATION_DELTAS["streak"], score, None))
+        elif event_type in ("failure", "timeout"):
+            streak = 0
+    await session.execute(
+        INSERT_EVENTS_SQL,
+        {
+            "workload_id": workload_id,
+            "types": [r[0] for r in rows],
+            "deltas": [r[1] for r in rows],
+            "scores": [r[2] for r in rows],
+            "job_ids": [r[3] for r in rows],
+        },
+    )
+    workload.reputation, workload.success_streak = score, streak
+    await session.flush()
+    return score
+
+
+async def record_finished_jobs(runtime: Runtime, limit: int = 1000) -> int:
+    """One batch of finished jobs: their events applied to their Cargos (each Cargo row locked once, in
+    id order) and the jobs marked, in one transaction; returns how many jobs. Durable: a job finished
+    before a crash is recorded by the next batch, on any replica."""
     async with runtime.db.transaction() as session:
-        row = (
-            await session.execute(
-                text(
-                    "SELECT EXTRACT(EPOCH FROM (j.completed_at - j.started_at)) AS seconds, "
-                    "w.trust_level, w.max_duration_seconds "
-                    "FROM jobs j JOIN workloads w ON w.id = j.workload_id WHERE j.id = :id"
-                ),
-                {"id": result.job_id},
-            )
-        ).first()
-        if row is None:
-            return
-        limit = max_duration_seconds(int(row.trust_level), row.max_duration_seconds)
-        seconds = float(row.seconds) if row.seconds is not None else None
-        for event in trust.reputation_events_for_job(result.to_state, result.error, seconds, limit):
-            await record_event(session, result.workload_id, event, result.job_id)
+        rows = (await session.execute(DUE_SQL, {"limit": limit})).all()
+        if not rows:
+            return 0
+        by_cargo: dict[int, list[tuple[uuid.UUID, str]]] = {}
+        for row in rows:
+            ceiling = max_duration_seconds(int(row.trust_level), row.max_duration_seconds)
+            seconds = float(row.seconds) if row.seconds is not None else None
+            for event in trust.reputation_events_for_job(row.state, row.error, seconds, ceiling):
+                by_cargo.setdefault(int(row.workload_id), []).append((row.id, event))
+        for workload_id in sorted(by_cargo):
+            await record_job_events(session, workload_id, by_cargo[workload_id])
+        await session.execute(MARK_RECORDED_SQL, {"ids": [r.id for r in rows]})
+    return len(rows)
 
 
-def job_hook(runtime: Runtime) -> Any:
-    async def cargo_reputation(result: TransitionResult) -> None:
-        await on_job_transition(runtime, result)
+class ReputationRecorder(LoopService):
+    """Records the reputation events of finished jobs every `interval` seconds, in batches (the job's
+    move does not wait for it, and a Cargo row is updated once per batch, not once per job)."""
 
-    return cargo_reputation
+    name = "reputation_recorder"
+    interval = 1.0
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    async def run_once(self) -> None:
+        while await record_finished_jobs(self.runtime) >= 1000:
+            pass  # a backlog: drain it before sleeping
 
 
 FACTS_SQL = text(

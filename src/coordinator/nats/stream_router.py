@@ -45,6 +45,8 @@ def encode_ref(ref: JobRef) -> dict[str, Any]:
         "runtime": ref.runtime,
         "host_id": str(ref.host_id) if ref.host_id else None,
         "created_at": ref.created_at.isoformat(),
+        "prompt_chars": ref.prompt_chars,
+        "new_stream": ref.new_stream,
     }
 
 
@@ -58,6 +60,8 @@ def decode_ref(data: dict[str, Any]) -> JobRef:
         str(data["runtime"]),
         uuid.UUID(host) if host else None,
         datetime.fromisoformat(data["created_at"]),
+        prompt_chars=data.get("prompt_chars"),
+        new_stream=bool(data.get("new_stream")),
     )
 
 
