@@ -105,5 +105,5 @@ async def test_settlement_refunds_the_unused_budget_and_records_one_earning(runt
         moved = await settlement.refund_in_full(
             session, job_id=job_id, user_id=consumer.user.id, amount=Decimal(10), reason="late failure"
         )
-    assert moved is False
+    assert moved is None
     assert await balance(runtime, consumer.user.id) == 96

@@ -16,12 +16,10 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import settlement
 from coordinator.errors import NotFound
-from coordinator.hosts.models import Host
 from coordinator.jobs import batch_rollup, moves, rules
 from coordinator.jobs import repository as sql
 from coordinator.jobs.batch_rules import BatchStep
@@ -70,6 +68,8 @@ class Moved:
     stream_owner: str | None = None
     parent_id: uuid.UUID | None = None
     is_batch: bool = False
+    charged: Decimal | None = None  # what the consumer pays, as the finish statement settled it
+    host_owner_id: int | None = None
 
     @classmethod
     def of(cls, row: Any, old_state: str | None) -> Moved:
@@ -92,6 +92,8 @@ class Moved:
             getattr(row, "stream_owner", None),
             getattr(row, "parent_id", None),
             bool(getattr(row, "is_batch", False)),
+            None if getattr(row, "charged", None) is None else Decimal(row.charged),
+            getattr(row, "host_owner_id", None),
         )
 
 
@@ -156,35 +158,29 @@ class PgStore:
         ]
 
     async def settle(self, moved: Moved) -> tuple[Decimal, Decimal | None]:
-        """Success pays the clearing price (Island share and fee); any other end refunds in full.
-        What the consumer paid, and its balance after the refund (None when nothing moved)."""
+        """The ledger side of the settlement the finish statement recorded: success pays the clearing
+        price (Island share and fee), any other end refunds in full. What the consumer paid, and its
+        balance after the refund (None when nothing moved)."""
+        assert moved.charged is not None, "settled by the finish statement"
         if moved.state == moves.SUCCEED.target:
-            owner_id = None
-            if moved.host_id is not None:
-                owner_id = await self.session.scalar(select(Host.owner_id).where(Host.id == moved.host_id))
             paid = await settlement.settle_success(
                 self.session,
                 job_id=moved.id,
                 user_id=moved.user_id,
                 budget=moved.budget,
-                clearing_price=moved.budget if moved.clearing_price is None else moved.clearing_price,
+                clearing_price=moved.charged,
                 host_id=moved.host_id,
-                host_owner_id=owner_id,
+                host_owner_id=moved.host_owner_id,
             )
-            charged, refunded, balance = paid.paid, paid.refunded, paid.balance
-        else:
-            balance = await settlement.refund_in_full(
-                self.session,
-                job_id=moved.id,
-                user_id=moved.user_id,
-                amount=moved.budget,
-                reason=f"job {moved.state}",
-            )
-            charged, refunded = Decimal(0), moved.budget
-        await self.session.execute(
-            sql.RECORD_SETTLEMENT_SQL, {"id": moved.id, "charged": charged, "refunded": refunded}
+            return moved.charged, paid.balance
+        balance = await settlement.refund_in_full(
+            self.session,
+            job_id=moved.id,
+            user_id=moved.user_id,
+            amount=moved.budget,
+            reason=f"job {moved.state}",
         )
-        return charged, balance
+        return Decimal(0), balance
 
     async def karma_success(self, moved: Moved) -> None:
         # The guarded UPDATE applies once, and karma_events refuses a second job_succeeded for the same

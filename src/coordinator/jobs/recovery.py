@@ -152,6 +152,8 @@ async def retry_queued(runtime: Runtime, *, waited_seconds: int = 60) -> dict[st
                     failed.append(result)
     await lifecycle.after_commit(runtime, session, failed)
     bus = runtime.bus
+    if rows and runtime.dispatcher is not None:
+        runtime.dispatcher.wake()
     if rows and bus is not None:
         await wiring.best_effort(bus.wake_dispatchers(), "wake_dispatchers", uuid.UUID(int=0))
     return {"waiting": len(rows) - len(failed), "failed_unplaceable": len(failed)}

@@ -165,32 +165,37 @@ EXTEND_LEASE_SQL = text(
 )
 
 
+# What an ended job costs its consumer: a success pays the clearing price (the budget when there is none),
+# never below zero or above the budget; any other end pays nothing (the budget is refunded in full).
+_PAID = {
+    True: "LEAST(GREATEST(COALESCE(jobs.clearing_price, jobs.budget), 0), jobs.budget)",
+    False: "0",
+}
+
+
 def _finish_sql(move: moves.Move) -> Any:
-    """→ a terminal state. `host_id` NULL means the coordinator decides (cancel, timeout, dead-letter)."""
+    """→ a terminal state, with the settlement's amounts (`charged`, `refunded`) recorded by the same
+    statement; the ledger movements follow in the transaction (`lifecycle.PgStore.settle`). `host_id`
+    NULL means the coordinator decides (cancel, timeout, dead-letter)."""
+    paid = _PAID[move is moves.SUCCEED]
     return text(
         f"""
     UPDATE jobs SET {moves.target_sql(move)}, error = :error, usage = COALESCE(:usage, jobs.usage),
            output = COALESCE(CAST(:output AS text), jobs.output),
+           charged = {paid}, refunded = jobs.budget - {paid}, settled_at = now(),
            completed_at = now(), lease_expires_at = NULL, updated_at = now()
     FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
-    WHERE jobs.id = old.id AND {guard_sql(move)}
+    WHERE jobs.id = old.id AND {guard_sql(move)} AND jobs.settled_at IS NULL
       AND (CAST(:host_id AS uuid) IS NULL OR jobs.host_id = CAST(:host_id AS uuid))
     """
         + RETURNING
-        + ", old.old_state"
+        + ", old.old_state, jobs.charged,"
+        + " (SELECT owner_id FROM hosts WHERE hosts.id = jobs.host_id) AS host_owner_id"
     ).bindparams(bindparam("usage", type_=JSONB))
 
 
 # One guarded UPDATE per terminal move (succeed, fail, cancel, time_out), by target state.
 FINISH_SQL: dict[str, Any] = {m.target: _finish_sql(m) for m in moves.FINISH_MOVES.values()}
-
-# Records what the settlement moved, next to the job.
-RECORD_SETTLEMENT_SQL = text(
-    """
-    UPDATE jobs SET charged = :charged, refunded = :refunded, settled_at = now()
-    WHERE id = :id AND settled_at IS NULL
-    """
-)
 
 # assigned|running → queued after a lost lease or a start timeout; the old Island is never tried again.
 REQUEUE_SQL = text(

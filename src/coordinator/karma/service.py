@@ -18,11 +18,14 @@ from coordinator.config import Settings
 from coordinator.errors import NotFound
 from coordinator.karma.rules import FLAGGING_EVENTS, PENALTIES, KarmaPolicy, KarmaState, apply_success
 
-# Locks one Island's karma for the rest of the transaction and reads its metro overrides.
+# Locks one Island's karma for the rest of the transaction, reads its metro overrides, and whether this
+# outcome is already recorded (duplicate status messages, retried settlements).
 LOCK_HOST_KARMA_SQL = text(
     """
     SELECT h.karma, h.pending_minutes, h.region,
-           m.minutes_per_karma, m.recovery_multiplier, m.monetization_threshold
+           m.minutes_per_karma, m.recovery_multiplier, m.monetization_threshold,
+           EXISTS (SELECT 1 FROM karma_events e
+                   WHERE e.host_id = h.id AND e.job_id = :job_id AND e.event_type = :event_type) AS duplicate
     FROM hosts h LEFT JOIN metro_settings m ON m.region = h.region
     WHERE h.id = :host_id
     FOR UPDATE OF h
@@ -39,10 +42,6 @@ READ_HOST_KARMA_SQL = text(
     """
 )
 
-# Is this outcome already recorded? (duplicate status messages, retried settlements)
-EVENT_EXISTS_SQL = text(
-    "SELECT 1 FROM karma_events WHERE host_id = :host_id AND job_id = :job_id AND event_type = :event_type"
-)
 
 # Writes the new balance and the event that explains it.
 SET_KARMA_SQL = text(
@@ -86,18 +85,14 @@ def _policy(row: Any, defaults: KarmaPolicy) -> KarmaPolicy:
     )
 
 
-async def _lock(session: AsyncSession, host_id: uuid.UUID) -> Any:
-    row = (await session.execute(LOCK_HOST_KARMA_SQL, {"host_id": host_id})).first()
+async def _lock(session: AsyncSession, host_id: uuid.UUID, job_id: uuid.UUID | None, event: str) -> Any:
+    """The Island's row, locked; `row.duplicate` when this job's `event` is recorded already (a NULL
+    job never is)."""
+    params = {"host_id": host_id, "job_id": job_id, "event_type": event}
+    row = (await session.execute(LOCK_HOST_KARMA_SQL, params)).first()
     if row is None:
         raise NotFound("Island not found")
     return row
-
-
-async def _duplicate(session: AsyncSession, host_id: uuid.UUID, job_id: uuid.UUID | None, event: str) -> bool:
-    if job_id is None:
-        return False
-    params = {"host_id": host_id, "job_id": job_id, "event_type": event}
-    return (await session.execute(EVENT_EXISTS_SQL, params)).first() is not None
 
 
 async def _write(
@@ -135,9 +130,9 @@ async def record_success(
     defaults: KarmaPolicy | None = None,
 ) -> KarmaChange:
     """Credit an Island with a successful job's minutes (metro rules apply); writes `job_succeeded`."""
-    row = await _lock(session, host_id)
+    row = await _lock(session, host_id, job_id, "job_succeeded")
     before = KarmaState(karma=row[0], pending_minutes=row[1])
-    if await _duplicate(session, host_id, job_id, "job_succeeded"):
+    if row.duplicate:
         return KarmaChange(host_id, "job_succeeded", 0, before.karma, before.pending_minutes, False)
     outcome = apply_success(before, duration_seconds, _policy(row, defaults or KarmaPolicy()))
     details = json.dumps({"effective_minutes": outcome.effective_minutes, "seconds": float(duration_seconds)})
@@ -160,9 +155,9 @@ async def penalize(
     the honest record of a misbehaving Island, and placement scores it last)."""
     amount = PENALTIES.get(event_type, -1) if delta is None else -abs(delta)
     flagged = (event_type in FLAGGING_EVENTS) if flag is None else flag
-    row = await _lock(session, host_id)
+    row = await _lock(session, host_id, job_id, event_type)
     before = KarmaState(karma=row[0], pending_minutes=row[1])
-    if await _duplicate(session, host_id, job_id, event_type):
+    if row.duplicate:
         return KarmaChange(host_id, event_type, 0, before.karma, before.pending_minutes, False)
     after = KarmaState(karma=before.karma + amount, pending_minutes=before.pending_minutes)
     await _write(session, host_id, job_id, event_type, before, after, flag=flagged)

@@ -36,11 +36,16 @@ class NatsJobBus:
     through the replica holding it (`nats/island_push.py`), instead of JetStream."""
 
     def __init__(
-        self, nc: Any, base_url: str, transport_of: Callable[[uuid.UUID], str] = nats_transport
+        self,
+        nc: Any,
+        base_url: str,
+        transport_of: Callable[[uuid.UUID], str] = nats_transport,
+        replica_id: str = "",
     ) -> None:
         self.nc = nc
         self.publisher = Publisher(nc, base_url)
         self.transport_of = transport_of
+        self.replica_id = replica_id.encode()
 
     async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
         try:
@@ -65,7 +70,8 @@ class NatsJobBus:
         await self.publisher.purge_host_jobs(str(host_id))
 
     async def wake_dispatchers(self) -> None:
-        await self.nc.publish(DISPATCH_WAKE, b"")
+        """Wake the other replicas' dispatchers (the sender woke its own: it ignores its own message)."""
+        await self.nc.publish(DISPATCH_WAKE, self.replica_id)
 
 
 class JobBusChild(Child):
@@ -87,12 +93,14 @@ class JobBusChild(Child):
             raise RuntimeError("NATS is not connected")
         await ensure_streams(nc.jetstream(), self.runtime.settings.nats_stream_replicas)
 
-        async def wake(_: Any) -> None:
-            if self.runtime.dispatcher is not None:
+        me = self.runtime.pubsub.replica_id
+
+        async def wake(msg: Any) -> None:
+            if self.runtime.dispatcher is not None and (not msg.data or msg.data.decode() != me):
                 self.runtime.dispatcher.wake()
 
         sub = await nc.subscribe(DISPATCH_WAKE, cb=wake)
-        self.runtime.bus = NatsJobBus(nc, self.runtime.base_url, self.transport_of)
+        self.runtime.bus = NatsJobBus(nc, self.runtime.base_url, self.transport_of, me)
         ready()
         try:
             await asyncio.Event().wait()
