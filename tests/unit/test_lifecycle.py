@@ -167,3 +167,11 @@ async def test_any_sequence_of_moves_settles_a_job_at_most_once_and_conserves_it
         assert store.balances[USER] + paid == Decimal(10)
     else:
         assert store.balances[USER] == Decimal(10) - budget and paid == 0
+
+
+def test_only_moves_that_write_nothing_but_their_guarded_update_skip_the_transaction() -> None:
+    from coordinator.jobs import moves as table
+
+    single = {m.name for m in table.MOVES.values() if m.one_statement}
+    assert single == {"submit", "assign", "give_back", "start", "close_batch_ok", "close_batch_failed"}
+    assert not table.SUCCEED.one_statement and not table.REQUEUE.one_statement

@@ -97,6 +97,9 @@ class Dispatcher(LoopService):
 
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
+        async with self.runtime.db.read() as session:
+            if not await session.scalar(sql.ANY_QUEUED_SQL):
+                return 0
         candidates = self.fleet.candidates()
         async with self.runtime.db.transaction() as session:
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()

@@ -119,7 +119,7 @@ class JobIntake:
         if seconds is None and now - known.extended < EXTEND_EVERY_SECONDS:
             return
         known.extended = now
-        async with self.runtime.db.transaction() as session:
+        async with self.runtime.db.statement() as session:
             await session.execute(
                 sql.EXTEND_LEASE_SQL,
                 {

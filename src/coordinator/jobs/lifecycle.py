@@ -287,8 +287,10 @@ async def assign_in(
 async def transition(
     runtime: Runtime, move: Move, job_id: uuid.UUID, inputs: Inputs = Inputs()
 ) -> TransitionResult | None:
-    """Apply `move` in its own transaction, commit, then run its hooks."""
-    async with runtime.db.transaction() as session:
+    """Apply `move` in its own transaction (a one-statement move: that statement), commit, then run its
+    hooks."""
+    db = runtime.db
+    async with db.statement() if move.one_statement else db.transaction() as session:
         result = await transition_in(session, move, job_id, inputs)
     await after_commit(runtime, session, [] if result is None else [result])
     return result

@@ -73,6 +73,11 @@ class Move:
     def terminal(self) -> bool:
         return rules.is_terminal(self.target)
 
+    @property
+    def one_statement(self) -> bool:
+        """Its guarded UPDATE is all it writes (no money, karma or batch effect): no transaction needed."""
+        return set(self.effects) <= {STORE_RESULT}
+
 
 # The order hooks run in, whatever order a move lists them in.
 HOOK_ORDER = (

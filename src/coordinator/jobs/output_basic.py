@@ -5,6 +5,7 @@ process replaces it with the accumulator (`jobs/output.py`) as `runtime.output`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ FORGET_AFTER_SECONDS = 6.0
 class _Buffer:
     chunks: dict[int, str] = field(default_factory=dict)
     image: str | None = None
+    # Set when the last piece of output (final chunk or image) has arrived.
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class BasicOutput:
@@ -47,10 +50,16 @@ class BasicOutput:
     async def on_output(self, job: JobRef, seq: int, chunk: str, is_final: bool) -> None:
         buffer = self._buffer(job)
         buffer.chunks.setdefault(seq, self._visible(job, chunk, is_final))
+        if is_final:
+            buffer.complete.set()
 
     async def result(self, job: JobRef, wait: float) -> OutputResult:
-        """What has arrived, at once: this sink does not track completeness, so it never holds a success
-        back (the accumulator does)."""
+        """What has arrived, once the last piece came (or after `wait` seconds) when some output has come
+        at all. It never holds a success back (complete is always true): it does not track gaps."""
+        buffer = self._buffers.get(job.job_id)
+        if buffer is not None and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(buffer.complete.wait(), wait)
         return OutputResult(self.assemble(job) or None, {}, True)
 
     async def on_progress(self, job: JobRef, step: int, total: int) -> None:
@@ -64,6 +73,7 @@ class BasicOutput:
             image["seed"] = seed
         buffer = self._buffer(job)
         buffer.image = json.dumps(image, separators=(",", ":"))
+        buffer.complete.set()
 
     async def on_status(self, job: JobRef, public_status: str) -> None:
         return None

@@ -51,6 +51,10 @@ CLAIM_QUEUED_SQL = text(
     """
 )
 
+# Whether any job is queued (the partial queue index answers it): a pass with nothing to claim costs this
+# one statement, not a transaction.
+ANY_QUEUED_SQL = text(f"SELECT EXISTS (SELECT 1 FROM jobs WHERE {guard_sql(ASSIGN, 'state')})")
+
 # The coordinator's own count of unfinished jobs per Island (never trusting the Island to refuse).
 ACTIVE_PER_HOST_SQL = text(
     f"""

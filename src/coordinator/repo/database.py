@@ -32,6 +32,13 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncSession]:
+        """A session for one writing statement that is atomic by itself (a guarded UPDATE, a multi-row
+        INSERT): it commits on its own, so it costs no BEGIN and no COMMIT. Never for two writes."""
+        async with self.read_sessionmaker() as session:
+            yield session
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
         async with self.sessionmaker() as session, session.begin():
