@@ -47,6 +47,8 @@ class TransitionResult:
     batch: BatchStep | None = None
     # The consumer's balance after the move's charge or refund (None when it moved no money).
     balance: Decimal | None = None
+    # An assignment's prompt length (`jobs.events.JobRef.prompt_chars`).
+    prompt_chars: int | None = None
 
 
 Hook = Callable[[TransitionResult], Awaitable[None]]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from coordinator.jobs import lifecycle, moves, output_check, rules, service
+from coordinator.jobs import lifecycle, moves, output_check, rules, service, wiring
 from coordinator.jobs import repository as sql
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.hooks import TransitionResult
@@ -46,15 +46,17 @@ class JobIntake:
         self.runtime = runtime
         self._known: dict[uuid.UUID, _Known] = {}
         self._penalized: set[tuple[uuid.UUID, str]] = set()
-        runtime.hooks.register(self._forget)
+        runtime.hooks.register(self._observe)
 
-    async def _forget(self, result: TransitionResult) -> None:
-        known = self._known.get(result.job_id)
-        if known is None:
-            return
-        if result.to_state == rules.QUEUED:
+    async def _observe(self, result: TransitionResult) -> None:
+        """Keep the assignment cache true: a job assigned here is known without a read; one that left its
+        Island (requeued) or ended is forgotten (a late message reads it again)."""
+        if result.move == moves.ASSIGN.name and result.host_id is not None:
+            ref = await wiring.job_ref(self.runtime, result)
+            self._known[result.job_id] = _Known(ref, result.to_state, time.monotonic())
+        elif result.to_state == rules.QUEUED or rules.is_terminal(result.to_state):
             self._known.pop(result.job_id, None)
-        else:
+        elif (known := self._known.get(result.job_id)) is not None:
             known.state = result.to_state
 
     def _known_running(self, job_id: uuid.UUID) -> bool:

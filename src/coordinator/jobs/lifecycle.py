@@ -70,6 +70,7 @@ class Moved:
     is_batch: bool = False
     charged: Decimal | None = None  # what the consumer pays, as the finish statement settled it
     host_owner_id: int | None = None
+    prompt_chars: int | None = None  # the assignment's (`repository.prompt_chars_sql`)
 
     @classmethod
     def of(cls, row: Any, old_state: str | None) -> Moved:
@@ -94,6 +95,7 @@ class Moved:
             bool(getattr(row, "is_batch", False)),
             None if getattr(row, "charged", None) is None else Decimal(row.charged),
             getattr(row, "host_owner_id", None),
+            getattr(row, "prompt_chars", None),
         )
 
 
@@ -234,6 +236,7 @@ def result_of(
         credits=None if paid is None else rules.credits_used(moved.budget, paid, True),
         batch=batch,
         then=then,
+        prompt_chars=moved.prompt_chars,
     )
 
 

@@ -23,6 +23,15 @@ RETURNING = """
               jobs.started_at, jobs.completed_at, jobs.parent_id, jobs.batch_config IS NOT NULL AS is_batch
 """
 
+
+def prompt_chars_sql(alias: str) -> str:
+    """Characters of a job's system prompt and prompt (the prompt-token estimate counts them)."""
+    return (
+        f"length(COALESCE({alias}.input ->> 'system_prompt', '')) "
+        f"+ length(COALESCE({alias}.input ->> 'prompt', ''))"
+    )
+
+
 # A new paid job, waiting for an Island.
 INSERT_JOB_SQL = text(
     """
@@ -78,7 +87,7 @@ ASSIGN_MANY_SQL = text(
     WHERE jobs.id = a.id AND {guard_sql(ASSIGN)}
     """
     + RETURNING
-    + ", jobs.stream_owner"
+    + f", jobs.stream_owner, {prompt_chars_sql('jobs')} AS prompt_chars"
 )
 
 
@@ -219,14 +228,6 @@ REQUEUE_SQL = text(
 
 
 # The job as the Island message handler checks it: who it is assigned to, and in which state.
-def prompt_chars_sql(alias: str) -> str:
-    """Characters of a job's system prompt and prompt (the prompt-token estimate counts them)."""
-    return (
-        f"length(COALESCE({alias}.input ->> 'system_prompt', '')) "
-        f"+ length(COALESCE({alias}.input ->> 'prompt', ''))"
-    )
-
-
 JOB_FOR_MESSAGE_SQL = text(
     f"""
     SELECT j.id, j.user_id, j.workload_id, j.state, j.host_id, j.attempt, j.created_at,

@@ -30,6 +30,7 @@ async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
         host_id=result.host_id or result.released_host_id,
         created_at=result.created_at,
         stream_owner=result.stream_owner,
+        prompt_chars=result.prompt_chars,
     )
 
 
