@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -35,6 +35,7 @@ class Stack:
     http: httpx.AsyncClient
     consumer: Consumer
     host_id: uuid.UUID
+    children: list[Child] = field(default_factory=list)  # the supervised tree, in start order
 
     @property
     def accumulator(self) -> OutputAccumulator:
@@ -71,7 +72,7 @@ async def stream_stack(
             consumer = await make_consumer(runtime, f"c{uuid.uuid4().hex[:8]}@example.com")
             host_id = (await make_island(runtime, runtimes=runtimes, vram_mb=16384)).id
         async with httpx.AsyncClient(base_url=runtime.base_url, timeout=30) as client:
-            yield Stack(runtime, client, consumer, host_id)  # type: ignore[arg-type]
+            yield Stack(runtime, client, consumer, host_id, children)  # type: ignore[arg-type]
     finally:
         await supervisor.stop()
         await runtime.db.dispose()

@@ -191,7 +191,9 @@ class PubSub:
 
 
 class PubSubChild(LoopService):
-    """Bridges the runtime's hub across replicas while the process's NATS connection exists."""
+    """Bridges the runtime's hub across replicas once the process's NATS connection exists, over a
+    connection of its own opened with `no_echo`: the server never sends a replica its own events back
+    (each would cost a delivery and a header check per token)."""
 
     name = "pubsub"
     interval = 0.05  # until bridged; then 1 s
@@ -199,22 +201,29 @@ class PubSubChild(LoopService):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.runtime = runtime
-        self._bridged: tuple[Any, Any] | None = None  # (connection, subscription)
+        self._bridged: tuple[Any, Any] | None = None  # (its own connection, subscription)
 
     async def run_once(self) -> None:
-        # The NATS connection starts later in the tree (and may be replaced): follow it.
-        nc = self.runtime.nats
-        if self._bridged is not None and nc is not self._bridged[0]:
-            self.runtime.pubsub.detach()
-            self._bridged = None
-        if self._bridged is None and nc is not None:
+        # The process's connection starts later in the tree: it says NATS is there (and where).
+        if self._bridged is None and self.runtime.nats is not None:
+            import nats
+
+            nc = await nats.connect(
+                self.runtime.settings.nats_url or "",
+                name="coordinator-pubsub",
+                no_echo=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+            )
             self._bridged = (nc, await self.runtime.pubsub.attach(nc))
         self.interval = 0.05 if self._bridged is None else 1.0
 
     async def teardown(self) -> None:
         self.runtime.pubsub.detach()
         if self._bridged is not None:
-            _, sub = self._bridged
+            nc, sub = self._bridged
             self._bridged = None
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await nc.drain()

@@ -23,6 +23,12 @@ from tests.stream_support import (
 )
 
 
+def json_of(msg: Any) -> Any:
+    import json
+
+    return json.loads(msg.data)
+
+
 def event(n: int, topic: str = "job:x") -> Event:
     return Event.make(topic, n, {"type": "token", "content": str(n)})
 
@@ -81,6 +87,33 @@ async def test_bridge_delivers_remote_events_once_in_order_and_drops_own_echoes(
             await sub.unsubscribe()
         await nc_a.close()
         await nc_b.close()
+
+
+async def test_a_replicas_bridge_connection_is_not_sent_its_own_events_back(
+    database_url: str, nats_url: str
+) -> None:
+    """The bridge publishes and subscribes on a `no_echo` connection of its own: a token costs the replica
+    one publish, not also a delivery of its own event that it would drop."""
+    from coordinator.pubsub import PubSubChild
+
+    async with stream_stack(database_url, nats_url=nats_url, seed=False) as stack:
+        child = next(c for c in stack.children if isinstance(c, PubSubChild))
+        for _ in range(100):
+            if child._bridged is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert child._bridged is not None
+        bridge, bridge_sub = child._bridged
+        assert bridge is not stack.runtime.nats
+        watcher = await nats.connect(nats_url)
+        seen = await watcher.subscribe(topic_subject("job:echo"))
+        await watcher.flush()
+        for n in range(1, 21):
+            await stack.runtime.pubsub.publish(event(n, "job:echo"))
+        await bridge.flush()  # the server has routed all 20: an echo would be on its way before the PONG
+        assert [int(json_of(await seen.next_msg(2))["content"]) for _ in range(20)] == list(range(1, 21))
+        assert bridge_sub.delivered == 0
+        await watcher.close()
 
 
 async def test_a_consumer_on_replica_a_sees_the_stream_produced_on_replica_b(
