@@ -53,7 +53,8 @@ class JobIntake:
         Island (requeued) or ended is forgotten (a late message reads it again)."""
         if result.move == moves.ASSIGN.name and result.host_id is not None:
             ref = await wiring.job_ref(self.runtime, result)
-            self._known[result.job_id] = _Known(ref, result.to_state, time.monotonic())
+            now = time.monotonic()  # the assignment set a whole lease: no extension due yet
+            self._known[result.job_id] = _Known(ref, result.to_state, now, extended=now)
         elif result.to_state == rules.QUEUED or rules.is_terminal(result.to_state):
             self._known.pop(result.job_id, None)
         elif (known := self._known.get(result.job_id)) is not None:
