@@ -59,6 +59,9 @@ class Runtime:
     publisher: Publisher | None = None
     host_handler: HostHandler | None = None
     island_intake: IslandIntake | None = None
+    # When this process's JOB_OUTPUT consumer last had nothing left to fetch (`time.monotonic()`); None
+    # where none runs. A success waits for missing chunks while it lags (`jobs/output_check.py`).
+    output_drained_at: float | None = None
     # False until every child of the process's tree has started (then True, and False again once it
     # starts stopping); None when no full tree runs (tests assembling their own children).
     tree_ready: bool | None = None

@@ -193,6 +193,34 @@ async def test_a_success_whose_output_stays_incomplete_fails_after_the_gap_grace
         assert (job.state, job.output, job.error) == ("failed", "partial", INCOMPLETE_OUTPUT)
 
 
+async def test_a_success_waits_past_the_grace_while_the_output_consumer_lags(database_url: str) -> None:
+    """Chunks still queued behind a lagging JOB_OUTPUT consumer are not lost: the success waits for them
+    (and completes); once the consumer has drained, a chunk still missing is."""
+    import time
+
+    async with stream_stack(database_url, output_gap_grace_seconds=0.3) as stack:
+        ref = await running_job(stack)
+        await stack.accumulator.on_output(ref, 1, "partial", False)
+        stack.runtime.output_drained_at = time.monotonic() - 10  # lagging since before the status
+        success = asyncio.create_task(finish(stack, ref))
+        await asyncio.sleep(0.6)  # twice the grace
+        await stack.accumulator.on_output(ref, 2, " tail", False)
+        await stack.accumulator.on_output(ref, 3, "", True)
+        await asyncio.wait_for(success, 5)
+        job = await job_of(stack.runtime, ref.job_id)
+        assert (job.state, job.output) == ("succeeded", "partial tail")
+
+        lost = await running_job(stack)
+        await stack.accumulator.on_output(lost, 1, "half", False)
+        stack.runtime.output_drained_at = time.monotonic() - 10
+        failing = asyncio.create_task(finish(stack, lost))
+        await asyncio.sleep(0.4)
+        stack.runtime.output_drained_at = time.monotonic()  # caught up: the rest is not coming
+        await asyncio.wait_for(failing, 5)
+        job = await job_of(stack.runtime, lost.job_id)
+        assert (job.state, job.error) == ("failed", INCOMPLETE_OUTPUT)
+
+
 async def test_failure_ends_with_an_error_event_carrying_the_islands_message(stack: Stack) -> None:
     ref = await running_job(stack)
     sub = stack.runtime.pubsub.subscribe(job_topic(ref.job_id))

@@ -175,3 +175,14 @@ def test_only_moves_that_write_nothing_but_their_guarded_update_skip_the_transac
     single = {m.name for m in table.MOVES.values() if m.one_statement}
     assert single == {"submit", "assign", "give_back", "start", "close_batch_ok", "close_batch_failed"}
     assert not table.SUCCEED.one_statement and not table.REQUEUE.one_statement
+
+
+def test_a_success_missing_chunks_fails_only_after_the_grace_and_once_the_output_consumer_caught_up() -> None:
+    from coordinator.jobs.output_check import GIVE_UP_SECONDS, given_up
+
+    first, grace = 100.0, 8.0
+    assert not given_up(first, first + 7.9, grace, drained_at=first + 5)  # within the grace
+    assert given_up(first, first + 8.0, grace, drained_at=first + 5)  # drained since: the chunks are lost
+    assert not given_up(first, first + 30, grace, drained_at=first - 1)  # lagging since before it: wait
+    assert given_up(first, first + 8.0, grace, drained_at=None)  # no output consumer here: the grace only
+    assert given_up(first, first + GIVE_UP_SECONDS, grace, drained_at=first - 1)  # never for ever

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -68,6 +69,14 @@ class OutputConsumerChild(DurableConsumer):
 
     def consumer_config(self) -> ConsumerConfig:
         return output_consumer_config()
+
+    async def run_once(self) -> None:
+        await super().run_once()  # returns once a fetch finds nothing more: everything before is applied
+        self.runtime.output_drained_at = time.monotonic()
+
+    async def teardown(self) -> None:
+        self.runtime.output_drained_at = None
+        await super().teardown()
 
     async def process_batch(self, msgs: list[Any]) -> None:
         gate = asyncio.Semaphore(CONCURRENCY)

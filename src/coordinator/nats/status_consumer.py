@@ -74,8 +74,9 @@ class StatusConsumerChild(DurableConsumer):
                 redeliverable.set(delivered < MAX_DELIVER)
                 await apply_status(self.runtime, msg.subject, msg.data)
             except OutputPending:
+                # Its output is still arriving: ask again later, less often the longer it takes.
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=1)  # its output is still arriving (JOB_OUTPUT redelivers)
+                    await msg.nak(delay=min(2 ** (delivered - 1), 8))
                 return
             except Exception:
                 log.exception("nats.status_failed", subject=msg.subject, delivered=delivered)
