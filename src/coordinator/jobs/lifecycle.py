@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -214,6 +214,7 @@ def result_of(
     inputs: Inputs,
     released: uuid.UUID | None,
     paid: Decimal | None = None,
+    balance: Decimal | None = None,
     batch: BatchStep | None = None,
     then: tuple[TransitionResult, ...] = (),
 ) -> TransitionResult:
@@ -234,6 +235,7 @@ def result_of(
         # A requeue or give-back names the Island it takes the job from, not one that reported anything.
         reported_by=None if move.target == moves.REQUEUE.target else inputs.host_id,
         credits=None if paid is None else rules.credits_used(moved.budget, paid, True),
+        balance=balance,
         batch=batch,
         then=then,
         prompt_chars=moved.prompt_chars,
@@ -266,8 +268,8 @@ async def transition_in(
         await store.penalize(released, penalty, moved.id)
     step = await store.roll_up(moved) if moves.ROLL_UP_BATCH in move.effects else None
     closed = await close_batch_in(store, step)
-    result = result_of(moved, move, inputs, released, paid, step, () if closed is None else (closed,))
-    return result if balance is None else replace(result, balance=balance)
+    then = () if closed is None else (closed,)
+    return result_of(moved, move, inputs, released, paid, balance, step, then)
 
 
 async def close_batch_in(where: AsyncSession | JobStore, step: BatchStep | None) -> TransitionResult | None:
