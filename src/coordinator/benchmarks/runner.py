@@ -24,6 +24,7 @@ SCENARIO_MODULES = [
     "coordinator.benchmarks.page_render",
     "coordinator.benchmarks.nats_auth",
     "coordinator.benchmarks.statements",
+    "coordinator.benchmarks.first_token",
 ]
 for _module in SCENARIO_MODULES:
     importlib.import_module(_module)
