@@ -218,6 +218,7 @@ def test_the_plot_shows_offered_and_completed_per_second_on_one_chart(tmp_path: 
 def test_the_scenario_registry_is_a_dict_filled_by_the_listed_modules() -> None:
     assert "coordinator.benchmarks.scenarios" in SCENARIO_MODULES
     assert {"lifecycle", "hot_account", "submit_to_assign", "dispatcher"} <= set(SCENARIOS)
+    assert {"statements", "time_to_first_token"} <= set(SCENARIOS)
 
 
 async def test_a_scenario_that_starves_on_purpose_is_reported_invalid(
