@@ -21,56 +21,11 @@ from coordinator.workloads.rules import max_duration_seconds
 log = structlog.get_logger(__name__)
 WARN_EVERY = timedelta(hours=24)
 
-# One event, once per (job, type): the unique partial index makes a repeated hook a no-op.
-INSERT_EVENT_SQL = text(
-    """
-    INSERT INTO cargo_reputation_events (workload_id, event_type, delta, score_after, job_id)
-    VALUES (:workload_id, :event_type, :delta, :score_after, :job_id)
-    ON CONFLICT (job_id, event_type) WHERE job_id IS NOT NULL DO NOTHING
-    RETURNING id
-    """
-)
 
-
-async def record_event(
-    session: AsyncSession, workload_id: int, event_type: str, job_id: Any = None
-) -> Decimal | None:
-    """Apply one reputation event to a Cargo (row-locked); returns the new score, None if already counted."""
-    workload = await session.get(Workload, workload_id, with_for_update=True)
-    if workload is None:
-        return None
-    score = trust.clamp_reputation(Decimal(workload.reputation) + trust.REPUTATION_DELTAS[event_type])
-    inserted = await session.execute(
-        INSERT_EVENT_SQL,
-        {
-            "workload_id": workload_id,
-            "event_type": event_type,
-            "delta": trust.REPUTATION_DELTAS[event_type],
-            "score_after": score,
-            "job_id": job_id,
-        },
-    )
-    if inserted.first() is None:
-        return None
-    if event_type == "success":
-        workload.success_streak += 1
-        if workload.success_streak % trust.STREAK_LENGTH == 0:
-            score = trust.clamp_reputation(score + trust.REPUTATION_DELTAS["streak"])
-            await session.execute(
-                INSERT_EVENT_SQL,
-                {
-                    "workload_id": workload_id,
-                    "event_type": "streak",
-                    "delta": trust.REPUTATION_DELTAS["streak"],
-                    "score_after": score,
-                    "job_id": None,
-                },
-            )
-    elif event_type in ("failure", "timeout"):
-        workload.success_streak = 0
-    workload.reputation = score
-    await session.flush()
-    return score
+async def record_event(session: AsyncSession, workload_id: int, event_type: str) -> Decimal | None:
+    """Apply one reputation event that belongs to no job (a rating, a complaint) to a Cargo (row-locked);
+    returns the new score (None for an unknown Cargo)."""
+    return await record_job_events(session, workload_id, [(None, event_type)])
 
 
 # ---------------------------------------------------------------- finished jobs, in batches
@@ -90,7 +45,7 @@ DUE_SQL = text(
 
 MARK_RECORDED_SQL = text("UPDATE jobs SET reputation_at = now() WHERE id = ANY(:ids)")
 
-# Many events of one Cargo in one statement (a repeated job event is a no-op, as for `record_event`).
+# Many events of one Cargo in one statement (a job's repeated event is a no-op: the unique partial index).
 INSERT_EVENTS_SQL = text(
     """
     INSERT INTO cargo_reputation_events (workload_id, event_type, delta, score_after, job_id)
@@ -102,10 +57,11 @@ INSERT_EVENTS_SQL = text(
 
 
 async def record_job_events(
-    session: AsyncSession, workload_id: int, events: list[tuple[uuid.UUID, str]]
+    session: AsyncSession, workload_id: int, events: list[tuple[uuid.UUID | None, str]]
 ) -> Decimal | None:
-    """Apply finished jobs' events to one Cargo in order (row-locked once): scores and streak bonuses as
-    `record_event` would give them one by one, stored in one INSERT; returns the new score."""
+    """Apply events (of finished jobs, or of none) to one Cargo in order, its row locked once: each
+    moves the score by its delta, a 100th success in a row adds the streak bonus, a failure or timeout
+    resets the streak; all stored in one INSERT (a job's repeated event is a no-op). The new score."""
     workload = await session.get(Workload, workload_id, with_for_update=True)
     if workload is None or not events:
         return None
@@ -144,7 +100,7 @@ async def record_finished_jobs(runtime: Runtime, limit: int = 1000) -> int:
         rows = (await session.execute(DUE_SQL, {"limit": limit})).all()
         if not rows:
             return 0
-        by_cargo: dict[int, list[tuple[uuid.UUID, str]]] = {}
+        by_cargo: dict[int, list[tuple[uuid.UUID | None, str]]] = {}
         for row in rows:
             ceiling = max_duration_seconds(int(row.trust_level), row.max_duration_seconds)
             seconds = float(row.seconds) if row.seconds is not None else None
