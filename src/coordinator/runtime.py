@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from coordinator.nats.publisher import Publisher
     from coordinator.pubsub import PubSub
     from coordinator.web.channels.registry import ChannelRegistry
+    from coordinator.workloads.catalogue import Catalogue
     from coordinator.workloads.service import WorkloadMetaCache
 
 
@@ -44,6 +45,7 @@ class Runtime:
     surge: Surge  # the exchange's surge factor (the settings' ratio, multiplier and cache time)
     market_rates: TtlCache[Decimal | None]  # each Cargo's market rate, recomputed at most every 10 s
     workload_meta: WorkloadMetaCache  # each Cargo's kind and runtime, for job events
+    catalogue: Catalogue  # each Cargo as submissions check it (validated by its revision)
     rate_counter: RateCounter  # this replica's request counts (flushed by `RateCounterSync`)
     network_stats: CachedNetworkStats
     scan_slots: asyncio.Semaphore  # concurrent registry image scans

@@ -105,14 +105,34 @@ async def resolve_budget(
     saved = (await session.execute(SAVED_BID_SQL, {"user_id": user_id, "workload_id": workload.id})).scalar()
     if saved is not None:
         return Decimal(saved)
+    return await default_budget(
+        session,
+        workload.id,
+        Decimal(workload.price_per_job),
+        markup=markup,
+        window_minutes=window_minutes,
+        rates=rates,
+    )
+
+
+async def default_budget(
+    session: AsyncSession,
+    workload_id: int,
+    base_price: Decimal,
+    *,
+    markup: Decimal = Decimal("1.05"),
+    window_minutes: int = 60,
+    rates: TtlCache[Decimal | None] | None = None,
+) -> Decimal:
+    """Steps three and four of `resolve_budget`: the recent market rate × markup, else the base price."""
 
     def compute() -> Awaitable[Decimal | None]:
-        return market_rate(session, workload.id, window_minutes)
+        return market_rate(session, workload_id, window_minutes)
 
-    rate = await (compute() if rates is None else rates.get(compute, workload.id))
+    rate = await (compute() if rates is None else rates.get(compute, workload_id))
     if rate is not None and rate > 0:
         return rules.market_budget(rate, markup)
-    return Decimal(workload.price_per_job)
+    return base_price
 
 
 # Online, approved, not suspended Islands with what pricing and capacity need.

@@ -212,6 +212,46 @@ def _quota_error(message: str, code: str, retry_after: int) -> RateLimited:
     return error
 
 
+@dataclass(frozen=True)
+class SubmitCaps:
+    """What a submission of this user may not exceed: active top-level jobs, and (unverified accounts)
+    credits spent since midnight UTC, None when the cap does not apply."""
+
+    active_jobs: int
+    daily_spend: Decimal | None
+
+
+def caps_for(user: User, limits: QuotaLimits | None = None) -> SubmitCaps:
+    # The verification context decides; the status is read from the row auth loaded for this request, so a
+    # verification (or a revocation) changes the very next submission.
+    limits = limits or QuotaLimits()
+    if verification.is_verified_user(user):
+        return SubmitCaps(limits.active_jobs_verified, None)
+    return SubmitCaps(limits.active_jobs_unverified, limits.daily_spend_unverified)
+
+
+def submit_refusal(caps: SubmitCaps, active: int, spent: Decimal, amount: Decimal) -> RateLimited | None:
+    """The 429 for a submission of `amount` by an account with `active` jobs that spent `spent` today, or
+    None when it is within its caps. (`jobs.repository.SUBMIT_SQL` applies the same two comparisons.)"""
+    if active >= caps.active_jobs:
+        hint = "" if caps.daily_spend is None else " (verify your identity to raise it)"
+        return _quota_error(
+            f"Too many active jobs: {active} of {caps.active_jobs} allowed{hint}; wait for some to finish",
+            "too_many_active_jobs",
+            5,
+        )
+    if caps.daily_spend is not None and spent + amount > caps.daily_spend:
+        now = datetime.now(UTC)
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        return _quota_error(
+            f"Daily spending limit reached: spent {_fmt(spent)} of {_fmt(caps.daily_spend)} "
+            f"credits today, this job needs {_fmt(amount)}; verify your identity to lift the limit",
+            "daily_spend_limit",
+            int((midnight - now).total_seconds()) + 1,
+        )
+    return None
+
+
 async def check_submit_quota(
     session: AsyncSession, user: User, amount: Decimal, *, limits: QuotaLimits | None = None
 ) -> None:
@@ -219,31 +259,14 @@ async def check_submit_quota(
 
     A check before the charge, not a lock: two simultaneous submissions may overshoot by one job, which a
     soft abuse limit tolerates, rather than serialising every submit of an account on one row."""
-    limits = limits or QuotaLimits()
-    # The verification context decides; the status is read from the row auth loaded for this request, so a
-    # verification (or a revocation) changes the very next submission.
-    verified = verification.is_verified_user(user)
-    cap = limits.active_jobs_verified if verified else limits.active_jobs_unverified
+    caps = caps_for(user, limits)
     active = int((await session.execute(ACTIVE_JOBS_SQL, {"user_id": user.id})).scalar_one())
-    if active >= cap:
-        hint = "" if verified else " (verify your identity to raise it)"
-        raise _quota_error(
-            f"Too many active jobs: {active} of {cap} allowed{hint}; wait for some to finish",
-            "too_many_active_jobs",
-            5,
-        )
-    if verified:
-        return
-    spent = Decimal((await session.execute(SPENT_TODAY_SQL, {"user_id": user.id})).scalar_one())
-    if spent + amount > limits.daily_spend_unverified:
-        now = datetime.now(UTC)
-        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        raise _quota_error(
-            f"Daily spending limit reached: spent {_fmt(spent)} of {_fmt(limits.daily_spend_unverified)} "
-            f"credits today, this job needs {_fmt(amount)}; verify your identity to lift the limit",
-            "daily_spend_limit",
-            int((midnight - now).total_seconds()) + 1,
-        )
+    spent = Decimal(0)
+    if caps.daily_spend is not None and active < caps.active_jobs:
+        spent = Decimal((await session.execute(SPENT_TODAY_SQL, {"user_id": user.id})).scalar_one())
+    refusal = submit_refusal(caps, active, spent, amount)
+    if refusal is not None:
+        raise refusal
 
 
 def _fmt(value: Any) -> str:

@@ -32,16 +32,74 @@ def prompt_chars_sql(alias: str) -> str:
     )
 
 
-# A new paid job, waiting for an Island.
-INSERT_JOB_SQL = text(
-    """
-    INSERT INTO jobs (id, user_id, workload_id, state, input, priority, region, budget, charged,
-                      max_attempts, parent_id, batch_index)
-    VALUES (:id, :user_id, :workload_id, 'queued', :input, :priority, :region, :budget, :budget,
-            :max_attempts, :parent_id, :batch_index)
-    RETURNING created_at
+# Submit in one statement, so in one transaction with no BEGIN or COMMIT: check the cached Cargo is
+# current (its revision, see `workloads.catalogue`), price the job (its own budget, else the user's saved
+# bid, else the caller's default), apply the quota caps (`billing.quotas.submit_refusal` is the same rule
+# and words the refusal from the counts returned here), debit the balance with the ledger's guard
+# (`billing.ledger.DEBIT_SQL`), and insert the job and its ledger row only if the debit happened. The
+# balance row is locked for this one statement, not for a transaction's round trips.
+# `outcome`: ok | stale | quota | insufficient.
+SUBMIT_SQL = text(
+    f"""
+    WITH counts AS (
+        SELECT
+            EXISTS (SELECT 1 FROM workloads WHERE id = :workload_id AND revision = :revision) AS current,
+            CASE WHEN CAST(:active_cap AS INTEGER) IS NULL THEN 0 ELSE (
+                SELECT count(*) FROM jobs
+                WHERE user_id = :user_id AND parent_id IS NULL
+                  AND {states_sql([rules.QUEUED, rules.ASSIGNED, rules.RUNNING], "state")}
+            ) END AS active,
+            CASE WHEN CAST(:daily_cap AS NUMERIC) IS NULL THEN 0 ELSE (
+                SELECT COALESCE(-SUM(amount), 0) FROM transactions
+                WHERE user_id = :user_id AND type IN ('charge', 'refund')
+                  AND created_at >= date_trunc('day', now())
+            ) END AS spent,
+            COALESCE(
+                CAST(:explicit AS NUMERIC),
+                (SELECT bid FROM bid_preferences WHERE user_id = :user_id AND workload_id = :workload_id),
+                CAST(:default AS NUMERIC)
+            ) AS price
+    ),
+    verdict AS (
+        SELECT active, spent, price,
+               CASE WHEN NOT current THEN 'stale'
+                    WHEN active >= CAST(:active_cap AS INTEGER) THEN 'quota'
+                    WHEN spent + price > CAST(:daily_cap AS NUMERIC) THEN 'quota'
+                    ELSE 'ok' END AS outcome
+        FROM counts
+    ),
+    charge AS (
+        UPDATE users SET credits = credits - v.price, updated_at = now()
+        FROM verdict v
+        WHERE users.id = :user_id AND v.outcome = 'ok' AND users.credits >= v.price
+        RETURNING users.credits, v.price
+    ),
+    job AS (
+        INSERT INTO jobs (id, user_id, workload_id, state, input, priority, region, budget, charged,
+                          max_attempts, parent_id, batch_index)
+        SELECT :id, :user_id, :workload_id, 'queued', :input, :priority, :region, price, price,
+               :max_attempts, :parent_id, :batch_index
+        FROM charge
+        RETURNING created_at
+    ),
+    ledger AS (
+        INSERT INTO transactions (user_id, type, amount, balance_after, job_id, idempotency_key)
+        SELECT :user_id, 'charge', -price, credits, :id, :key FROM charge
+    )
+    SELECT CASE WHEN v.outcome = 'ok' AND NOT EXISTS (SELECT 1 FROM charge) THEN 'insufficient'
+                ELSE v.outcome END AS outcome,
+           v.price, v.active, v.spent,
+           (SELECT credits FROM charge) AS balance,
+           (SELECT created_at FROM job) AS created_at,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM charge)
+                THEN (SELECT credits FROM users WHERE id = :user_id) END AS available,
+           (SELECT count(*) FROM jobs
+            WHERE {states_sql([rules.QUEUED], "state")}
+              AND (priority > :priority OR (priority = :priority AND created_at < now()))) AS ahead
+    FROM verdict v
     """
 ).bindparams(bindparam("input", type_=JSONB))
+
 
 # Claims the next queued jobs (priority with ageing, then age); other replicas skip the locked rows.
 CLAIM_QUEUED_SQL = text(

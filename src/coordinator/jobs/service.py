@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
 from coordinator.billing import exchange as market
-from coordinator.billing import quotas, settlement
-from coordinator.errors import InsufficientCredits, NotFound, ValidationFailed
+from coordinator.billing import quotas
+from coordinator.billing.exchange_rules import money
+from coordinator.errors import Conflict, InsufficientCredits, NotFound, ValidationFailed
 from coordinator.hosts.fleet import FleetView, view_of
 from coordinator.jobs import lifecycle, moves, rules
 from coordinator.jobs import repository as sql
@@ -23,7 +24,7 @@ from coordinator.jobs.models import Job
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
-from coordinator.workloads import service as workloads
+from coordinator.workloads.catalogue import Cargo
 from coordinator.workloads.models import Workload
 
 log = structlog.get_logger(__name__)
@@ -80,29 +81,23 @@ async def could_ever_run(
     return any(rules.could_run(view_of(row), needs) for row in rows)
 
 
-async def meetable_default_budget(
-    session: AsyncSession, fleet: FleetView | None, user_id: int, needs: rules.JobNeeds
-) -> Decimal:
-    """A default budget the supply online now can meet: the market rate (or base price) is raised to the
-    lowest ask of the live Islands that could run the job. The user's saved bid is a cap they chose and
-    stays as it is (the job then waits with `placement.reason: price`)."""
+def raised_to_supply(fleet: FleetView | None, needs: rules.JobNeeds, default: Decimal) -> Decimal:
+    """A default budget the supply online now can meet: the market rate (or base price) raised to the
+    lowest ask of the live Islands that could run the job. (A saved bid is a cap the user chose and, in
+    `SUBMIT_SQL`, wins over this default: the job then waits with `placement.reason: price`.)"""
     if fleet is None:
-        return needs.budget
+        return default
     now = fleet.clock()
-    live = [h for h in fleet if h.is_live(now, fleet.heartbeat_timeout)]
-    lowest = rules.lowest_live_ask(live, needs)
-    if lowest is None or lowest <= needs.budget:
-        return needs.budget
-    saved = {b["workload"] for b in await market.list_bids(session, user_id)}
-    return needs.budget if needs.slug in saved else lowest
+    lowest = rules.lowest_live_ask((h for h in fleet if h.is_live(now, fleet.heartbeat_timeout)), needs)
+    return default if lowest is None or lowest <= default else lowest
 
 
-def _check_submission(workload: Workload, input: Any, priority: int, region: str | None) -> None:
-    if workload.suspended_at is not None:
+def _check_submission(cargo: Cargo, input: Any, priority: int, region: str | None) -> None:
+    if cargo.suspended_at is not None:
         raise ValidationFailed("Cargo is suspended", {"workload": ["is suspended"]})
-    if not workload.is_enabled:
+    if not cargo.is_enabled:
         raise ValidationFailed("Cargo is not available", {"workload": ["is disabled"]})
-    errors = workload_rules.validate_input(workload.input_schema, input)
+    errors = workload_rules.validate_input(cargo.input_schema, input)
     if (
         isinstance(priority, bool)
         or not isinstance(priority, int)
@@ -115,7 +110,35 @@ def _check_submission(workload: Workload, input: Any, priority: int, region: str
         raise ValidationFailed("Invalid input", errors)
 
 
-async def submit_job(
+async def _default_price(
+    runtime: Runtime, user: User, cargo: Cargo, input: Any, priority: int, region: str | None
+) -> Decimal:
+    """Check the submission against `cargo` (400/422 when it cannot be run as asked) and return the budget a
+    job without its own or a saved bid gets."""
+    _check_submission(cargo, input, priority, region)
+    async with runtime.db.read() as session:  # no connection unless a statement below runs
+        default = await market.default_budget(
+            session,
+            cargo.id,
+            cargo.price_per_job,
+            markup=Decimal(str(runtime.settings.market_rate_markup)),
+            window_minutes=runtime.settings.market_rate_window_minutes,
+            rates=runtime.market_rates,
+        )
+        needs = needs_of(cargo, workload_id=cargo.id, region=region, owner_id=user.id)
+        if not await could_ever_run(session, runtime.fleet, needs):
+            reason = rules.unrunnable_reason(needs)
+            raise ValidationFailed(reason, {"workload": [reason]})
+    return raised_to_supply(runtime.fleet, needs, default)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Submitted:
+    job: Job
+    queue_position: int  # 1-based, when the job was inserted
+
+
+async def submit(
     runtime: Runtime,
     user: User,
     workload_slug: str,
@@ -126,68 +149,83 @@ async def submit_job(
     region: str | None = None,
     parent_id: uuid.UUID | None = None,
     batch_index: int | None = None,
-) -> Job:
-    """Validate, quote and charge, and insert the job as `queued` — charge and row in one transaction."""
+) -> Submitted:
+    """Validate, quote and charge, and insert the job as `queued`: one statement (`SUBMIT_SQL`) once the
+    Cargo is in the catalogue cache. Refusals: 404 unknown Cargo, 422 invalid, 402 credits, 429 quota."""
     bid: Decimal | None = None
     if budget is not None:
         bid = rules.parse_budget(budget)
         if bid is None:
             raise ValidationFailed("Invalid input", {"budget": ["must be a positive amount of credits"]})
+        bid = money(bid)
+    caps = quotas.caps_for(user, quotas.QuotaLimits.from_settings(runtime.settings))
+    top_level = parent_id is None  # a batch counts once, through its parent
     job_id = uuid.uuid4()
-    async with runtime.db.transaction() as session:
-        workload = await workloads.get_by_slug(session, workload_slug)
-        _check_submission(workload, input, priority, region)
-        markup = Decimal(str(runtime.settings.market_rate_markup))
-        price = await market.resolve_budget(
-            session, user.id, workload, bid, markup=markup, rates=runtime.market_rates
+    cargo = runtime.catalogue.cached(workload_slug)
+    for _ in range(3):  # a Cargo changed under a cached copy: read it again and redo (twice is plenty)
+        if cargo is None:
+            cargo = await runtime.catalogue.load(runtime.db, workload_slug)
+            default = await _default_price(runtime, user, cargo, input, priority, region)
+        else:
+            try:
+                default = await _default_price(runtime, user, cargo, input, priority, region)
+            except ValidationFailed:
+                cargo = None  # a refusal is never made on a cached copy alone
+                continue
+        async with runtime.db.statement() as session:
+            row = (
+                await session.execute(
+                    sql.SUBMIT_SQL,
+                    {
+                        "id": job_id,
+                        "key": f"charge:{job_id}",
+                        "user_id": user.id,
+                        "workload_id": cargo.id,
+                        "revision": cargo.revision,
+                        "explicit": bid,
+                        "default": default,
+                        "active_cap": caps.active_jobs if top_level else None,
+                        "daily_cap": caps.daily_spend if top_level else None,
+                        "input": input,
+                        "priority": priority,
+                        "region": region,
+                        "max_attempts": runtime.settings.job_max_attempts,
+                        "parent_id": parent_id,
+                        "batch_index": batch_index,
+                    },
+                )
+            ).one()
+        if row.outcome != "stale":
+            break
+        cargo = None
+    else:
+        raise Conflict("The Cargo is being changed; try again")
+    price = Decimal(row.price)
+    if row.outcome == "quota":
+        raise quotas.submit_refusal(caps, int(row.active), Decimal(row.spent), price) or Conflict(
+            "Quota check disagreement; try again"  # SUBMIT_SQL and submit_refusal apply one rule
         )
-        if parent_id is None:  # a batch counts once, through its parent
-            await quotas.check_submit_quota(
-                session, user, price, limits=quotas.QuotaLimits.from_settings(runtime.settings)
-            )
-        needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
-        if bid is None:
-            price = await meetable_default_budget(session, runtime.fleet, user.id, needs)
-            needs = needs_of(workload, workload_id=workload.id, region=region, budget=price, owner_id=user.id)
-        if not await could_ever_run(session, runtime.fleet, needs):
-            reason = rules.unrunnable_reason(needs)
-            raise ValidationFailed(reason, {"workload": [reason]})
-        row = await session.execute(
-            sql.INSERT_JOB_SQL,
-            {
-                "id": job_id,
-                "user_id": user.id,
-                "workload_id": workload.id,
-                "input": input,
-                "priority": priority,
-                "region": region,
-                "budget": price,
-                "max_attempts": runtime.settings.job_max_attempts,
-                "parent_id": parent_id,
-                "batch_index": batch_index,
-            },
+    if row.outcome == "insufficient":
+        available = Decimal(row.available or 0)
+        raise InsufficientCredits(
+            f"Insufficient credits: this job costs {price.normalize():f} credits, "
+            f"your balance is {available.normalize():f}",
+            required=price,
+            available=available,
         )
-        created_at = row.scalar_one()
-        balance = await settlement.charge_for_submission(session, user.id, job_id, price)
-        if balance is None:
-            available = Decimal(await session.scalar(select(User.credits).where(User.id == user.id)) or 0)
-            raise InsufficientCredits(
-                f"Insufficient credits: this job costs {price.normalize():f} credits, "
-                f"your balance is {available.normalize():f}",
-                required=price,
-                available=available,
-            )
-    with context.bind(job_id=job_id, workload_id=workload.id, user_id=user.id):
-        log.info("job.submitted", workload=workload.slug, priority=priority, budget=str(price))
-        metrics.jobs_submitted.labels(workload=workload.slug).inc()
+    balance, created_at = Decimal(row.balance), row.created_at
+    metrics.credits_moved.labels(type="charge").inc(float(price))
+    with context.bind(job_id=job_id, workload_id=cargo.id, user_id=user.id):
+        log.info("job.submitted", workload=cargo.slug, priority=priority, budget=str(price))
+        metrics.jobs_submitted.labels(workload=cargo.slug).inc()
         await lifecycle.after_commit(
-            runtime, None, [lifecycle.submitted(job_id, user.id, workload.id, created_at, balance)]
+            runtime, None, [lifecycle.submitted(job_id, user.id, cargo.id, created_at, balance)]
         )
     # The row as inserted, without reading it back (submit is a hot path).
-    return Job(
+    job = Job(
         id=job_id,
         user_id=user.id,
-        workload_id=workload.id,
+        workload_id=cargo.id,
         state=rules.QUEUED,
         input=input,
         output=None,
@@ -210,6 +248,12 @@ async def submit_job(
         created_at=created_at,
         updated_at=created_at,
     )
+    return Submitted(job, int(row.ahead) + 1)
+
+
+async def submit_job(runtime: Runtime, user: User, workload_slug: str, input: Any, **options: Any) -> Job:
+    """`submit`, for callers that do not show a queue position."""
+    return (await submit(runtime, user, workload_slug, input, **options)).job
 
 
 # ---------------------------------------------------------------- read

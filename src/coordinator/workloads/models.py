@@ -56,6 +56,8 @@ class Workload(Timestamps, Base):
     flagged_at: Mapped[datetime | None]
     reputation_warned_at: Mapped[datetime | None]
     suspension_reason: Mapped[str | None] = mapped_column(Text)
+    # Bumped by a trigger when a column submissions are checked or priced against changes (migration 0015).
+    revision: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class WorkloadSubmission(Timestamps, Base):

@@ -46,7 +46,7 @@ async def batch_credits(session: AsyncSession, job: Job) -> Decimal | None:
     responses=error_responses(401, 402, 403, 404, 422, 429),
 )
 async def submit(body: SubmitJob, request: Request, principal: Principal = Depends(require_write)) -> Any:
-    job = await jobs.submit_job(
+    submitted = await jobs.submit(
         get_runtime(request),
         principal.user,
         body.workload,
@@ -55,9 +55,8 @@ async def submit(body: SubmitJob, request: Request, principal: Principal = Depen
         budget=body.budget,
         region=body.region,
     )
-    async with get_runtime(request).db.read() as session:
-        position = await jobs.queue_position(session, job)
-    return JSONResponse({"data": public_job(job, body.workload, queue_position=position)}, status_code=201)
+    body_out = public_job(submitted.job, body.workload, queue_position=submitted.queue_position)
+    return JSONResponse({"data": body_out}, status_code=201)
 
 
 @router.get("/api/v1/jobs", response_model=schemas.JobList, responses=error_responses(401, 403, 422, 429))
