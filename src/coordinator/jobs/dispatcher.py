@@ -63,9 +63,23 @@ class Dispatcher(LoopService):
         self.runtime = runtime
         self.interval = runtime.settings.dispatch_interval_seconds
         self.batch_size = runtime.settings.dispatch_batch_size
-        runtime.fleet.on_capacity(self.wake)
+        runtime.fleet.on_capacity(self._capacity_freed)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
         self._failed: list[TransitionResult] = []
+        # The last look found no queued job and none entered the queue since: a freed slot has nothing to
+        # take (each entry to the queue, here or on another replica, calls `wake`, which clears this).
+        self._queue_empty = False
+
+    def wake(self) -> None:
+        """Jobs may have entered the queue: run a pass now."""
+        self._queue_empty = False
+        super().wake()
+
+    def _capacity_freed(self) -> None:
+        """An Island has room again: worth a pass only if jobs may be waiting (saves the probe per finished
+        job of an idle queue). The interval pass looks regardless."""
+        if not self._queue_empty:
+            super().wake()
 
     async def setup(self) -> None:
         self.runtime.dispatcher = self
@@ -98,7 +112,8 @@ class Dispatcher(LoopService):
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
         async with self.runtime.db.read() as session:
-            if not await session.scalar(sql.ANY_QUEUED_SQL):
+            self._queue_empty = not await session.scalar(sql.ANY_QUEUED_SQL)
+            if self._queue_empty:
                 return 0
         candidates = self.fleet.candidates()
         async with self.runtime.db.transaction() as session:

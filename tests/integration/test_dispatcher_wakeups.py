@@ -1,0 +1,36 @@
+"""When the dispatcher runs a pass: every entry to the queue wakes it; a freed Island slot wakes it only if
+jobs may be waiting, so an idle queue costs no probe per finished job."""
+
+from __future__ import annotations
+
+from coordinator.jobs import service as jobs
+from coordinator.jobs.dispatcher import Dispatcher
+from coordinator.runtime import Runtime
+from tests.factories import make_consumer, seed_cargos
+from tests.job_support import make_island
+
+
+async def test_freed_capacity_wakes_the_dispatcher_only_when_jobs_may_be_waiting(runtime: Runtime) -> None:
+    await seed_cargos(runtime)
+    dispatcher = Dispatcher(runtime)
+    await dispatcher.setup()
+    consumer = await make_consumer(runtime)
+
+    assert await dispatcher.dispatch_batch() == 0  # looked: nothing queued
+    dispatcher._wake.clear()
+    runtime.fleet.notify_capacity()
+    assert not dispatcher._wake.is_set()
+
+    # A submit (an entry to the queue) wakes it, and from then on freed slots do too.
+    await make_island(runtime, max_concurrent=0, fleet=runtime.fleet)  # capable, but no free slot
+    await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi", "max_tokens": 4})
+    assert dispatcher._wake.is_set()
+    dispatcher._wake.clear()
+    runtime.fleet.notify_capacity()
+    assert dispatcher._wake.is_set()
+
+    # A pass that leaves the job waiting keeps listening for capacity.
+    dispatcher._wake.clear()
+    assert await dispatcher.dispatch_batch() == 0
+    runtime.fleet.notify_capacity()
+    assert dispatcher._wake.is_set()
