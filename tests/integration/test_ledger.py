@@ -81,7 +81,12 @@ async def test_settlement_refunds_the_unused_budget_and_records_one_earning(runt
             ),
             {"j": job_id, "u": consumer.user.id},
         )
-        assert await settlement.charge_for_submission(session, consumer.user.id, job_id, Decimal(10)) == 90
+        assert (
+            await ledger.debit(
+                session, consumer.user.id, Decimal(10), job_id=job_id, idempotency_key=f"charge:{job_id}"
+            )
+            == 90
+        )
     for _ in range(2):  # a duplicated success message settles once
         async with runtime.db.transaction() as session:
             await settlement.settle_success(

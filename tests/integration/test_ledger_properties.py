@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import ledger, settlement
+from coordinator.jobs.repository import SUBMIT_SQL
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer
 
@@ -55,15 +56,32 @@ ops = st.lists(
 
 
 async def _submit(session: AsyncSession, user_id: int, workload_id: int, job_id: uuid.UUID, op: Op) -> None:
-    await session.execute(
-        text(
-            "INSERT INTO jobs (id, user_id, workload_id, input, budget, host_id) "
-            "VALUES (:id, :u, :w, '{}'::jsonb, :b, :h) ON CONFLICT (id) DO NOTHING"
-        ),
-        {"id": job_id, "u": user_id, "w": workload_id, "b": op.amount, "h": HOST},
-    )
-    if await settlement.charge_for_submission(session, user_id, job_id, Decimal(op.amount)) is None:
-        raise Crash("402: nothing written")  # insufficient credits or already charged: roll back
+    """The production submit statement (a duplicate job id fails on the primary key and rolls back)."""
+    row = (
+        await session.execute(
+            SUBMIT_SQL,
+            {
+                "id": job_id,
+                "key": f"charge:{job_id}",
+                "user_id": user_id,
+                "workload_id": workload_id,
+                "revision": 0,
+                "explicit": Decimal(op.amount),
+                "default": Decimal(op.amount),
+                "active_cap": None,
+                "daily_cap": None,
+                "input": {},
+                "priority": 0,
+                "region": None,
+                "max_attempts": 3,
+                "parent_id": None,
+                "batch_index": None,
+            },
+        )
+    ).one()
+    if row.outcome != "ok":
+        raise Crash("402: nothing written")  # insufficient credits: roll back
+    await session.execute(text("UPDATE jobs SET host_id = :h WHERE id = :id"), {"h": HOST, "id": job_id})
 
 
 async def _finish(session: AsyncSession, job_id: uuid.UUID, op: Op) -> None:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from coordinator.billing import payouts, settlement
+from coordinator.billing import ledger, payouts, settlement
 from coordinator.billing.providers import PayoutError, PayoutRequest, StripeConnectProvider, VirtualProvider
 from coordinator.devstack import free_port
 from coordinator.runtime import Runtime
@@ -64,7 +64,9 @@ async def _earn(runtime: Runtime, host_id: uuid.UUID, owner_id: int, amount: str
             ),
             {"j": job_id, "u": consumer.user.id},
         )
-        await settlement.charge_for_submission(session, consumer.user.id, job_id, Decimal(100))
+        await ledger.debit(
+            session, consumer.user.id, Decimal(100), job_id=job_id, idempotency_key=f"charge:{job_id}"
+        )
         await settlement.settle_success(
             session,
             job_id=job_id,

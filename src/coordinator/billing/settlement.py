@@ -25,16 +25,6 @@ class Settlement:
     balance: Decimal | None = None  # the consumer's balance after the refund (None: nothing moved)
 
 
-async def charge_for_submission(
-    session: AsyncSession, user_id: int, job_id: uuid.UUID, amount: Decimal
-) -> Decimal | None:
-    """Debit the job's budget. Returns the new balance, or None when the balance does not cover it."""
-    balance = await ledger.debit(
-        session, user_id, amount, type="charge", job_id=job_id, idempotency_key=f"charge:{job_id}"
-    )
-    return balance
-
-
 # Records an Island's earning once per job; the unique job_id makes a second call a no-op.
 RECORD_EARNING_SQL = text(
     """
