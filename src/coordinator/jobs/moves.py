@@ -114,7 +114,9 @@ SUBMIT = Move(
     "charged and queued",
 )
 ASSIGN = Move("assign", (QUEUED,), ASSIGNED, (), _BROADCAST, "leased to an Island")
-GIVE_BACK = Move("give_back", (ASSIGNED,), QUEUED, (), (FREE_CAPACITY,), "AssignJob publish failed")
+GIVE_BACK = Move(
+    "give_back", (ASSIGNED,), QUEUED, (), _hooks(FREE_CAPACITY, WAKE_DISPATCHER), "AssignJob publish failed"
+)
 START = Move("start", (ASSIGNED,), RUNNING, (), _BROADCAST, "the Island started it")
 REQUEUE = Move(
     "requeue",
