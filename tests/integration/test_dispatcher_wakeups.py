@@ -3,10 +3,13 @@ jobs may be waiting, so an idle queue costs no probe per finished job."""
 
 from __future__ import annotations
 
+import asyncio
+
 from coordinator.jobs import service as jobs
 from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
+from tests.job_stack import islands, job_stack, submit, wait_status
 from tests.job_support import make_island
 
 
@@ -34,3 +37,28 @@ async def test_freed_capacity_wakes_the_dispatcher_only_when_jobs_may_be_waiting
     assert await dispatcher.dispatch_batch() == 0
     runtime.fleet.notify_capacity()
     assert dispatcher._wake.is_set()
+
+
+async def test_a_finished_job_of_an_idle_queue_costs_the_dispatcher_no_pass(
+    database_url: str, nats_url: str
+) -> None:
+    """A pass that places every job it claimed leaves nothing waiting: the slot its job frees when it
+    succeeds wakes no pass (the interval is out of the way here), while the next submit does."""
+    async with job_stack(database_url, nats_url, dispatch_interval_seconds=600) as stack:
+        await seed_cargos(stack.runtime)
+        (island,) = await islands(stack, nats_url, "succeed", delay=0.5)
+        consumer = await make_consumer(stack.runtime)
+        dispatcher = stack.runtime.dispatcher
+        assert dispatcher is not None
+        try:
+            first = await submit(stack, consumer)
+            await wait_status(stack, consumer, first, "running")  # assigned by a pass that placed all
+            passes = dispatcher.passes
+            await wait_status(stack, consumer, first, "completed")
+            await asyncio.sleep(0.3)  # the freed slot, the Island's heartbeats
+            assert dispatcher.passes == passes
+            second = await submit(stack, consumer)
+            await wait_status(stack, consumer, second, "completed")
+            assert dispatcher.passes > passes
+        finally:
+            await island.stop()

@@ -127,6 +127,8 @@ class Dispatcher(LoopService):
                 p for row in rows if (p := await self._plan(session, row, hosts, surge, waiting)) is not None
             ]
             assignments = await self._assign(session, plans)
+            # Every job the claim saw is placed and it saw fewer than it could take: nothing waits now.
+            self._queue_empty = len(rows) < self.batch_size and len(assignments) == len(rows)
             if waiting:  # say why the others still wait (client-visible `placement.reason`)
                 await session.execute(sql.MARK_WAITING_SQL, sql.mark_waiting_params(waiting))
         if assignments:
