@@ -113,7 +113,7 @@ def _check_submission(cargo: Cargo, input: Any, priority: int, region: str | Non
 async def _default_price(
     runtime: Runtime, user: User, cargo: Cargo, input: Any, priority: int, region: str | None
 ) -> Decimal:
-    """Check the submission against `cargo` (400/422 when it cannot be run as asked) and return the budget a
+    """Check the submission against `cargo` (422 when it cannot be run as asked) and return the budget a
     job without its own or a saved bid gets."""
     _check_submission(cargo, input, priority, region)
     async with runtime.db.read() as session:  # no connection unless a statement below runs
