@@ -187,7 +187,10 @@ async def assert_invariants(
     assert set(accepted) <= set(jobs), "an accepted job was lost"
     assert tuple(charges) == (len(jobs), len(jobs)), "a job was charged twice or not at all"
     short = {job_id: out for job_id, (state, out) in jobs.items() if state == "succeeded" and out != OUTPUT}
-    assert short == {}, f"{len(short)} succeeded jobs with output other than what the Island sent"
+    assert short == {}, (
+        f"{len(short)} succeeded jobs with output other than what the Island sent "
+        f"({OUTPUT!r}): {dict(list(short.items())[:2])!r}"
+    )
     async with runtime.db.session() as session:
         errors = (await session.execute(text("SELECT error, count(*) FROM jobs GROUP BY 1"))).all()
     assert states.get("succeeded", 0) >= min_succeeded, (states, errors)

@@ -324,3 +324,27 @@ async def test_an_image_without_an_island_seed_returns_the_seed_the_input_gave(s
     job = await job_of(stack.runtime, ref.job_id)
     # Python ImageResult.seed = json.loads(job.output).get("seed"); TS ImageResult.seed = output.seed.
     assert json.loads(job.output or "")["seed"] == 42
+
+
+async def test_a_straggler_from_the_island_a_job_was_requeued_away_from_never_joins_the_next_attempt(
+    stack: Stack,
+) -> None:
+    """A chunk the first Island sent before its lease was lost can be applied after the requeue (it was
+    authorized just before, or JOB_OUTPUT redelivered it to a restarted coordinator): it is dropped, and
+    the output is the next attempt's alone."""
+    import dataclasses
+    import uuid
+
+    first = await running_job(stack)
+    sink = stack.accumulator
+    await sink.on_output(first, 1, "stale ", False)
+    await sink.on_status(dataclasses.replace(first, host_id=None), "pending")  # requeued
+    await sink.on_output(first, 2, "straggler", False)  # the dead attempt, late
+    second = dataclasses.replace(first, host_id=uuid.uuid4())
+    await sink.on_status(second, "queued")
+    await sink.on_output(second, 1, "fresh", False)
+    await sink.on_output(first, 3, "", True)  # its final chunk must not end the next attempt either
+    assert (await sink.result(second, 0.1)).complete is False
+    await sink.on_output(second, 2, "", True)
+    result = await sink.result(second, 1.0)
+    assert (result.output, result.complete) == ("fresh", True)

@@ -91,6 +91,12 @@ class _Stream:
     # Set once the current attempt's output is complete (final chunk with nothing missing, or image).
     completed: asyncio.Event = field(default_factory=asyncio.Event)
     touched: float = field(default_factory=time.monotonic)
+    # Islands the job was requeued away from (each is excluded from it for good): their stragglers, sent
+    # or redelivered after the requeue, belong to a dead attempt and never join the next one's output.
+    retired_hosts: set[uuid.UUID] = field(default_factory=set)
+
+    def from_retired(self, job: JobRef) -> bool:
+        return job.host_id is not None and job.host_id in self.retired_hosts
 
 
 class OutputAccumulator:
@@ -108,7 +114,7 @@ class OutputAccumulator:
     async def on_output(self, job: JobRef, seq: int, chunk: str, is_final: bool) -> None:
         stream = await self._stream(job)
         async with stream.lock:
-            if stream.finalized:
+            if stream.finalized or stream.from_retired(job):
                 return
             events = stream.assembly.chunk(seq, chunk, is_final)
             if events and stream.first_token_at is None:
@@ -123,7 +129,7 @@ class OutputAccumulator:
         stream = await self._stream(job)
         async with stream.lock:
             # Diffusers' step messages straggle: after the final event they are dropped, never emitted.
-            if not stream.finalized:
+            if not stream.finalized and not stream.from_retired(job):
                 await self._emit(stream, {"type": "progress", "step": step, "total": total})
 
     async def on_image(
@@ -133,7 +139,7 @@ class OutputAccumulator:
         if seed is None:  # the Island did not say: the seed the consumer asked for, if any
             seed = await self._input_seed(job.job_id)
         async with stream.lock:
-            if stream.finalized:
+            if stream.finalized or stream.from_retired(job):
                 return
             payload = stream.assembly.set_image(image_data, format, width, height, seed)
             if payload is not None:
@@ -147,6 +153,7 @@ class OutputAccumulator:
                 return
             if public_status == rules.public_status(rules.QUEUED):
                 # Requeued after a lost lease: the next attempt streams its output from the start.
+                stream.retired_hosts.update(h for h in (stream.ref.host_id, job.host_id) if h is not None)
                 stream.assembly = JobAssembly(job.runtime, job.workload_kind)
                 stream.completed = asyncio.Event()
             await self._emit(stream, status_event(public_status))
@@ -225,7 +232,7 @@ class OutputAccumulator:
                 stream.ready.set()
         else:
             await stream.ready.wait()
-        if job.host_id is not None and job.host_id != stream.ref.host_id:
+        if job.host_id is not None and job.host_id != stream.ref.host_id and not stream.from_retired(job):
             stream.ref = job
         stream.touched = time.monotonic()
         return stream
