@@ -34,7 +34,6 @@ from coordinator.telemetry.context import correlate_job
 from coordinator.telemetry.endpoint import MetricsEndpointChild
 from coordinator.web.channels.registry import ChannelRegistry
 from coordinator.workloads.catalogue import Catalogue
-from coordinator.workloads.service import WorkloadMetaCache
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +57,6 @@ def build_runtime(settings: Settings) -> Runtime:
         hooks=HookRegistry(),
         surge=Surge.from_settings(settings),
         market_rates=TtlCache[Decimal | None](ttl=10),
-        workload_meta=WorkloadMetaCache(),
         catalogue=Catalogue(),
         rate_counter=RateCounter(),
         network_stats=CachedNetworkStats(),

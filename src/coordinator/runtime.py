@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from coordinator.pubsub import PubSub
     from coordinator.web.channels.registry import ChannelRegistry
     from coordinator.workloads.catalogue import Catalogue
-    from coordinator.workloads.service import WorkloadMetaCache
 
 
 @dataclass(eq=False)
@@ -44,8 +43,7 @@ class Runtime:
     hooks: HookRegistry  # extension after-commit hooks of job transitions (intake cache, tests)
     surge: Surge  # the exchange's surge factor (the settings' ratio, multiplier and cache time)
     market_rates: TtlCache[Decimal | None]  # each Cargo's market rate, recomputed at most every 10 s
-    workload_meta: WorkloadMetaCache  # each Cargo's kind and runtime, for job events
-    catalogue: Catalogue  # each Cargo as submissions check it (validated by its revision)
+    catalogue: Catalogue  # each Cargo as submissions check it (by its revision) and job events label it
     rate_counter: RateCounter  # this replica's request counts (flushed by `RateCounterSync`)
     network_stats: CachedNetworkStats
     scan_slots: asyncio.Semaphore  # concurrent registry image scans

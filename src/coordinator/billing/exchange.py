@@ -65,10 +65,9 @@ class TtlCache(Generic[V]):
         self._values.clear()
 
 
-# Step two of budget resolution: the user's saved bid for this Cargo.
-SAVED_BID_SQL = text(
-    "SELECT bid FROM bid_preferences WHERE user_id = :user_id AND workload_id = :workload_id"
-)
+# Step two of budget resolution: the user's saved bid for this Cargo (also in `jobs.repository.SUBMIT_SQL`).
+SAVED_BID = "SELECT bid FROM bid_preferences WHERE user_id = :user_id AND workload_id = :workload_id"
+SAVED_BID_SQL = text(SAVED_BID)
 
 # Step three: the average clearing price of the Cargo's recently succeeded jobs.
 MARKET_RATE_SQL = text(

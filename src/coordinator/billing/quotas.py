@@ -189,21 +189,20 @@ class QuotaLimits:
         )
 
 
-# A user's unfinished top-level jobs (a batch counts once, through its parent).
-ACTIVE_JOBS_SQL = text(
-    """
+# A user's unfinished top-level jobs (a batch counts once, through its parent). Each of these two queries
+# is also a subquery of the submit statement (`jobs.repository.SUBMIT_SQL`).
+ACTIVE_JOBS = """
     SELECT count(*) FROM jobs
     WHERE user_id = :user_id AND parent_id IS NULL AND state IN ('queued', 'assigned', 'running')
-    """
-)
+"""
+ACTIVE_JOBS_SQL = text(ACTIVE_JOBS)
 
 # What a user spent since midnight UTC: charges minus the refunds written today.
-SPENT_TODAY_SQL = text(
-    """
+SPENT_TODAY = """
     SELECT COALESCE(-SUM(amount), 0) FROM transactions
     WHERE user_id = :user_id AND type IN ('charge', 'refund') AND created_at >= date_trunc('day', now())
-    """
-)
+"""
+SPENT_TODAY_SQL = text(SPENT_TODAY)
 
 
 def _quota_error(message: str, code: str, retry_after: int) -> RateLimited:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
+from coordinator.billing import exchange, quotas
 from coordinator.jobs import moves, rules
 from coordinator.jobs.moves import ASSIGN, GIVE_BACK, LEASED, REQUEUE, START, TIME_OUT, guard_sql, states_sql
 from coordinator.workloads.rules import MAX_DURATION_BY_TRUST
@@ -32,6 +33,15 @@ def prompt_chars_sql(alias: str) -> str:
     )
 
 
+def queue_ahead_sql(created_at: str) -> str:
+    """The queued jobs ahead of one of `:priority` queued at `created_at` (an SQL expression)."""
+    return f"""
+        SELECT count(*) FROM jobs
+        WHERE {states_sql([rules.QUEUED], "state")}
+          AND (priority > :priority OR (priority = :priority AND created_at < {created_at}))
+    """
+
+
 # Submit in one statement, so in one transaction with no BEGIN or COMMIT: check the cached Cargo is
 # current (its revision, see `workloads.catalogue`), price the job (its own budget, else the user's saved
 # bid, else the caller's default), apply the quota caps (`billing.quotas.submit_refusal` is the same rule
@@ -44,21 +54,9 @@ SUBMIT_SQL = text(
     WITH counts AS (
         SELECT
             EXISTS (SELECT 1 FROM workloads WHERE id = :workload_id AND revision = :revision) AS current,
-            CASE WHEN CAST(:active_cap AS INTEGER) IS NULL THEN 0 ELSE (
-                SELECT count(*) FROM jobs
-                WHERE user_id = :user_id AND parent_id IS NULL
-                  AND {states_sql([rules.QUEUED, rules.ASSIGNED, rules.RUNNING], "state")}
-            ) END AS active,
-            CASE WHEN CAST(:daily_cap AS NUMERIC) IS NULL THEN 0 ELSE (
-                SELECT COALESCE(-SUM(amount), 0) FROM transactions
-                WHERE user_id = :user_id AND type IN ('charge', 'refund')
-                  AND created_at >= date_trunc('day', now())
-            ) END AS spent,
-            COALESCE(
-                CAST(:explicit AS NUMERIC),
-                (SELECT bid FROM bid_preferences WHERE user_id = :user_id AND workload_id = :workload_id),
-                CAST(:default AS NUMERIC)
-            ) AS price
+            CASE WHEN CAST(:active_cap AS INTEGER) IS NULL THEN 0 ELSE ({quotas.ACTIVE_JOBS}) END AS active,
+            CASE WHEN CAST(:daily_cap AS NUMERIC) IS NULL THEN 0 ELSE ({quotas.SPENT_TODAY}) END AS spent,
+            COALESCE(CAST(:explicit AS NUMERIC), ({exchange.SAVED_BID}), CAST(:default AS NUMERIC)) AS price
     ),
     verdict AS (
         SELECT active, spent, price,
@@ -93,9 +91,7 @@ SUBMIT_SQL = text(
            (SELECT created_at FROM job) AS created_at,
            CASE WHEN NOT EXISTS (SELECT 1 FROM charge)
                 THEN (SELECT credits FROM users WHERE id = :user_id) END AS available,
-           (SELECT count(*) FROM jobs
-            WHERE {states_sql([rules.QUEUED], "state")}
-              AND (priority > :priority OR (priority = :priority AND created_at < now()))) AS ahead
+           ({queue_ahead_sql("now()")}) AS ahead
     FROM verdict v
     """
 ).bindparams(bindparam("input", type_=JSONB))
@@ -348,13 +344,7 @@ CAPABLE_HOSTS_SQL = text(
 )
 
 # How many queued jobs are ahead of this one (priority, then age) — the consumer's queue position.
-QUEUE_POSITION_SQL = text(
-    f"""
-    SELECT count(*) FROM jobs
-    WHERE {states_sql([rules.QUEUED], "state")}
-      AND (priority > :priority OR (priority = :priority AND created_at < :created_at))
-    """
-)
+QUEUE_POSITION_SQL = text(queue_ahead_sql(":created_at"))
 
 # Queued jobs that waited long enough for the retry worker to check they are still placeable.
 STALE_QUEUED_SQL = text(

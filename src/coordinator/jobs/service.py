@@ -163,15 +163,16 @@ async def submit(
     job_id = uuid.uuid4()
     cargo = runtime.catalogue.cached(workload_slug)
     for _ in range(3):  # a Cargo changed under a cached copy: read it again and redo (twice is plenty)
+        fresh = cargo is None
         if cargo is None:
             cargo = await runtime.catalogue.load(runtime.db, workload_slug)
+        try:
             default = await _default_price(runtime, user, cargo, input, priority, region)
-        else:
-            try:
-                default = await _default_price(runtime, user, cargo, input, priority, region)
-            except ValidationFailed:
-                cargo = None  # a refusal is never made on a cached copy alone
-                continue
+        except ValidationFailed:
+            if fresh:
+                raise
+            cargo = None  # a refusal is never made on a cached copy alone
+            continue
         async with runtime.db.statement() as session:
             row = (
                 await session.execute(

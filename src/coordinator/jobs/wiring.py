@@ -20,13 +20,13 @@ log = structlog.get_logger(__name__)
 
 async def job_ref(runtime: Runtime, result: TransitionResult) -> JobRef:
     """A JobRef for a transition, with the Cargo's kind and runtime from the per-process cache."""
-    kind, runtime_name = await runtime.workload_meta.get(runtime.db, result.workload_id)
+    cargo = await runtime.catalogue.by_id(runtime.db, result.workload_id)
     return JobRef(
         job_id=result.job_id,
         user_id=result.user_id,
         workload_id=result.workload_id,
-        workload_kind=kind,
-        runtime=runtime_name,
+        workload_kind=cargo.kind,
+        runtime=cargo.runtime,
         host_id=result.host_id or result.released_host_id,
         created_at=result.created_at,
         stream_owner=result.stream_owner,

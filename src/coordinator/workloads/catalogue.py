@@ -17,13 +17,13 @@ from sqlalchemy import text
 from coordinator.errors import NotFound
 from coordinator.repo.database import Database
 
-LOAD_SQL = text(
-    """
+COLUMNS = """
     SELECT id, slug, runtime, kind, required_ram_mb, required_vram_mb, required_cpu_cores, platforms,
            price_per_job, input_schema, is_enabled, suspended_at, revision
-    FROM workloads WHERE slug = :slug
-    """
-)
+    FROM workloads
+"""
+LOAD_SQL = text(COLUMNS + " WHERE slug = :key")
+LOAD_BY_ID_SQL = text(COLUMNS + " WHERE id = :key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,26 +45,46 @@ class Cargo:
 
 class Catalogue:
     """Slug → `Cargo`, loaded on first use; `load` reads again (after the submit statement saw a newer
-    revision, or to re-check a refusal). Unknown slugs are not remembered; at most `limit` entries."""
+    revision, or to re-check a refusal). Also by id, for the kind and runtime that job events carry (a
+    label, never checked against: read once). Unknown Cargos are not remembered; at most `limit` each."""
 
     def __init__(self, limit: int = 1024) -> None:
         self.limit = limit
         self._cargos: dict[str, Cargo] = {}
+        self._by_id: dict[int, Cargo] = {}
 
     def cached(self, slug: str) -> Cargo | None:
         return self._cargos.get(slug)
 
-    async def get(self, db: Database, slug: str) -> Cargo:
-        return self._cargos.get(slug) or await self.load(db, slug)
-
     async def load(self, db: Database, slug: str) -> Cargo:
         """The Cargo as the database has it now (NotFound when there is none), remembered."""
-        async with db.read() as session:
-            row = (await session.execute(LOAD_SQL, {"slug": slug})).first()
-        if row is None:
+        cargo = await self._read(db, LOAD_SQL, slug)
+        if cargo is None:
             self._cargos.pop(slug, None)
             raise NotFound("Cargo not found")
-        cargo = Cargo(
+        self._remember(self._cargos, slug, cargo)
+        return cargo
+
+    async def by_id(self, db: Database, workload_id: int) -> Cargo:
+        """The Cargo with this id, read once per process."""
+        if (cargo := self._by_id.get(workload_id)) is None:
+            if (cargo := await self._read(db, LOAD_BY_ID_SQL, workload_id)) is None:
+                raise NotFound("Cargo not found")
+            self._remember(self._by_id, workload_id, cargo)
+        return cargo
+
+    def _remember(self, entries: dict[Any, Cargo], key: Any, cargo: Cargo) -> None:
+        if len(entries) >= self.limit:
+            entries.clear()
+        entries[key] = cargo
+
+    @staticmethod
+    async def _read(db: Database, query: Any, key: str | int) -> Cargo | None:
+        async with db.read() as session:
+            row = (await session.execute(query, {"key": key})).first()
+        if row is None:
+            return None
+        return Cargo(
             id=row.id,
             slug=row.slug,
             runtime=row.runtime,
@@ -79,7 +99,3 @@ class Catalogue:
             suspended_at=row.suspended_at,
             revision=row.revision,
         )
-        if len(self._cargos) >= self.limit:
-            self._cargos.clear()
-        self._cargos[slug] = cargo
-        return cargo

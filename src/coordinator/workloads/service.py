@@ -10,7 +10,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.errors import NotFound
-from coordinator.repo.database import Database
 from coordinator.workloads import rules
 from coordinator.workloads.catalog import DEFAULT_CARGOS
 from coordinator.workloads.models import Workload
@@ -79,18 +78,3 @@ def public_view(workload: Workload) -> dict[str, Any]:
         "signed": bool(workload.signed),
         "publisher_id": workload.publisher_id,
     }
-
-
-class WorkloadMetaCache:
-    """Each Cargo's kind and runtime, read once per process (job events carry them; they never change)."""
-
-    def __init__(self) -> None:
-        self._known: dict[int, tuple[str, str]] = {}
-
-    async def get(self, db: Database, workload_id: int) -> tuple[str, str]:
-        if workload_id not in self._known:
-            async with db.read() as session:
-                query = select(Workload.kind, Workload.runtime).where(Workload.id == workload_id)
-                row = (await session.execute(query)).one()
-            self._known[workload_id] = (row[0], row[1])
-        return self._known[workload_id]
