@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from decimal import Decimal
+from typing import Any
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from coordinator.billing import ledger, settlement
+from coordinator.jobs import lifecycle, moves, service
 from coordinator.runtime import Runtime
-from tests.factories import make_consumer
+from tests.factories import Consumer, make_consumer, seed_cargos
+from tests.job_support import make_island
 
 
 async def balance(runtime: Runtime, user_id: int) -> Decimal:
@@ -112,3 +118,83 @@ async def test_settlement_refunds_the_unused_budget_and_records_one_earning(runt
         )
     assert moved is None
     assert await balance(runtime, consumer.user.id) == 96
+
+
+async def _running_jobs(runtime: Runtime, consumer: Consumer, island_id: uuid.UUID, count: int) -> list[Any]:
+    jobs = [
+        await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}, budget="2")
+        for _ in range(count)
+    ]
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            text("UPDATE jobs SET state = 'running', host_id = :h, attempt = 1, clearing_price = 1.5"),
+            {"h": island_id},
+        )
+    return jobs
+
+
+async def test_the_finish_statement_holds_the_locks_its_settlement_relies_on(runtime: Runtime) -> None:
+    # The settlement credits and the karma is written without lock statements of their own
+    # (`ledger.CREDIT_CTES`, `karma.locked_karma_sql`): the finish statement took both locks. Another
+    # transaction cannot take the rows until this one commits.
+    await seed_cargos(runtime)
+    island = await make_island(runtime)
+    consumer = await make_consumer(runtime, "lock@example.com")
+    (job,) = await _running_jobs(runtime, consumer, island.id, 1)
+    async with runtime.db.transaction() as session:
+        moved = await lifecycle.PgStore(session).apply(
+            moves.SUCCEED, job.id, lifecycle.Inputs(host_id=island.id)
+        )
+        assert moved is not None
+        with pytest.raises(DBAPIError, match="could not obtain lock"):
+            async with runtime.db.transaction() as other:
+                await other.execute(
+                    text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE NOWAIT"),
+                    {"u": consumer.user.id},
+                )
+        # and a success's Island, whose karma it read for `job_succeeded`
+        assert moved.karma_state is not None and moved.karma_state["duplicate"] is False
+        with pytest.raises(DBAPIError, match="could not obtain lock"):
+            async with runtime.db.transaction() as other:
+                await other.execute(
+                    text("SELECT 1 FROM hosts WHERE id = :h FOR UPDATE NOWAIT"), {"h": island.id}
+                )
+    async with runtime.db.transaction() as other:  # committed: free again
+        await other.execute(
+            text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE NOWAIT"), {"u": consumer.user.id}
+        )
+
+
+async def test_settlements_racing_charges_on_one_balance_keep_its_ledger_a_chain(runtime: Runtime) -> None:
+    # Each ledger row's balance_after is the previous row's plus its amount: no settlement credited from
+    # a stale balance while submissions charged the same account.
+    await seed_cargos(runtime)
+    island = await make_island(runtime, max_concurrent=64)
+    consumer = await make_consumer(runtime, "chain@example.com", credits=Decimal(1000))
+    running = await _running_jobs(runtime, consumer, island.id, 10)  # 20 active jobs at most: the quota
+
+    async def succeed(job_id: uuid.UUID) -> None:
+        async with runtime.db.transaction() as session:
+            inputs = lifecycle.Inputs(host_id=island.id)
+            assert await lifecycle.transition_in(session, moves.SUCCEED, job_id, inputs) is not None
+
+    async def charge() -> None:
+        await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}, budget="2")
+
+    await asyncio.gather(*[succeed(j.id) for j in running], *[charge() for _ in range(10)])
+    async with runtime.db.session() as session:
+        rows = (
+            await session.execute(
+                text("SELECT amount, balance_after FROM transactions WHERE user_id = :u ORDER BY id"),
+                {"u": consumer.user.id},
+            )
+        ).all()
+        assert await ledger.unreconciled_users(session) == []
+    assert len(rows) == 1 + 10 + 10 + 10  # grant, first charges, refunds, racing charges
+    for before, row in itertools.pairwise(rows):
+        assert row.balance_after == before.balance_after + row.amount, rows
+    assert (
+        await balance(runtime, consumer.user.id)
+        == rows[-1].balance_after
+        == Decimal(1000) - 2 * 20 + Decimal("0.5") * 10  # each success refunds 2 - 1.5
+    )

@@ -19,25 +19,28 @@ from coordinator.telemetry import metrics
 # account).
 LOCK_BALANCE_SQL = text("SELECT credits FROM users WHERE id = :user_id FOR NO KEY UPDATE")
 
-# Adds to a balance and records the movement; the idempotency key makes a retried call a no-op. Run with the
-# row locked by `LOCK_BALANCE_SQL`: this statement's snapshot then sees the row's newest version (and a
-# concurrent duplicate's committed ledger row). Locking inside this statement (in the CTE) deadlocked when
-# the lock followed the row to a newer version than the outer UPDATE's snapshot saw.
-CREDIT_SQL = text(
-    """
-    WITH tx AS (
+# Adds to a balance and records the movement (`credit_tx`, then `balance`); the idempotency key makes a
+# retried call a no-op. Run with the row locked by an earlier statement of the transaction
+# (`LOCK_BALANCE_SQL`, or the finish statement's lock, `jobs.repository._finish_sql`): this statement's
+# snapshot then sees the row's newest version (and a concurrent duplicate's committed ledger row). Locking
+# inside this statement (in the CTE) deadlocked when the lock followed the row to a newer version than the
+# outer UPDATE's snapshot saw. Also the start of the success settlement (`billing.settlement`).
+CREDIT_CTES = """
+    credit_tx AS (
         INSERT INTO transactions
             (user_id, type, amount, balance_after, job_id, host_id, idempotency_key, description)
         SELECT u.id, :type, :amount, u.credits + :amount, :job_id, :host_id, :key, :description
         FROM users u WHERE u.id = :user_id
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING balance_after
+    ),
+    balance AS (
+        UPDATE users SET credits = credits + :amount, updated_at = now()
+        WHERE id = :user_id AND EXISTS (SELECT 1 FROM credit_tx)
+        RETURNING credits
     )
-    UPDATE users SET credits = credits + :amount, updated_at = now()
-    WHERE id = :user_id AND EXISTS (SELECT 1 FROM tx)
-    RETURNING credits
-    """
-)
+"""
+CREDIT_SQL = text(f"WITH {CREDIT_CTES} SELECT credits FROM balance")
 
 # Takes from a balance only if it covers the amount and the key is unused: the row count is the answer.
 # (A concurrent duplicate that slips past NOT EXISTS fails on the unique key and rolls back.)
@@ -85,9 +88,12 @@ async def credit(
     host_id: uuid.UUID | None = None,
     idempotency_key: str | None = None,
     description: str | None = None,
+    locked: bool = False,
 ) -> Decimal | None:
-    """Add `amount` to a user's balance. Returns the new balance, or None if the key was already used."""
-    await session.execute(LOCK_BALANCE_SQL, {"user_id": user_id})
+    """Add `amount` to a user's balance. Returns the new balance, or None if the key was already used.
+    `locked`: the transaction holds the balance row's lock already (see `CREDIT_CTES`)."""
+    if not locked:
+        await session.execute(LOCK_BALANCE_SQL, {"user_id": user_id})
     row = (
         await session.execute(
             CREDIT_SQL,

@@ -25,18 +25,24 @@ class Settlement:
     balance: Decimal | None = None  # the consumer's balance after the refund (None: nothing moved)
 
 
-# Records an Island's earning once per job; the unique job_id makes a second call a no-op.
-RECORD_EARNING_SQL = text(
-    """
-    WITH earning AS (
+# The success settlement in one statement: the refund of the unused budget (`ledger.CREDIT_CTES`: its key
+# marks the job as settled), then, only if that row was new, the Island's earning (once per job: the unique
+# job_id) and its running total.
+SETTLE_SUCCESS_SQL = text(
+    f"""
+    WITH {ledger.CREDIT_CTES},
+    earning AS (
         INSERT INTO host_earnings (host_id, owner_id, job_id, amount)
-        VALUES (:host_id, :owner_id, :job_id, :amount)
+        SELECT CAST(:earning_host_id AS uuid), :owner_id, :job_id, :earned FROM credit_tx
+        WHERE CAST(:earned AS numeric) > 0
         ON CONFLICT (job_id) DO NOTHING
         RETURNING amount
+    ),
+    total AS (
+        UPDATE hosts SET earnings_total = earnings_total + earning.amount
+        FROM earning WHERE hosts.id = CAST(:earning_host_id AS uuid)
     )
-    UPDATE hosts SET earnings_total = earnings_total + (SELECT amount FROM earning)
-    WHERE id = :host_id AND EXISTS (SELECT 1 FROM earning)
-    RETURNING id
+    SELECT credits FROM balance
     """
 )
 
@@ -51,42 +57,56 @@ async def settle_success(
     host_id: uuid.UUID | None,
     host_owner_id: int | None,
     platform_fee: Decimal = Decimal(0),
+    balance_locked: bool = False,
 ) -> Settlement:
     """The consumer pays the clearing price (capped at the budget); the rest of the budget is refunded; the
-    Island's owner earns the clearing price minus the platform fee."""
+    Island's owner earns the clearing price minus the platform fee. `balance_locked`: the transaction holds
+    the consumer's balance row already (the finish statement took it)."""
     paid = min(max(clearing_price, Decimal(0)), budget)
     refund = budget - paid
+    earned = paid * (Decimal(1) - platform_fee) if host_id is not None and paid > 0 else Decimal(0)
+    if not balance_locked:
+        await session.execute(ledger.LOCK_BALANCE_SQL, {"user_id": user_id})
     # The refund row is written even when it is zero: its key marks the job as settled, so a later failure
     # path (or a second success) can neither refund nor pay the Island again.
-    moved = await ledger.credit(
-        session,
-        user_id,
-        refund,
-        type="refund",
-        job_id=job_id,
-        idempotency_key=f"refund:{job_id}",
-        description="unused budget",
-    )
-    if moved is None:
-        return Settlement(paid=Decimal(0), refunded=Decimal(0), earned=Decimal(0), applied=False)
-    earned = Decimal(0)
-    if host_id is not None and paid > 0:
-        earned = paid * (Decimal(1) - platform_fee)
+    balance = (
         await session.execute(
-            RECORD_EARNING_SQL,
-            {"host_id": host_id, "owner_id": host_owner_id, "job_id": job_id, "amount": earned},
+            SETTLE_SUCCESS_SQL,
+            {
+                "user_id": user_id,
+                "type": "refund",
+                "amount": refund,
+                "job_id": job_id,
+                "host_id": None,
+                "key": f"refund:{job_id}",
+                "description": "unused budget",
+                "owner_id": host_owner_id,
+                "earned": earned,
+                "earning_host_id": host_id,
+            },
         )
+    ).scalar()
+    if balance is None:
+        return Settlement(paid=Decimal(0), refunded=Decimal(0), earned=Decimal(0), applied=False)
+    ledger.count_on_commit(session, "refund", refund)
     if earned > 0:
         # Earnings are not a ledger movement (host_earnings); counted on commit like the ledger's.
         ledger.count_on_commit(session, "earning", earned)
-    return Settlement(paid=paid, refunded=refund, earned=earned, balance=moved)
+    return Settlement(paid=paid, refunded=refund, earned=earned, balance=Decimal(balance))
 
 
 async def refund_in_full(
-    session: AsyncSession, *, job_id: uuid.UUID, user_id: int, amount: Decimal, reason: str
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    user_id: int,
+    amount: Decimal,
+    reason: str,
+    balance_locked: bool = False,
 ) -> Decimal | None:
     """Give the whole budget back (failure, cancel, timeout, dead-letter, unplaceable). The new balance,
-    or None when nothing moved (nothing to refund, or refunded already)."""
+    or None when nothing moved (nothing to refund, or refunded already). `balance_locked`: as in
+    `settle_success`."""
     if amount <= 0:
         return None
     balance = await ledger.credit(
@@ -97,5 +117,6 @@ async def refund_in_full(
         job_id=job_id,
         idempotency_key=f"refund:{job_id}",
         description=reason,
+        locked=balance_locked,
     )
     return balance

@@ -71,6 +71,7 @@ class Moved:
     charged: Decimal | None = None  # what the consumer pays, as the finish statement settled it
     host_owner_id: int | None = None
     prompt_chars: int | None = None  # the assignment's (`repository.prompt_chars_sql`)
+    karma_state: dict[str, Any] | None = None  # a success's Island, locked (`karma.locked_karma_sql`)
 
     @classmethod
     def of(cls, row: Any, old_state: str | None) -> Moved:
@@ -96,6 +97,7 @@ class Moved:
             None if getattr(row, "charged", None) is None else Decimal(row.charged),
             getattr(row, "host_owner_id", None),
             getattr(row, "prompt_chars", None),
+            getattr(row, "karma_state", None),
         )
 
 
@@ -173,6 +175,7 @@ class PgStore:
                 clearing_price=moved.charged,
                 host_id=moved.host_id,
                 host_owner_id=moved.host_owner_id,
+                balance_locked=True,
             )
             return moved.charged, paid.balance
         balance = await settlement.refund_in_full(
@@ -181,6 +184,7 @@ class PgStore:
             user_id=moved.user_id,
             amount=moved.budget,
             reason=f"job {moved.state}",
+            balance_locked=True,
         )
         return Decimal(0), balance
 
@@ -190,7 +194,9 @@ class PgStore:
         assert moved.host_id is not None
         started, done = moved.started_at, moved.completed_at
         seconds = 0.0 if started is None or done is None else (done - started).total_seconds()
-        change = await karma.record_success(self.session, moved.host_id, moved.id, max(seconds, 0.0))
+        change = await karma.record_success(
+            self.session, moved.host_id, moved.id, max(seconds, 0.0), locked=moved.karma_state
+        )
         karma_changes(self.session).append(change)
 
     async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from coordinator.billing import exchange, quotas
 from coordinator.jobs import moves, rules
 from coordinator.jobs.moves import ASSIGN, GIVE_BACK, LEASED, REQUEUE, START, TIME_OUT, guard_sql, states_sql
+from coordinator.karma.service import locked_karma_sql
 from coordinator.workloads.rules import MAX_DURATION_BY_TRUST
 
 # Columns every transition returns: enough to build a JobRef and settle money without another read.
@@ -242,8 +243,9 @@ _PAID = {
 
 def _finish_sql(move: moves.Move) -> Any:
     """→ a terminal state, with the settlement's amounts (`charged`, `refunded`) recorded by the same
-    statement; the ledger movements follow in the transaction (`lifecycle.PgStore.settle`). `host_id`
-    NULL means the coordinator decides (cancel, timeout, dead-letter)."""
+    statement; the ledger movements follow in the transaction (`lifecycle.PgStore.settle`), with the
+    consumer's balance row locked here (`billing.ledger.CREDIT_CTES`: the lock's own statement saved).
+    `host_id` NULL means the coordinator decides (cancel, timeout, dead-letter)."""
     paid = _PAID[move is moves.SUCCEED]
     return text(
         f"""
@@ -257,7 +259,15 @@ def _finish_sql(move: moves.Move) -> Any:
     """
         + RETURNING
         + ", old.old_state, jobs.charged,"
-        + " (SELECT owner_id FROM hosts WHERE hosts.id = jobs.host_id) AS host_owner_id"
+        + " (SELECT owner_id FROM hosts WHERE hosts.id = jobs.host_id) AS host_owner_id,"
+        + " (SELECT credits FROM users WHERE users.id = jobs.user_id FOR NO KEY UPDATE) AS balance"
+        # A success also locks and reads the Island's karma (after the balance: the order every settling
+        # transaction takes them in), for its `job_succeeded` (`karma.service.record_success`).
+        + (
+            ", (" + locked_karma_sql("jobs.host_id", "jobs.id", "'job_succeeded'") + ") AS karma_state"
+            if move is moves.SUCCEED
+            else ""
+        )
     ).bindparams(bindparam("usage", type_=JSONB))
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,19 +19,27 @@ from coordinator.config import Settings
 from coordinator.errors import NotFound
 from coordinator.karma.rules import FLAGGING_EVENTS, PENALTIES, KarmaPolicy, KarmaState, apply_success
 
-# Locks one Island's karma for the rest of the transaction, reads its metro overrides, and whether this
-# outcome is already recorded (duplicate status messages, retried settlements).
-LOCK_HOST_KARMA_SQL = text(
+
+def locked_karma_sql(host_id: str, job_id: str, event_type: str) -> str:
+    """A subquery that locks one Island's karma for the rest of the transaction and answers, as one JSON
+    object, its balance, its metro overrides and whether this outcome is already recorded (duplicate status
+    messages, retried settlements). The arguments are SQL expressions; also part of the success's finish
+    statement (`jobs.repository._finish_sql`), which so saves this lock its own statement."""
+    return f"""
+        SELECT json_build_object(
+                   'karma', h.karma, 'pending_minutes', h.pending_minutes,
+                   'minutes_per_karma', m.minutes_per_karma,
+                   'recovery_multiplier', CAST(m.recovery_multiplier AS text),
+                   'monetization_threshold', m.monetization_threshold,
+                   'duplicate', EXISTS (SELECT 1 FROM karma_events e WHERE e.host_id = h.id
+                                        AND e.job_id = {job_id} AND e.event_type = {event_type}))
+        FROM hosts h LEFT JOIN metro_settings m ON m.region = h.region
+        WHERE h.id = {host_id}
+        FOR UPDATE OF h
     """
-    SELECT h.karma, h.pending_minutes, h.region,
-           m.minutes_per_karma, m.recovery_multiplier, m.monetization_threshold,
-           EXISTS (SELECT 1 FROM karma_events e
-                   WHERE e.host_id = h.id AND e.job_id = :job_id AND e.event_type = :event_type) AS duplicate
-    FROM hosts h LEFT JOIN metro_settings m ON m.region = h.region
-    WHERE h.id = :host_id
-    FOR UPDATE OF h
-    """
-)
+
+
+LOCK_HOST_KARMA_SQL = text(locked_karma_sql(":host_id", "CAST(:job_id AS uuid)", ":event_type"))
 
 # The same, without the lock (the read-only karma view).
 READ_HOST_KARMA_SQL = text(
@@ -77,22 +86,26 @@ def policy_from_settings(settings: Settings) -> KarmaPolicy:
     )
 
 
-def _policy(row: Any, defaults: KarmaPolicy) -> KarmaPolicy:
+def _policy(state: Mapping[str, Any], defaults: KarmaPolicy) -> KarmaPolicy:
+    minutes, multiplier = state["minutes_per_karma"], state["recovery_multiplier"]
+    threshold = state["monetization_threshold"]
     return KarmaPolicy(
-        minutes_per_karma=row[3] if row[3] is not None else defaults.minutes_per_karma,
-        recovery_multiplier=Decimal(row[4]) if row[4] is not None else defaults.recovery_multiplier,
-        monetization_threshold=row[5] if row[5] is not None else defaults.monetization_threshold,
+        minutes_per_karma=minutes if minutes is not None else defaults.minutes_per_karma,
+        recovery_multiplier=Decimal(multiplier) if multiplier is not None else defaults.recovery_multiplier,
+        monetization_threshold=threshold if threshold is not None else defaults.monetization_threshold,
     )
 
 
-async def _lock(session: AsyncSession, host_id: uuid.UUID, job_id: uuid.UUID | None, event: str) -> Any:
-    """The Island's row, locked; `row.duplicate` when this job's `event` is recorded already (a NULL
-    job never is)."""
+async def _lock(
+    session: AsyncSession, host_id: uuid.UUID, job_id: uuid.UUID | None, event: str
+) -> Mapping[str, Any]:
+    """The Island's karma state (`locked_karma_sql`), its row locked; `duplicate` when this job's `event`
+    is recorded already (a NULL job never is)."""
     params = {"host_id": host_id, "job_id": job_id, "event_type": event}
-    row = (await session.execute(LOCK_HOST_KARMA_SQL, params)).first()
-    if row is None:
+    state = (await session.execute(LOCK_HOST_KARMA_SQL, params)).scalar()
+    if state is None:
         raise NotFound("Island not found")
-    return row
+    return cast(Mapping[str, Any], state)
 
 
 async def _write(
@@ -128,13 +141,16 @@ async def record_success(
     duration_seconds: float,
     *,
     defaults: KarmaPolicy | None = None,
+    locked: Mapping[str, Any] | None = None,
 ) -> KarmaChange:
-    """Credit an Island with a successful job's minutes (metro rules apply); writes `job_succeeded`."""
-    row = await _lock(session, host_id, job_id, "job_succeeded")
-    before = KarmaState(karma=row[0], pending_minutes=row[1])
-    if row.duplicate:
+    """Credit an Island with a successful job's minutes (metro rules apply); writes `job_succeeded`.
+    `locked`: the Island's state as a statement of this transaction locked and read it already
+    (`locked_karma_sql` for this job and event)."""
+    state = locked if locked is not None else await _lock(session, host_id, job_id, "job_succeeded")
+    before = KarmaState(karma=state["karma"], pending_minutes=state["pending_minutes"])
+    if state["duplicate"]:
         return KarmaChange(host_id, "job_succeeded", 0, before.karma, before.pending_minutes, False)
-    outcome = apply_success(before, duration_seconds, _policy(row, defaults or KarmaPolicy()))
+    outcome = apply_success(before, duration_seconds, _policy(state, defaults or KarmaPolicy()))
     details = json.dumps({"effective_minutes": outcome.effective_minutes, "seconds": float(duration_seconds)})
     await _write(session, host_id, job_id, "job_succeeded", before, outcome.after, details=details)
     after = outcome.after
@@ -155,9 +171,9 @@ async def penalize(
     the honest record of a misbehaving Island, and placement scores it last)."""
     amount = PENALTIES.get(event_type, -1) if delta is None else -abs(delta)
     flagged = (event_type in FLAGGING_EVENTS) if flag is None else flag
-    row = await _lock(session, host_id, job_id, event_type)
-    before = KarmaState(karma=row[0], pending_minutes=row[1])
-    if row.duplicate:
+    state = await _lock(session, host_id, job_id, event_type)
+    before = KarmaState(karma=state["karma"], pending_minutes=state["pending_minutes"])
+    if state["duplicate"]:
         return KarmaChange(host_id, event_type, 0, before.karma, before.pending_minutes, False)
     after = KarmaState(karma=before.karma + amount, pending_minutes=before.pending_minutes)
     await _write(session, host_id, job_id, event_type, before, after, flag=flagged)
@@ -171,7 +187,7 @@ async def karma_summary(
     row = (await session.execute(READ_HOST_KARMA_SQL, {"host_id": host_id})).first()
     if row is None:
         raise NotFound("Island not found")
-    policy = _policy(row, defaults or KarmaPolicy())
+    policy = _policy(dict(row._mapping), defaults or KarmaPolicy())
     return {
         "host_id": str(host_id),
         "karma": row[0],
