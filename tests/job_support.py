@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from coordinator.billing import ledger
 from coordinator.hosts.fleet import FleetView, HostView
@@ -116,3 +118,18 @@ async def karma_events(runtime: Runtime, host_id: uuid.UUID) -> list[tuple[str, 
 async def host_row(runtime: Runtime, host_id: uuid.UUID) -> Any:
     async with runtime.db.session() as session:
         return (await session.execute(select(Host).where(Host.id == host_id))).scalar_one()
+
+
+@contextlib.contextmanager
+def statements_of(runtime: Runtime) -> Iterator[list[str]]:
+    """Every SQL statement the runtime's engine sends inside the block, in order."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)

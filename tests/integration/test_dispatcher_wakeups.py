@@ -10,7 +10,7 @@ from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
 from tests.job_stack import islands, job_stack, submit, wait_status
-from tests.job_support import make_island
+from tests.job_support import make_island, statements_of
 
 
 async def test_freed_capacity_wakes_the_dispatcher_only_when_jobs_may_be_waiting(runtime: Runtime) -> None:
@@ -37,6 +37,26 @@ async def test_freed_capacity_wakes_the_dispatcher_only_when_jobs_may_be_waiting
     assert await dispatcher.dispatch_batch() == 0
     runtime.fleet.notify_capacity()
     assert dispatcher._wake.is_set()
+
+
+async def test_a_pass_after_a_submit_claims_without_asking_whether_anything_is_queued(
+    runtime: Runtime,
+) -> None:
+    await seed_cargos(runtime)
+    dispatcher = Dispatcher(runtime)
+    await dispatcher.setup()
+    consumer = await make_consumer(runtime)
+    await make_island(runtime, max_concurrent=0, fleet=runtime.fleet)  # capable, but no free slot
+    with statements_of(runtime) as idle:
+        assert await dispatcher.dispatch_batch() == 0
+    assert [s for s in idle if "SELECT EXISTS" in s] and not [s for s in idle if "FOR UPDATE" in s], idle
+    await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi", "max_tokens": 4})
+    with statements_of(runtime) as woken:
+        assert await dispatcher.dispatch_batch() == 0  # claimed, left waiting: no slot
+    assert not [s for s in woken if "SELECT EXISTS" in s] and [s for s in woken if "SKIP LOCKED" in s], woken
+    with statements_of(runtime) as again:  # nothing entered since: ask first again
+        assert await dispatcher.dispatch_batch() == 0
+    assert [s for s in again if "SELECT EXISTS" in s], again
 
 
 async def test_a_finished_job_of_an_idle_queue_costs_the_dispatcher_no_pass(

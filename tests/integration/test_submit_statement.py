@@ -11,14 +11,21 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from coordinator.billing import quotas
 from coordinator.errors import RateLimited
 from coordinator.jobs import service as jobs
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
-from tests.job_support import assert_money_conserved, balance, job_row, make_island, transactions_of
+from tests.job_support import (
+    assert_money_conserved,
+    balance,
+    job_row,
+    make_island,
+    statements_of,
+    transactions_of,
+)
 
 CHAT = {"workload": "llm-chat", "input": {"prompt": "Hello", "max_tokens": 16}}
 
@@ -104,16 +111,8 @@ async def test_submit_is_one_statement_once_the_cargo_is_cached(runtime: Runtime
     await make_island(runtime, fleet=runtime.fleet)  # a live Island: capability is checked in memory
     consumer = await make_consumer(runtime)
     await jobs.submit_job(runtime, consumer.user, "llm-chat", CHAT["input"])  # warms the catalogue
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_of(runtime) as seen:
         submitted = await jobs.submit(runtime, consumer.user, "llm-chat", CHAT["input"])
-    finally:
-        event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
     assert len(seen) == 1 and "INSERT INTO jobs" in seen[0], seen
     assert submitted.queue_position == 2  # the warm-up job is still queued ahead of it
 

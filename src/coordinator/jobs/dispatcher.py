@@ -69,10 +69,14 @@ class Dispatcher(LoopService):
         # The last look found no queued job and none entered the queue since: a freed slot has nothing to
         # take (each entry to the queue, here or on another replica, calls `wake`, which clears this).
         self._queue_empty = False
+        # A job entered the queue since the last claim: the next pass claims without asking first (the
+        # probe saves a transaction when nothing waits, and is a wasted statement when something does).
+        self._entered = False
 
     def wake(self) -> None:
-        """Jobs may have entered the queue: run a pass now."""
+        """Jobs entered the queue: run a pass now."""
         self._queue_empty = False
+        self._entered = True
         super().wake()
 
     def _capacity_freed(self) -> None:
@@ -111,10 +115,12 @@ class Dispatcher(LoopService):
 
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
-        async with self.runtime.db.read() as session:
-            self._queue_empty = not await session.scalar(sql.ANY_QUEUED_SQL)
-            if self._queue_empty:
-                return 0
+        if not self._entered:
+            async with self.runtime.db.read() as session:
+                self._queue_empty = not await session.scalar(sql.ANY_QUEUED_SQL)
+                if self._queue_empty:
+                    return 0
+        self._entered = False
         candidates = self.fleet.candidates()
         async with self.runtime.db.transaction() as session:
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()
