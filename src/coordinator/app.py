@@ -12,7 +12,9 @@ from typing import Any
 import structlog
 import uvicorn
 
+from coordinator.accounts import principals as principal_cache
 from coordinator.accounts.mailer import Mailer
+from coordinator.accounts.principals import PrincipalCache
 from coordinator.billing.exchange import Surge, TtlCache
 from coordinator.billing.quotas import RateCounter, RateCounterSync
 from coordinator.config import Settings
@@ -40,10 +42,14 @@ log = structlog.get_logger(__name__)
 
 def build_runtime(settings: Settings) -> Runtime:
     """The process's components, each built once, here; the tree's children fill in the rest as they run."""
+    principals = PrincipalCache(ttl=settings.api_key_cache_seconds)
     runtime = Runtime(
         settings=settings,
         db=Database(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            info={principal_cache.CACHE_INFO: principals},
         ),
         mailer=Mailer(
             smtp_host=settings.smtp_host,
@@ -58,6 +64,7 @@ def build_runtime(settings: Settings) -> Runtime:
         surge=Surge.from_settings(settings),
         market_rates=TtlCache[Decimal | None](ttl=10),
         catalogue=Catalogue(),
+        principals=principals,
         rate_counter=RateCounter(),
         network_stats=CachedNetworkStats(),
         scan_slots=asyncio.Semaphore(settings.registry_scan_concurrency),
@@ -226,6 +233,10 @@ def build_children(runtime: Runtime, *, with_worker: bool = False, http: bool = 
         children.append(MetricsEndpointChild(runtime))
     if runtime.settings.nats_enabled:
         children.append(NatsConnectionChild(runtime))
+        # The API key caches: this process's evictions to the others (a worker's too), theirs to it.
+        from coordinator.nats.principals import PrincipalEvictionsChild
+
+        children.append(PrincipalEvictionsChild(runtime))
         if runtime.settings.nats_auth_enabled:
             from coordinator.nats.auth_callout import AuthCalloutChild
 

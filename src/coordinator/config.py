@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     poll_rate_limit_per_minute: int = 600
     # How often a replica adds its in-memory request counts to the shared PostgreSQL counter.
     rate_limit_sync_seconds: float = 1.0
+    # How long an authenticated API key is remembered (`accounts/principals.py`): at most 1 s, 0 = off.
+    api_key_cache_seconds: float = Field(1.0, ge=0, le=1)
 
     # karma (metro_settings rows override the first three per region)
     karma_minutes_per_karma: int = 60

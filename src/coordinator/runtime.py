@@ -16,6 +16,7 @@ from coordinator.config import Settings
 from coordinator.repo.database import Database
 
 if TYPE_CHECKING:
+    from coordinator.accounts.principals import PrincipalCache
     from coordinator.billing.exchange import Surge, TtlCache
     from coordinator.billing.quotas import RateCounter
     from coordinator.hosts.fleet import FleetView
@@ -44,6 +45,7 @@ class Runtime:
     surge: Surge  # the exchange's surge factor (the settings' ratio, multiplier and cache time)
     market_rates: TtlCache[Decimal | None]  # each Cargo's market rate, recomputed at most every 10 s
     catalogue: Catalogue  # each Cargo as submissions check it (by its revision) and job events label it
+    principals: PrincipalCache  # authenticated API keys, for at most a second
     rate_counter: RateCounter  # this replica's request counts (flushed by `RateCounterSync`)
     network_stats: CachedNetworkStats
     scan_slots: asyncio.Semaphore  # concurrent registry image scans

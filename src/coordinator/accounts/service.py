@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.mailer import Mailer
 from coordinator.accounts.models import ApiKey, MagicLink, User, UserSession
+from coordinator.accounts.principals import evict_on_commit
 from coordinator.billing import ledger
 from coordinator.errors import NotFound, ValidationFailed
 from coordinator.repo.base import utcnow
@@ -78,6 +79,7 @@ async def get_or_create_user(session: AsyncSession, email: str, *, credits: Deci
 
 async def set_admin(session: AsyncSession, user: User, admin: bool) -> None:
     user.role = "admin" if admin else "user"
+    evict_on_commit(session, user_id=user.id)
     await session.flush()
 
 
@@ -89,6 +91,7 @@ async def set_banned(session: AsyncSession, user_id: int, banned: bool, reason: 
         raise NotFound("User not found")
     user.banned_at = utcnow() if banned else None
     user.ban_reason = (reason or "").strip()[:2000] or None if banned else None
+    evict_on_commit(session, user_id=user_id)
     await session.flush()
     return user
 
@@ -142,6 +145,14 @@ async def create_api_key(
 async def authenticate_api_key(session: AsyncSession, secret_key: str, token: str) -> Principal | None:
     """The principal a bearer key stands for, or None if it is unknown, revoked or expired. Read-only:
     `touch_api_key` records the use when `Principal.key_use_due` says so."""
+    found = await authenticate_api_key_row(session, secret_key, token)
+    return None if found is None else found[0]
+
+
+async def authenticate_api_key_row(
+    session: AsyncSession, secret_key: str, token: str
+) -> tuple[Principal, datetime | None] | None:
+    """`authenticate_api_key`, with the key's `expires_at` (for a cache of the answer)."""
     if not token.startswith(API_KEY_PREFIX) or len(token) > 200:
         return None
     row = (
@@ -158,7 +169,8 @@ async def authenticate_api_key(session: AsyncSession, secret_key: str, token: st
     if (key.expires_at is not None and key.expires_at <= now) or user.is_banned:
         return None
     due = key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION
-    return Principal(user=user, scopes=frozenset(key.scopes), api_key_id=key.id, key_use_due=due)
+    principal = Principal(user=user, scopes=frozenset(key.scopes), api_key_id=key.id, key_use_due=due)
+    return principal, key.expires_at
 
 
 async def touch_api_key(session: AsyncSession, key_id: uuid.UUID) -> None:
@@ -199,6 +211,7 @@ async def revoke_api_key(session: AsyncSession, user_id: int, key_id: str) -> Ap
     ).scalar_one_or_none()
     if key is None:
         raise NotFound("API key not found")
+    evict_on_commit(session, key_id=key.id)
     return key
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -12,13 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 class Database:
     """Owns the connection pool of one process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int = 10, info: dict[str, Any] | None = None
+    ) -> None:
+        """`info`: what every session's `info` starts with (the process's caches its commits update)."""
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         # Same pool; each statement is its own transaction, so a read costs no BEGIN and no ROLLBACK.
         autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.read_sessionmaker = async_sessionmaker(autocommit, expire_on_commit=False)
+        self.read_sessionmaker = async_sessionmaker(autocommit, expire_on_commit=False, info=info)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

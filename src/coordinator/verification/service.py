@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.mailer import Mailer
 from coordinator.accounts.models import User
+from coordinator.accounts.principals import evict_on_commit
 from coordinator.errors import Conflict, NotFound, ValidationFailed
 from coordinator.repo.base import utcnow
 from coordinator.repo.database import Database
@@ -103,6 +104,7 @@ async def _move(
     if row is None:
         return None
     previous, email = str(row[0]), str(row[1])
+    evict_on_commit(session, user_id=user_id)  # the quota caps follow the status from the next request
     session.add(
         VerificationEvent(
             user_id=user_id,

@@ -45,13 +45,7 @@ async def current_principal(request: Request) -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         ratelimit.refuse_if_guessing(request)
-        async with runtime.db.read() as session:
-            principal = await accounts.authenticate_api_key(
-                session, runtime.settings.secret_key, token.strip()
-            )
-        if principal is not None and principal.key_use_due and principal.api_key_id is not None:
-            async with runtime.db.transaction() as session:
-                await accounts.touch_api_key(session, principal.api_key_id)
+        principal = await _bearer_principal(runtime, token.strip())
         if principal is None:
             ratelimit.count_bad_credentials(request)
     elif not header and (cookie := request.cookies.get(SESSION_COOKIE)):
@@ -65,6 +59,23 @@ async def current_principal(request: Request) -> Principal | None:
     request.state.principal = principal
     if principal is not None:
         context.add(user_id=principal.user.id)
+    return principal
+
+
+async def _bearer_principal(runtime: Runtime, token: str) -> Principal | None:
+    """The principal of an API key: from the cache (`accounts/principals.py`), else read and remembered."""
+    key_digest = accounts.digest(runtime.settings.secret_key, token)
+    if (principal := runtime.principals.get(key_digest)) is not None:
+        return principal
+    async with runtime.db.read() as session:
+        found = await accounts.authenticate_api_key_row(session, runtime.settings.secret_key, token)
+    if found is None:
+        return None
+    principal, expires_at = found
+    if principal.key_use_due and principal.api_key_id is not None:
+        async with runtime.db.transaction() as session:
+            await accounts.touch_api_key(session, principal.api_key_id)
+    runtime.principals.put(key_digest, principal, expires_at)
     return principal
 
 
