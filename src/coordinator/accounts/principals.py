@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -32,6 +33,8 @@ from coordinator.repo.base import utcnow
 
 if TYPE_CHECKING:
     from coordinator.accounts.service import Principal
+
+log = structlog.get_logger(__name__)
 
 MAX_TTL_SECONDS = 1.0
 # The session's `info` key of the evictions its transaction will make, and of the cache they go to
@@ -91,7 +94,10 @@ class PrincipalCache:
                 del self._entries[digest]
         if tell:
             for listener in self.on_evict:
-                listener(eviction)
+                try:
+                    listener(eviction)
+                except Exception:  # runs after a commit: the TTL still bounds the other replicas
+                    log.exception("principals.evict_listener_failed")
 
 
 def evict_on_commit(
