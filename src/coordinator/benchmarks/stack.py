@@ -73,11 +73,14 @@ async def stack(env: BenchEnv, name: str, accounts: int = 1) -> AsyncIterator[St
 
 
 async def _reset_streams(nats_url: str) -> None:
-    """Drop the job streams (and their consumers) a previous coordinator left: each stack starts clean."""
+    """Drop the job streams (and their consumers) a previous coordinator left: each stack starts clean.
+    (JOB_OUTPUT too: a backlog of the previous stack's chunks, for jobs this stack's database never had,
+    kept the next coordinator's output consumer busy past the success grace, and every lifecycle job
+    failed "Output incomplete".)"""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        for stream in (subjects.JOBS_STREAM, subjects.STATUS_STREAM):
+        for stream in (subjects.JOBS_STREAM, subjects.STATUS_STREAM, subjects.OUTPUT_STREAM):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(stream)
     finally:
