@@ -126,6 +126,9 @@ class Island:
         await self.nc.subscribe(self.subject("probe"), cb=self._on_probe)
         await self.nc.subscribe(self.subject("preload"), cb=self._on_preload)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}:heartbeat"))
+        # The subscriptions are live at the server before start returns (on core NATS a job published
+        # before its SUB arrived would be missed).
+        await self.nc.flush()
         log.info("island.started", host_id=self.host_id, jetstream=self.jetstream)
 
     async def stop(self) -> None:
