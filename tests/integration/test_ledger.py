@@ -127,8 +127,11 @@ async def _running_jobs(runtime: Runtime, consumer: Consumer, island_id: uuid.UU
     ]
     async with runtime.db.transaction() as session:
         await session.execute(
-            text("UPDATE jobs SET state = 'running', host_id = :h, attempt = 1, clearing_price = 1.5"),
-            {"h": island_id},
+            text(
+                "UPDATE jobs SET state = 'running', host_id = :h, attempt = 1, clearing_price = 1.5"
+                " WHERE id = ANY(:ids)"
+            ),
+            {"h": island_id, "ids": [job.id for job in jobs]},
         )
     return jobs
 

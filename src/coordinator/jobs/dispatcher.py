@@ -55,6 +55,9 @@ class Assignment:
     result: TransitionResult
 
 
+QUEUE_EMPTY, QUEUE_UNKNOWN, QUEUE_ENTERED = "empty", "unknown", "entered"
+
+
 class Dispatcher(LoopService):
     name = "dispatcher"
 
@@ -66,24 +69,27 @@ class Dispatcher(LoopService):
         runtime.fleet.on_capacity(self._capacity_freed)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
         self._failed: list[TransitionResult] = []
-        # The last look found no queued job and none entered the queue since: a freed slot has nothing to
-        # take (each entry to the queue, here or on another replica, calls `wake`, which clears this).
-        self._queue_empty = False
-        # A job entered the queue since the last claim: the next pass claims without asking first (the
-        # probe saves a transaction when nothing waits, and is a wasted statement when something does).
-        self._entered = False
+        # What this replica knows of the queue. EMPTY: the last look found nothing queued and nothing
+        # entered since, so a freed slot has nothing to take. ENTERED: a job entered since the last claim
+        # (each entry, here or on another replica, calls `wake`), so the next pass claims without the probe
+        # (which saves a transaction when nothing waits and is a wasted statement when something does).
+        self._queue = QUEUE_UNKNOWN
 
     def wake(self) -> None:
         """Jobs entered the queue: run a pass now."""
-        self._queue_empty = False
-        self._entered = True
+        self._queue = QUEUE_ENTERED
         super().wake()
 
     def _capacity_freed(self) -> None:
         """An Island has room again: worth a pass only if jobs may be waiting (saves the probe per finished
         job of an idle queue). The interval pass looks regardless."""
-        if not self._queue_empty:
+        if self._queue != QUEUE_EMPTY:
             super().wake()
+
+    def _looked(self, empty: bool) -> None:
+        """What a probe or a pass found, unless a job entered the queue meanwhile."""
+        if self._queue != QUEUE_ENTERED:
+            self._queue = QUEUE_EMPTY if empty else QUEUE_UNKNOWN
 
     async def setup(self) -> None:
         self.runtime.dispatcher = self
@@ -115,12 +121,12 @@ class Dispatcher(LoopService):
 
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
-        if not self._entered:
+        if self._queue != QUEUE_ENTERED:
             async with self.runtime.db.read() as session:
-                self._queue_empty = not await session.scalar(sql.ANY_QUEUED_SQL)
-                if self._queue_empty:
-                    return 0
-        self._entered = False
+                self._looked(empty=not await session.scalar(sql.ANY_QUEUED_SQL))
+            if self._queue == QUEUE_EMPTY:
+                return 0
+        self._queue = QUEUE_UNKNOWN
         candidates = self.fleet.candidates()
         async with self.runtime.db.transaction() as session:
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()
@@ -134,7 +140,7 @@ class Dispatcher(LoopService):
             ]
             assignments = await self._assign(session, plans)
             # Every job the claim saw is placed and it saw fewer than it could take: nothing waits now.
-            self._queue_empty = len(rows) < self.batch_size and len(assignments) == len(rows)
+            self._looked(empty=len(rows) < self.batch_size and len(assignments) == len(rows))
             if waiting:  # say why the others still wait (client-visible `placement.reason`)
                 await session.execute(sql.MARK_WAITING_SQL, sql.mark_waiting_params(waiting))
         if assignments:
