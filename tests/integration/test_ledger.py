@@ -16,7 +16,7 @@ from coordinator.billing import ledger, settlement
 from coordinator.jobs import lifecycle, moves, service
 from coordinator.runtime import Runtime
 from tests.factories import Consumer, make_consumer, seed_cargos
-from tests.job_support import make_island
+from tests.job_support import host_row, karma_events, make_island, statements_of
 
 
 async def balance(runtime: Runtime, user_id: int) -> Decimal:
@@ -166,6 +166,48 @@ async def test_the_finish_statement_holds_the_locks_its_settlement_relies_on(run
         await other.execute(
             text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE NOWAIT"), {"u": consumer.user.id}
         )
+
+
+async def test_a_success_writes_its_money_and_karma_in_one_statement_after_the_finish(
+    runtime: Runtime,
+) -> None:
+    # Finish (both locks taken) + one settlement statement: refund, earning, earnings total, karma and
+    # its event. Applied twice, the second changes nothing.
+    await seed_cargos(runtime)
+    island = await make_island(runtime)
+    consumer = await make_consumer(runtime, "onestatement@example.com", credits=Decimal(100))
+    (job,) = await _running_jobs(runtime, consumer, island.id, 1)
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            text("UPDATE jobs SET started_at = now() - interval '150 minutes' WHERE id = :id"), {"id": job.id}
+        )
+    with statements_of(runtime) as seen:
+        async with runtime.db.transaction() as session:
+            inputs = lifecycle.Inputs(host_id=island.id)
+            assert await lifecycle.transition_in(session, moves.SUCCEED, job.id, inputs) is not None
+    assert len(seen) == 2, seen  # BEGIN and COMMIT are not cursor statements
+    assert await balance(runtime, consumer.user.id) == Decimal(100) - 2 + Decimal("0.5")
+    island_row = await host_row(runtime, island.id)
+    assert island_row.earnings_total == Decimal("1.5")
+    ((event, delta),) = await karma_events(runtime, island.id)
+    assert event == "job_succeeded" and delta > 0 and island_row.karma == delta
+    async with runtime.db.transaction() as session:  # the same success again: refused by the guard
+        inputs = lifecycle.Inputs(host_id=island.id)
+        assert await lifecycle.transition_in(session, moves.SUCCEED, job.id, inputs) is None
+    async with runtime.db.transaction() as session:  # its settlement again: its keys refuse it
+        again = await settlement.settle_success(
+            session,
+            job_id=job.id,
+            user_id=consumer.user.id,
+            budget=Decimal(2),
+            clearing_price=Decimal("1.5"),
+            host_id=island.id,
+            host_owner_id=island_row.owner_id,
+        )
+        assert again.applied is False
+    assert (await host_row(runtime, island.id)).earnings_total == Decimal("1.5")
+    assert len(await karma_events(runtime, island.id)) == 1
+    assert await balance(runtime, consumer.user.id) == Decimal(100) - 2 + Decimal("0.5")
 
 
 async def test_settlements_racing_charges_on_one_balance_keep_its_ledger_a_chain(runtime: Runtime) -> None:

@@ -7,13 +7,16 @@ write carries an idempotency key derived from the job id, so a retried or duplic
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import ledger
+from coordinator.karma import service as karma
 
 
 @dataclass(frozen=True)
@@ -28,20 +31,38 @@ class Settlement:
 # The success settlement in one statement: the refund of the unused budget (`ledger.CREDIT_CTES`: its key
 # marks the job as settled), then, only if that row was new, the Island's earning (once per job: the unique
 # job_id) and its running total.
-SETTLE_SUCCESS_SQL = text(
-    f"""
-    WITH {ledger.CREDIT_CTES},
+_EARNING_CTE = """
     earning AS (
         INSERT INTO host_earnings (host_id, owner_id, job_id, amount)
         SELECT CAST(:earning_host_id AS uuid), :owner_id, :job_id, :earned FROM credit_tx
         WHERE CAST(:earned AS numeric) > 0
         ON CONFLICT (job_id) DO NOTHING
         RETURNING amount
-    ),
+    )
+"""
+SETTLE_SUCCESS_SQL = text(
+    f"""
+    WITH {ledger.CREDIT_CTES}, {_EARNING_CTE},
     total AS (
         UPDATE hosts SET earnings_total = earnings_total + earning.amount
         FROM earning WHERE hosts.id = CAST(:earning_host_id AS uuid)
     )
+    SELECT credits FROM balance
+    """
+)
+
+# The same with the Island's karma for the success (`karma.service.success_write`) written by the same
+# UPDATE of its row as the earnings total: one statement for the whole of a success's money and karma.
+SETTLE_SUCCESS_KARMA_SQL = text(
+    f"""
+    WITH {ledger.CREDIT_CTES}, {_EARNING_CTE},
+    island AS (
+        UPDATE hosts SET earnings_total = earnings_total + COALESCE((SELECT amount FROM earning), 0),
+                         {karma.KARMA_SET}
+        WHERE id = CAST(:earning_host_id AS uuid)
+        RETURNING karma
+    ),
+    karma_event AS ({karma.karma_event_sql("island", "CAST(:earning_host_id AS uuid)")})
     SELECT credits FROM balance
     """
 )
@@ -58,10 +79,13 @@ async def settle_success(
     host_owner_id: int | None,
     platform_fee: Decimal = Decimal(0),
     balance_locked: bool = False,
+    karma_write: Mapping[str, Any] | None = None,
 ) -> Settlement:
     """The consumer pays the clearing price (capped at the budget); the rest of the budget is refunded; the
     Island's owner earns the clearing price minus the platform fee. `balance_locked`: the transaction holds
-    the consumer's balance row already (the finish statement took it)."""
+    the consumer's balance row already (the finish statement took it). `karma_write`: the Island's karma
+    for the success (`karma.service.success_write`, its row locked by this transaction), written by the
+    same statement."""
     paid = min(max(clearing_price, Decimal(0)), budget)
     refund = budget - paid
     earned = paid * (Decimal(1) - platform_fee) if host_id is not None and paid > 0 else Decimal(0)
@@ -69,9 +93,14 @@ async def settle_success(
         await session.execute(ledger.LOCK_BALANCE_SQL, {"user_id": user_id})
     # The refund row is written even when it is zero: its key marks the job as settled, so a later failure
     # path (or a second success) can neither refund nor pay the Island again.
+    statement, karma_params = (
+        (SETTLE_SUCCESS_KARMA_SQL, karma_write)
+        if karma_write is not None and host_id is not None
+        else (SETTLE_SUCCESS_SQL, {})
+    )
     balance = (
         await session.execute(
-            SETTLE_SUCCESS_SQL,
+            statement,
             {
                 "user_id": user_id,
                 "type": "refund",
@@ -83,6 +112,7 @@ async def settle_success(
                 "owner_id": host_owner_id,
                 "earned": earned,
                 "earning_host_id": host_id,
+                **karma_params,
             },
         )
     ).scalar()

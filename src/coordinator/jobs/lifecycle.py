@@ -106,11 +106,10 @@ class JobStore(Protocol):
 
     async def apply(self, move: Move, job_id: uuid.UUID, inputs: Inputs) -> Moved | None: ...
 
-    async def settle(self, moved: Moved) -> tuple[Decimal, Decimal | None]:
-        """Settle the money of an ended job: what the consumer paid, and its balance after (if known)."""
+    async def settle(self, moved: Moved, karma_success: bool) -> tuple[Decimal, Decimal | None]:
+        """Settle the money of an ended job: what the consumer paid, and its balance after (if known);
+        with `karma_success`, also credit the Island that succeeded (`moves.KARMA_SUCCESS`)."""
         ...
-
-    async def karma_success(self, moved: Moved) -> None: ...
 
     async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None: ...
 
@@ -161,12 +160,19 @@ class PgStore:
             for r in await self.session.execute(sql.ASSIGN_MANY_SQL, params)
         ]
 
-    async def settle(self, moved: Moved) -> tuple[Decimal, Decimal | None]:
+    async def settle(self, moved: Moved, karma_success: bool) -> tuple[Decimal, Decimal | None]:
         """The ledger side of the settlement the finish statement recorded: success pays the clearing
         price (Island share and fee), any other end refunds in full. What the consumer paid, and its
-        balance after the refund (None when nothing moved)."""
+        balance after the refund (None when nothing moved). A success's karma is written by the same
+        statement, from the Island's state the finish statement locked."""
         assert moved.charged is not None, "settled by the finish statement"
         if moved.state == moves.SUCCEED.target:
+            write = None
+            if karma_success and moved.host_id is not None and moved.karma_state is not None:
+                started, done = moved.started_at, moved.completed_at
+                seconds = 0.0 if started is None or done is None else (done - started).total_seconds()
+                change, write = karma.success_write(moved.host_id, moved.karma_state, max(seconds, 0.0))
+                karma_changes(self.session).append(change)
             paid = await settlement.settle_success(
                 self.session,
                 job_id=moved.id,
@@ -176,6 +182,7 @@ class PgStore:
                 host_id=moved.host_id,
                 host_owner_id=moved.host_owner_id,
                 balance_locked=True,
+                karma_write=write,
             )
             return moved.charged, paid.balance
         balance = await settlement.refund_in_full(
@@ -187,17 +194,6 @@ class PgStore:
             balance_locked=True,
         )
         return Decimal(0), balance
-
-    async def karma_success(self, moved: Moved) -> None:
-        # The guarded UPDATE applies once, and karma_events refuses a second job_succeeded for the same
-        # Island and job.
-        assert moved.host_id is not None
-        started, done = moved.started_at, moved.completed_at
-        seconds = 0.0 if started is None or done is None else (done - started).total_seconds()
-        change = await karma.record_success(
-            self.session, moved.host_id, moved.id, max(seconds, 0.0), locked=moved.karma_state
-        )
-        karma_changes(self.session).append(change)
 
     async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None:
         await penalize_in(self.session, host_id, event, job_id)
@@ -266,9 +262,8 @@ async def transition_in(
     if moved is None:
         return None
     released = released_island(move, moved, inputs)
-    paid, balance = await store.settle(moved) if moves.SETTLE in move.effects else (None, None)
-    if moves.KARMA_SUCCESS in move.effects and moved.host_id is not None:
-        await store.karma_success(moved)
+    karma_success = moves.KARMA_SUCCESS in move.effects and moved.host_id is not None
+    paid, balance = await store.settle(moved, karma_success) if moves.SETTLE in move.effects else (None, None)
     penalty = moves.penalty_for(move, penalty=inputs.penalty, reported_by=inputs.host_id, error=inputs.error)
     if penalty is not None and released is not None:
         await store.penalize(released, penalty, moved.id)

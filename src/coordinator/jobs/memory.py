@@ -121,7 +121,10 @@ class MemoryStore:
             old,
         )
 
-    async def settle(self, moved: Moved) -> tuple[Decimal, Decimal | None]:
+    async def settle(self, moved: Moved, karma_success: bool) -> tuple[Decimal, Decimal | None]:
+        if karma_success:
+            assert moved.host_id is not None
+            self.karma.append((moved.host_id, "job_succeeded", moved.id))
         job = self.jobs[moved.id]
         job.settled += 1
         self.settlements.append((moved.id, moved.state))
@@ -138,10 +141,6 @@ class MemoryStore:
 
     async def roll_up(self, moved: Moved) -> BatchStep | None:
         return None  # no batches in memory
-
-    async def karma_success(self, moved: Moved) -> None:
-        assert moved.host_id is not None
-        self.karma.append((moved.host_id, "job_succeeded", moved.id))
 
     async def penalize(self, host_id: uuid.UUID, event: str, job_id: uuid.UUID | None) -> None:
         self.karma.append((host_id, event, job_id))

@@ -196,6 +196,8 @@ def check_table() -> list[str]:
         ]
         problems += [f"{move.name}: unknown effect {e}" for e in move.effects if e not in EFFECTS]
         problems += [f"{move.name}: unknown hook {h}" for h in move.hooks if h not in HOOKS]
+        if KARMA_SUCCESS in move.effects and SETTLE not in move.effects:
+            problems.append(f"{move.name}: {KARMA_SUCCESS} is written with the settlement ({SETTLE})")
     return problems
 
 

@@ -262,7 +262,7 @@ def _finish_sql(move: moves.Move) -> Any:
         + " (SELECT owner_id FROM hosts WHERE hosts.id = jobs.host_id) AS host_owner_id,"
         + " (SELECT credits FROM users WHERE users.id = jobs.user_id FOR NO KEY UPDATE) AS balance"
         # A success also locks and reads the Island's karma (after the balance: the order every settling
-        # transaction takes them in), for its `job_succeeded` (`karma.service.record_success`).
+        # transaction takes them in), for its `job_succeeded` (`karma.service.success_write`).
         + (
             ", (" + locked_karma_sql("jobs.host_id", "jobs.id", "'job_succeeded'") + ") AS karma_state"
             if move is moves.SUCCEED

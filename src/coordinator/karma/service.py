@@ -52,17 +52,24 @@ READ_HOST_KARMA_SQL = text(
 )
 
 
-# Writes the new balance and the event that explains it.
-SET_KARMA_SQL = text(
+# Writes the new balance and the event that explains it. The two parts are also those of the success's
+# settlement statement (`billing.settlement.SETTLE_SUCCESS_SQL`), which updates the Island's row once for
+# its earnings and its karma (a statement can change a row only once).
+KARMA_SET = "karma = :karma, pending_minutes = :pending, flagged_for_review = flagged_for_review OR :flag"
+
+
+def karma_event_sql(rows: str, host_id: str) -> str:
+    """The `karma_events` row of a karma write, from `rows` (an UPDATE of the Island returning `karma`)."""
+    return f"""
+        INSERT INTO karma_events (host_id, job_id, event_type, delta, balance_after, details)
+        SELECT {host_id}, :job_id, :event_type, :delta, karma, CAST(:details AS jsonb) FROM {rows}
     """
-    WITH upd AS (
-        UPDATE hosts SET karma = :karma, pending_minutes = :pending,
-                         flagged_for_review = flagged_for_review OR :flag
-        WHERE id = :host_id
-        RETURNING karma
-    )
-    INSERT INTO karma_events (host_id, job_id, event_type, delta, balance_after, details)
-    SELECT :host_id, :job_id, :event_type, :delta, karma, CAST(:details AS jsonb) FROM upd
+
+
+SET_KARMA_SQL = text(
+    f"""
+    WITH upd AS (UPDATE hosts SET {KARMA_SET} WHERE id = :host_id RETURNING karma)
+    {karma_event_sql("upd", ":host_id")}
     RETURNING id
     """
 )
@@ -108,6 +115,20 @@ async def _lock(
     return cast(Mapping[str, Any], state)
 
 
+def _write_params(
+    event_type: str, before: KarmaState, after: KarmaState, *, flag: bool = False, details: str = "{}"
+) -> dict[str, Any]:
+    """The parameters of `KARMA_SET` and `karma_event_sql` (the host and job ids are the statement's)."""
+    return {
+        "event_type": event_type,
+        "karma": after.karma,
+        "pending": after.pending_minutes,
+        "delta": after.karma - before.karma,
+        "flag": flag,
+        "details": details,
+    }
+
+
 async def _write(
     session: AsyncSession,
     host_id: uuid.UUID,
@@ -117,21 +138,25 @@ async def _write(
     after: KarmaState,
     *,
     flag: bool = False,
-    details: str = "{}",
 ) -> None:
-    await session.execute(
-        SET_KARMA_SQL,
-        {
-            "host_id": host_id,
-            "job_id": job_id,
-            "event_type": event_type,
-            "karma": after.karma,
-            "pending": after.pending_minutes,
-            "delta": after.karma - before.karma,
-            "flag": flag,
-            "details": details,
-        },
-    )
+    params = _write_params(event_type, before, after, flag=flag)
+    await session.execute(SET_KARMA_SQL, {"host_id": host_id, "job_id": job_id, **params})
+
+
+def success_write(
+    host_id: uuid.UUID, state: Mapping[str, Any], duration_seconds: float, defaults: KarmaPolicy | None = None
+) -> tuple[KarmaChange, dict[str, Any] | None]:
+    """A success's karma from the Island's locked state (`locked_karma_sql` for this job and
+    `job_succeeded`): the change, and the parameters of its write (None for a duplicate: nothing to write).
+    """
+    before = KarmaState(karma=state["karma"], pending_minutes=state["pending_minutes"])
+    if state["duplicate"]:
+        return KarmaChange(host_id, "job_succeeded", 0, before.karma, before.pending_minutes, False), None
+    outcome = apply_success(before, duration_seconds, _policy(state, defaults or KarmaPolicy()))
+    details = json.dumps({"effective_minutes": outcome.effective_minutes, "seconds": float(duration_seconds)})
+    after = outcome.after
+    change = KarmaChange(host_id, "job_succeeded", outcome.delta, after.karma, after.pending_minutes, True)
+    return change, _write_params("job_succeeded", before, after, details=details)
 
 
 async def record_success(
@@ -141,20 +166,14 @@ async def record_success(
     duration_seconds: float,
     *,
     defaults: KarmaPolicy | None = None,
-    locked: Mapping[str, Any] | None = None,
 ) -> KarmaChange:
-    """Credit an Island with a successful job's minutes (metro rules apply); writes `job_succeeded`.
-    `locked`: the Island's state as a statement of this transaction locked and read it already
-    (`locked_karma_sql` for this job and event)."""
-    state = locked if locked is not None else await _lock(session, host_id, job_id, "job_succeeded")
-    before = KarmaState(karma=state["karma"], pending_minutes=state["pending_minutes"])
-    if state["duplicate"]:
-        return KarmaChange(host_id, "job_succeeded", 0, before.karma, before.pending_minutes, False)
-    outcome = apply_success(before, duration_seconds, _policy(state, defaults or KarmaPolicy()))
-    details = json.dumps({"effective_minutes": outcome.effective_minutes, "seconds": float(duration_seconds)})
-    await _write(session, host_id, job_id, "job_succeeded", before, outcome.after, details=details)
-    after = outcome.after
-    return KarmaChange(host_id, "job_succeeded", outcome.delta, after.karma, after.pending_minutes, True)
+    """Credit an Island with a successful job's minutes (metro rules apply); writes `job_succeeded`. (A
+    job's success does it within its settlement statement: `success_write`.)"""
+    state = await _lock(session, host_id, job_id, "job_succeeded")
+    change, write = success_write(host_id, state, duration_seconds, defaults)
+    if write is not None:
+        await session.execute(SET_KARMA_SQL, {"host_id": host_id, "job_id": job_id, **write})
+    return change
 
 
 async def penalize(
