@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.errors import NotFound
 from coordinator.hosts import rules
-from coordinator.hosts.fleet import FleetView, HostView, view_of
+from coordinator.hosts.fleet import FleetView, view_of
 from coordinator.hosts.models import Host
 from coordinator.protocol.messages import RegisterHost
 
@@ -151,13 +151,11 @@ async def hydrate_fleet(session: AsyncSession, fleet: FleetView) -> bool:
 
 # The candidate Islands' rows, locked while their capacity is counted: concurrent dispatchers (other
 # replicas) serialise per Island, so none is overfilled.
-LOCK_HOSTS_SQL = text("SELECT id FROM hosts WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
-
-
-async def lock_hosts(session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
-    """Lock the candidates' rows (in the caller's transaction); the candidates that still exist."""
-    existing = {row[0] for row in await session.execute(LOCK_HOSTS_SQL, {"ids": [h.id for h in candidates]})}
-    return [h for h in candidates if h.id in existing]
+def locked_hosts_sql(ids: str) -> str:
+    """A query that locks the rows of the Islands `ids` (an array expression) for the rest of the
+    transaction, in id order (the order every transaction locking several takes), and returns the ids of
+    those that exist. Part of the dispatcher's claim (`jobs.repository.CLAIM_QUEUED_SQL`)."""
+    return f"SELECT id FROM hosts WHERE id = ANY({ids}) ORDER BY id FOR UPDATE"
 
 
 async def set_approved(session: AsyncSession, raw_id: str) -> Host:

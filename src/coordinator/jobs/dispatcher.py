@@ -129,10 +129,11 @@ class Dispatcher(LoopService):
         self._queue = QUEUE_UNKNOWN
         candidates = self.fleet.candidates()
         async with self.runtime.db.transaction() as session:
-            rows = (await session.execute(sql.CLAIM_QUEUED_SQL, {"limit": self.batch_size})).all()
+            params = {"limit": self.batch_size, "island_ids": [h.id for h in candidates]}
+            rows = (await session.execute(sql.CLAIM_QUEUED_SQL, params)).all()
             if not rows:
                 return 0
-            hosts = await self._lock_capacity(session, candidates) if candidates else []
+            hosts = await self._count_capacity(session, candidates, set(rows[0].locked_islands))
             surge = await self.runtime.surge.current(session)
             waiting: list[tuple[uuid.UUID, dict[str, Any]]] = []
             plans = [
@@ -149,13 +150,18 @@ class Dispatcher(LoopService):
         await lifecycle.after_commit(self.runtime, session, failed)
         return len(assignments)
 
-    async def _lock_capacity(self, session: AsyncSession, candidates: list[HostView]) -> list[HostView]:
-        """The candidates, their rows locked, each with its count of unfinished jobs as reserved slots."""
-        locked = await host_service.lock_hosts(session, candidates)
-        ids = [h.id for h in locked]
-        counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, {"ids": ids})}
-        self.fleet.count_reserved(locked, counts)
-        return locked
+    async def _count_capacity(
+        self, session: AsyncSession, candidates: list[HostView], locked: set[uuid.UUID]
+    ) -> list[HostView]:
+        """The candidates whose rows the claim locked, each with its count of unfinished jobs as reserved
+        slots (read now, after the locks: what another replica assigned them is committed)."""
+        hosts = [h for h in candidates if h.id in locked]
+        if not hosts:
+            return []
+        params = {"ids": [h.id for h in hosts]}
+        counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, params)}
+        self.fleet.count_reserved(hosts, counts)
+        return hosts
 
     async def _plan(
         self,

@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from coordinator.billing import exchange, quotas
+from coordinator.hosts.service import locked_hosts_sql
 from coordinator.jobs import moves, rules
 from coordinator.jobs.moves import ASSIGN, GIVE_BACK, LEASED, REQUEUE, START, TIME_OUT, guard_sql, states_sql
 from coordinator.karma.service import locked_karma_sql
@@ -98,20 +99,30 @@ SUBMIT_SQL = text(
 ).bindparams(bindparam("input", type_=JSONB))
 
 
-# Claims the next queued jobs (priority with ageing, then age); other replicas skip the locked rows.
+# Claims the next queued jobs (priority with ageing, then age); other replicas skip the locked rows. Once
+# there is a job to place, the same statement locks the rows of the candidate Islands `island_ids` (after
+# the jobs, in id order: `hosts.service.locked_hosts_sql`) and names those that exist (`locked_islands`,
+# on every row); their counts of unfinished jobs must be read after the locks, by a statement of its own.
 CLAIM_QUEUED_SQL = text(
     f"""
-    SELECT j.id, j.user_id, j.workload_id, j.input, j.region, j.budget, j.excluded_host_ids, j.created_at,
-           j.attempt, w.slug, w.runtime, w.kind, w.required_ram_mb, w.required_vram_mb,
-           w.required_cpu_cores, w.platforms, w.cold_start_seconds, w.container_image, w.image_digest,
-           w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level,
-           w.price_per_job
-    FROM jobs j JOIN workloads w ON w.id = j.workload_id
-    WHERE {guard_sql(ASSIGN, "j.state")}
-    ORDER BY j.priority + EXTRACT(EPOCH FROM now() - j.created_at) / {rules.AGEING_SECONDS_PER_POINT} DESC,
-             j.created_at
-    LIMIT :limit
-    FOR UPDATE OF j SKIP LOCKED
+    WITH claimed AS MATERIALIZED (
+        SELECT j.id, j.user_id, j.workload_id, j.input, j.region, j.budget, j.excluded_host_ids,
+               j.created_at, j.attempt, w.slug, w.runtime, w.kind, w.required_ram_mb, w.required_vram_mb,
+               w.required_cpu_cores, w.platforms, w.cold_start_seconds, w.container_image, w.image_digest,
+               w.wasm_url, w.wasm_hash, w.model_url, w.model_hash, w.onnx_task_type, w.trust_level,
+               w.price_per_job,
+               j.priority + EXTRACT(EPOCH FROM now() - j.created_at) / {rules.AGEING_SECONDS_PER_POINT}
+                   AS rank
+        FROM jobs j JOIN workloads w ON w.id = j.workload_id
+        WHERE {guard_sql(ASSIGN, "j.state")}
+        ORDER BY rank DESC, j.created_at
+        LIMIT :limit
+        FOR UPDATE OF j SKIP LOCKED
+    ),
+    islands AS MATERIALIZED ({locked_hosts_sql("CAST(:island_ids AS uuid[])")})
+    SELECT claimed.*, ARRAY(SELECT id FROM islands) AS locked_islands
+    FROM claimed
+    ORDER BY claimed.rank DESC, claimed.created_at
     """
 )
 
