@@ -7,12 +7,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.output_check import INCOMPLETE_OUTPUT
 from coordinator.pubsub import Subscription, job_topic
+from coordinator.repo.database import Database
 from tests.stream_support import Stack, finish, job_of, running_job, set_runtime, stream_stack
 
 
@@ -348,3 +351,38 @@ async def test_a_straggler_from_the_island_a_job_was_requeued_away_from_never_jo
     await sink.on_output(second, 2, "", True)
     result = await sink.result(second, 1.0)
     assert (result.output, result.complete) == ("fresh", True)
+
+
+async def test_what_waits_for_the_store_runs_after_a_flush_stored_it_and_not_after_a_failed_one(
+    stack: Stack,
+) -> None:
+    # The output consumer acknowledges a batch so: an unacknowledged chunk is redelivered, a stored one
+    # is never lost.
+    ref = await running_job(stack)
+    sink = stack.accumulator
+    await sink.on_output(ref, 0, "one ", False)
+    seen: list[int] = []
+
+    async def count_stored() -> None:
+        async with stack.runtime.db.read() as session:
+            count = await session.scalar(
+                text("SELECT count(*) FROM job_events WHERE job_id = :id"), {"id": ref.job_id}
+            )
+        seen.append(int(count or 0))
+
+    sink.when_stored(count_stored)
+    buffered = len(sink.pending(ref.job_id))
+    assert seen == [] and buffered > 0
+    database = stack.runtime.db
+    stack.runtime.db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")  # unreachable
+    try:
+        with pytest.raises(OperationalError):
+            await sink.flush()
+    finally:
+        await stack.runtime.db.dispose()
+        stack.runtime.db = database
+    assert seen == []  # not stored: still waiting
+    await sink.flush()
+    assert seen == [buffered]  # ran once its events were stored
+    await sink.flush()
+    assert seen == [buffered]  # and only once

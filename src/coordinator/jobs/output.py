@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,7 @@ class OutputAccumulator:
         self.pubsub = pubsub or runtime.pubsub
         self._streams: dict[uuid.UUID, _Stream] = {}
         self._flush_lock = asyncio.Lock()
+        self._when_stored: list[Callable[[], Awaitable[None]]] = []
         self.wake: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ sink interface
@@ -295,23 +296,45 @@ class OutputAccumulator:
         elif stream.unflushed:
             asyncio.get_running_loop().call_later(FORGET_AFTER_SECONDS, self._forget, stream)
 
+    def when_stored(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` once everything buffered now is stored (after the next flush that succeeds):
+        the output consumer acknowledges its messages so, and a batch shares the gathered flush."""
+        self._when_stored.append(callback)
+        if self.wake is not None:
+            self.wake()
+
     async def flush(self) -> int:
-        """Store every buffered event in one INSERT; returns how many. On error they stay buffered."""
+        """Store every buffered event in one INSERT, then run the `when_stored` callbacks; returns how many
+        events. On error the events stay buffered and the callbacks wait for the next flush."""
         async with self._flush_lock:
-            batch = [(s, list(s.unflushed)) for s in self._streams.values() if s.unflushed]
-            if not batch:
-                return 0
-            events = [e for _, evs in batch for e in evs]
-            params = {
-                "job_ids": [s.ref.job_id for s, evs in batch for _ in evs],
-                "positions": [e.position for e in events],
-                "events": [e.encoded for e in events],
-            }
-            async with self.runtime.db.statement() as session:
-                await session.execute(INSERT_EVENTS_SQL, params)
-            for stream, flushed in batch:
-                del stream.unflushed[: len(flushed)]
-            return len(events)
+            callbacks, self._when_stored = self._when_stored, []
+            try:
+                stored = await self._store()
+            except BaseException:
+                self._when_stored[:0] = callbacks
+                raise
+        for callback in callbacks:
+            try:
+                await callback()
+            except Exception:
+                log.exception("output.stored_callback_failed")
+        return stored
+
+    async def _store(self) -> int:
+        batch = [(s, list(s.unflushed)) for s in self._streams.values() if s.unflushed]
+        if not batch:
+            return 0
+        events = [e for _, evs in batch for e in evs]
+        params = {
+            "job_ids": [s.ref.job_id for s, evs in batch for _ in evs],
+            "positions": [e.position for e in events],
+            "events": [e.encoded for e in events],
+        }
+        async with self.runtime.db.statement() as session:
+            await session.execute(INSERT_EVENTS_SQL, params)
+        for stream, flushed in batch:
+            del stream.unflushed[: len(flushed)]
+        return len(events)
 
 
 async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> list[Event]:

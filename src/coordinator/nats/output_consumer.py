@@ -2,9 +2,10 @@
 replica (issue 18). Island output is a core publish captured by the `JOB_OUTPUT` stream, so chunks sent
 while a coordinator is down, restarting or cut off from PostgreSQL wait in the stream.
 
-A batch is applied (one job's chunks in stream order, different jobs concurrently), then this replica's
-output buffer is flushed to PostgreSQL, and only then is the batch acknowledged: a replica killed before
-the flush leaves its chunks unacknowledged, and they are redelivered (to a restarted or another replica)
+A batch is applied (one job's chunks in stream order, different jobs concurrently) and acknowledged once
+this replica's output buffer has been stored in PostgreSQL by the accumulator's next flush (the batches
+of a gather interval share it; the consumer fetches on meanwhile): a replica killed before the flush
+leaves its chunks unacknowledged, and they are redelivered (to a restarted or another replica)
 after `ack_wait`. A duplicate changes nothing (the assembly drops a seq it has). A malformed message is
 acknowledged, logged and counted; a transient failure is redelivered a bounded number of times."""
 
@@ -93,14 +94,17 @@ class OutputConsumerChild(DurableConsumer):
                     applied.append(msg)
 
         await asyncio.gather(*(in_order(group) for group in by_job(msgs)))
-        if not await self._flush():
+
+        async def acknowledge() -> None:
             for msg in applied:
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=1)
-            return
-        for msg in applied:
-            with contextlib.suppress(Exception):
-                await msg.ack()
+                    await msg.ack()
+
+        accumulator = accumulator_of(self.runtime)
+        if accumulator is None:
+            await acknowledge()
+        else:  # once stored by the accumulator's next (gathered) flush; the next fetch need not wait
+            accumulator.when_stored(acknowledge)
 
     async def _apply(self, msg: Any) -> bool:
         """True once applied (or malformed: nothing to retry); False on a transient failure."""
@@ -114,16 +118,4 @@ class OutputConsumerChild(DurableConsumer):
             except Exception:
                 log.exception("nats.output_failed", subject=msg.subject, delivered=delivered)
                 return delivered >= MAX_DELIVER  # the last delivery is acknowledged: never a poison loop
-        return True
-
-    async def _flush(self) -> bool:
-        """Store what the batch buffered before acknowledging it (False: keep it unacknowledged)."""
-        accumulator = accumulator_of(self.runtime)
-        if accumulator is None:
-            return True
-        try:
-            await accumulator.flush()
-        except Exception:
-            log.exception("nats.output_flush_failed")
-            return False
         return True
