@@ -98,7 +98,9 @@ async def running_job(
 async def assign(stack: Stack, job_id: uuid.UUID, *, start: bool = True) -> JobRef:
     """queued → assigned to the stack's Island (the dispatcher's query), then `started`."""
     async with stack.runtime.db.transaction() as session:
-        ((_, result),) = await lifecycle.assign_in(session, [sql.AssignRow(job_id, stack.host_id, 600)], None)
+        ((_, result),), _ = await lifecycle.assign_in(
+            session, [sql.AssignRow(job_id, stack.host_id, 600)], None
+        )
     await lifecycle.after_commit(stack.runtime, session, [result])
     if start:
         inputs = lifecycle.Inputs(

@@ -70,3 +70,34 @@ async def test_a_pass_places_the_claimed_jobs_by_priority_then_age(runtime: Runt
         # (No bus here: the publish fails and gives the job back, its attempt counted.)
         tried = (await session.execute(text("SELECT id FROM jobs WHERE attempt > 0"))).scalars().all()
     assert tried == [submitted[1].id]  # the older of the two high-priority jobs
+
+
+async def test_a_pass_counts_the_islands_load_only_when_its_view_cannot_place_a_job(
+    runtime: Runtime, nats_url: str
+) -> None:
+    # The view says the Island is full (its job ended on another replica, which consumed the status): the
+    # pass counts under the lock and places the job. A pass its view places costs no count.
+    await seed_cargos(runtime)
+    island = await make_island(runtime, max_concurrent=1, fleet=runtime.fleet)
+    consumer = await make_consumer(runtime)
+    nc = await nats.connect(nats_url)
+    try:
+        await ensure_streams(nc.jetstream(), 1)
+        runtime.bus = NatsJobBus(nc, runtime.base_url)
+        dispatcher = Dispatcher(runtime)
+        await dispatcher.setup()
+        island.reserved = 1
+        await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})
+        with statements_of(runtime) as stale:
+            assert await dispatcher.dispatch_batch() == 1
+        assert [s for s in stale if "count(*)" in s and "GROUP BY" in s], stale
+        assert island.reserved == 1  # the count, with this pass's assignment
+
+        other = await make_island(runtime, max_concurrent=1, fleet=runtime.fleet)
+        await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})
+        with statements_of(runtime) as fresh:
+            assert await dispatcher.dispatch_batch() == 1
+        assert len(fresh) == 2, fresh  # the claim (with the locks) and the assignment (with the count)
+        assert (island.reserved, other.reserved) == (1, 1)
+    finally:
+        await nc.close()

@@ -44,7 +44,10 @@ async def test_every_move_is_refused_from_every_state_it_does_not_start_from(run
                 async with runtime.db.transaction() as session:
                     if move is moves.ASSIGN:
                         row = sql.AssignRow(job.id, island.id, 60, None, Decimal(1))
-                        assert await lifecycle.assign_in(session, [row], None) == [], (move.name, source)
+                        assert await lifecycle.assign_in(session, [row], None) == ([], None), (
+                            move.name,
+                            source,
+                        )
                         continue
                     inputs = lifecycle.Inputs(host_id=host_id, error="x", attempt=1, penalty="lease_expired")
                     result = await lifecycle.transition_in(session, move, job.id, inputs)

@@ -9,8 +9,10 @@ repaired by the start-timeout sweep (the job never reports `started` and is requ
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -133,13 +135,16 @@ class Dispatcher(LoopService):
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, params)).all()
             if not rows:
                 return 0
-            hosts = await self._count_capacity(session, candidates, set(rows[0].locked_islands))
+            locked = set(rows[0].locked_islands)
+            hosts = [h for h in candidates if h.id in locked]
             surge = await self.runtime.surge.current(session)
-            waiting: list[tuple[uuid.UUID, dict[str, Any]]] = []
-            plans = [
-                p for row in rows if (p := await self._plan(session, row, hosts, surge, waiting)) is not None
-            ]
-            assignments = await self._assign(session, plans)
+            plans, waiting = await self._plan_all(session, rows, hosts, surge)
+            if waiting and hosts:
+                # This replica's view of the Islands' load may be behind (their jobs ended on another
+                # replica): count it under the locks and place again.
+                await self._count_capacity(session, hosts)
+                plans, waiting = await self._plan_all(session, rows, hosts, surge)
+            assignments = await self._assign(session, plans, hosts)
             # Every job the claim saw is placed and it saw fewer than it could take: nothing waits now.
             self._looked(empty=len(rows) < self.batch_size and len(assignments) == len(rows))
             if waiting:  # say why the others still wait (client-visible `placement.reason`)
@@ -150,18 +155,26 @@ class Dispatcher(LoopService):
         await lifecycle.after_commit(self.runtime, session, failed)
         return len(assignments)
 
-    async def _count_capacity(
-        self, session: AsyncSession, candidates: list[HostView], locked: set[uuid.UUID]
-    ) -> list[HostView]:
-        """The candidates whose rows the claim locked, each with its count of unfinished jobs as reserved
-        slots (read now, after the locks: what another replica assigned them is committed)."""
-        hosts = [h for h in candidates if h.id in locked]
-        if not hosts:
-            return []
+    async def _count_capacity(self, session: AsyncSession, hosts: list[HostView]) -> None:
+        """Set the locked Islands' reserved slots to their counts of unfinished jobs (read after the locks:
+        what another replica assigned them is committed; what this pass assigned is included)."""
         params = {"ids": [h.id for h in hosts]}
         counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, params)}
         self.fleet.count_reserved(hosts, counts)
-        return hosts
+
+    async def _plan_all(
+        self, session: AsyncSession, rows: Sequence[Any], hosts: list[HostView], surge: Decimal
+    ) -> tuple[list[Plan], list[tuple[uuid.UUID, dict[str, Any]]]]:
+        """The plans of the claimed jobs this pass can place, and why the others wait."""
+        waiting: list[tuple[uuid.UUID, dict[str, Any]]] = []
+        failed = {result.job_id for result in self._failed}  # failed by a first look of this pass
+        plans = [
+            p
+            for row in rows
+            if row.id not in failed
+            and (p := await self._plan(session, row, hosts, surge, waiting)) is not None
+        ]
+        return plans, waiting
 
     async def _plan(
         self,
@@ -196,15 +209,29 @@ class Dispatcher(LoopService):
         if not self.fleet.reserve(host.id):  # it left the fleet view meanwhile: the next pass places the job
             return None
         clearing = rules.clearing_price(host, needs, surge)
-        move = sql.AssignRow(row.id, host.id, lease_seconds, placement.record(clearing), clearing)
+        move = sql.AssignRow(
+            row.id, host.id, lease_seconds, placement.record(clearing), clearing, host.max_concurrent
+        )
         return Plan(move, message)
 
-    async def _assign(self, session: AsyncSession, plans: list[Plan]) -> list[Assignment]:
-        """Every planned move in one guarded UPDATE; the jobs' streams are owned by this replica."""
+    async def _assign(
+        self, session: AsyncSession, plans: list[Plan], hosts: list[HostView]
+    ) -> list[Assignment]:
+        """Every planned move in one guarded UPDATE that also checks each Island's slots against the
+        database (the plans used this replica's view); the jobs' streams are owned by this replica. The
+        locked Islands' reserved slots are the database's count afterwards."""
         if not plans:
             return []
         owner = self.runtime.pubsub.replica_id
-        done = {m.id: (m, r) for m, r in await lifecycle.assign_in(session, [p.move for p in plans], owner)}
+        pairs, active = await lifecycle.assign_in(
+            session, [p.move for p in plans], owner, [h.id for h in hosts]
+        )
+        done = {m.id: (m, r) for m, r in pairs}
+        if active is not None and len(done) == len(plans):
+            planned = collections.Counter(p.move.host_id for p in plans)
+            self.fleet.count_reserved(hosts, {h.id: active.get(h.id, 0) + planned[h.id] for h in hosts})
+        else:  # some found no slot: the view was short of the truth; it is the count now
+            await self._count_capacity(session, hosts)
         assignments = []
         for plan in plans:
             if (found := done.get(plan.move.job_id)) is None:

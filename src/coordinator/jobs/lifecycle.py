@@ -153,12 +153,16 @@ class PgStore:
         ).first()
         return None if row is None else Moved.of(row, _old_state(move, row))
 
-    async def assign_many(self, rows: Sequence[sql.AssignRow], stream_owner: str | None) -> list[Moved]:
-        params = sql.assign_many_params(rows, stream_owner)
-        return [
-            Moved.of(r, moves.ASSIGN.sources[0])
-            for r in await self.session.execute(sql.ASSIGN_MANY_SQL, params)
-        ]
+    async def assign_many(
+        self, rows: Sequence[sql.AssignRow], stream_owner: str | None, islands: Sequence[uuid.UUID] = ()
+    ) -> tuple[list[Moved], dict[uuid.UUID, int] | None]:
+        """The rows assigned, and the Islands' counts of unfinished jobs before (None: nothing assigned)."""
+        params = sql.assign_many_params(rows, stream_owner, islands)
+        result = (await self.session.execute(sql.ASSIGN_MANY_SQL, params)).all()
+        if not result:
+            return [], None
+        active = {uuid.UUID(k): int(v) for k, v in (result[0].active_before or {}).items()}
+        return [Moved.of(r, moves.ASSIGN.sources[0]) for r in result], active
 
     async def settle(self, moved: Moved, karma_success: bool) -> tuple[Decimal, Decimal | None]:
         """The ledger side of the settlement the finish statement recorded: success pays the clearing
@@ -283,11 +287,15 @@ async def close_batch_in(where: AsyncSession | JobStore, step: BatchStep | None)
 
 
 async def assign_in(
-    session: AsyncSession, rows: Sequence[sql.AssignRow], stream_owner: str | None
-) -> list[tuple[Moved, TransitionResult]]:
-    """queued → assigned for a whole dispatch pass in one statement (the hooks run once published)."""
-    assigned = await PgStore(session).assign_many(rows, stream_owner)
-    return [(m, result_of(m, moves.ASSIGN, Inputs(), None)) for m in assigned]
+    session: AsyncSession,
+    rows: Sequence[sql.AssignRow],
+    stream_owner: str | None,
+    islands: Sequence[uuid.UUID] = (),
+) -> tuple[list[tuple[Moved, TransitionResult]], dict[uuid.UUID, int] | None]:
+    """queued → assigned for a whole dispatch pass in one statement (the hooks run once published); with
+    the Islands' counts of unfinished jobs before it (`PgStore.assign_many`)."""
+    assigned, active = await PgStore(session).assign_many(rows, stream_owner, islands)
+    return [(m, result_of(m, moves.ASSIGN, Inputs(), None)) for m in assigned], active
 
 
 async def transition(

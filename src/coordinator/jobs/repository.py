@@ -139,44 +139,69 @@ ACTIVE_PER_HOST_SQL = text(
     """
 )
 
-# queued → assigned: binds the job to an Island with a lease; the attempt counter counts assignments.
+# queued → assigned: binds the job to an Island with a lease; the attempt counter counts assignments. The
+# Islands' rows are locked already (the claim), so this statement sees every assignment another replica
+# committed: it counts each Island's unfinished jobs (`islands`: the pass's locked candidates, returned as
+# `active_before`, JSON of id → count, on every row) and assigns a row only while its Island has a slot
+# (`slots`, NULL: no cap); the pass's other rows stay queued.
 ASSIGN_MANY_SQL = text(
     f"""
+    WITH planned AS (
+        SELECT u.*, row_number() OVER (PARTITION BY u.host_id ORDER BY u.n) AS k
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:host_ids AS uuid[]), CAST(:lease_seconds AS int[]),
+                    CAST(CAST(:placements AS text[]) AS jsonb[]), CAST(:clearing_prices AS numeric[]),
+                    CAST(:slots AS int[]))
+             WITH ORDINALITY AS u(id, host_id, lease_seconds, placement, clearing_price, slots, n)
+    ),
+    active AS (
+        SELECT host_id, count(*) AS n FROM jobs
+        WHERE host_id = ANY(CAST(:islands AS uuid[])) AND {states_sql(LEASED, "state")}
+        GROUP BY host_id
+    ),
+    fits AS (
+        SELECT planned.* FROM planned LEFT JOIN active ON active.host_id = planned.host_id
+        WHERE planned.slots IS NULL OR COALESCE(active.n, 0) + planned.k <= planned.slots
+    )
     UPDATE jobs SET {moves.target_sql(ASSIGN)}, host_id = a.host_id, attempt = jobs.attempt + 1,
            assigned_at = now(),
            lease_expires_at = now() + make_interval(secs => a.lease_seconds), placement = a.placement,
            clearing_price = a.clearing_price, updated_at = now(),
            stream_owner = COALESCE(jobs.stream_owner, CAST(:stream_owner AS text))
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:host_ids AS uuid[]), CAST(:lease_seconds AS int[]),
-                CAST(CAST(:placements AS text[]) AS jsonb[]), CAST(:clearing_prices AS numeric[]))
-         AS a(id, host_id, lease_seconds, placement, clearing_price)
+    FROM fits AS a
     WHERE jobs.id = a.id AND {guard_sql(ASSIGN)}
     """
     + RETURNING
-    + f", jobs.stream_owner, {prompt_chars_sql('jobs')} AS prompt_chars"
+    + f", jobs.stream_owner, {prompt_chars_sql('jobs')} AS prompt_chars,"
+    + " (SELECT json_object_agg(host_id, n) FROM active) AS active_before"
 )
 
 
 @dataclass(frozen=True)
 class AssignRow:
-    """One queued → assigned move of `ASSIGN_MANY_SQL`."""
+    """One queued → assigned move of `ASSIGN_MANY_SQL`; `slots`: the Island's capacity (None: no cap)."""
 
     job_id: uuid.UUID
     host_id: uuid.UUID
     lease_seconds: int
     placement: dict[str, Any] | None = None
     clearing_price: Decimal | None = None
+    slots: int | None = None
 
 
-def assign_many_params(rows: Sequence[AssignRow], stream_owner: str | None) -> dict[str, Any]:
+def assign_many_params(
+    rows: Sequence[AssignRow], stream_owner: str | None, islands: Sequence[uuid.UUID] = ()
+) -> dict[str, Any]:
     """The parameters of `ASSIGN_MANY_SQL`: the whole dispatch pass in one statement. The stream owner (the
-    replica that will produce the jobs' events) is kept if the job already has one (a retry)."""
+    replica that will produce the jobs' events) is kept if the job already has one (a retry). `islands`:
+    whose unfinished jobs to count (the rows' own Islands are always counted)."""
     return {
         "ids": [r.job_id for r in rows],
         "host_ids": [r.host_id for r in rows],
         "lease_seconds": [r.lease_seconds for r in rows],
         "placements": [None if r.placement is None else json.dumps(r.placement) for r in rows],
         "clearing_prices": [r.clearing_price for r in rows],
+        "slots": [r.slots for r in rows],
+        "islands": list({*islands, *(r.host_id for r in rows)}),
         "stream_owner": stream_owner,
     }
 
