@@ -20,6 +20,8 @@ from coordinator.telemetry import metrics
 log = structlog.get_logger(__name__)
 
 # Upsert a batch of heartbeats (a JSON array, one row per Island); older beats never overwrite newer ones.
+# The rows are written in id order, the order every transaction locking several Islands takes them in
+# (in arrival order the upsert deadlocked now and then with a dispatch pass holding Island locks).
 FLUSH_HEARTBEATS_SQL = text(
     """
     INSERT INTO hosts AS h (id, status, approved, agent_version, supported_runtimes, max_concurrent,
@@ -31,6 +33,7 @@ FLUSH_HEARTBEATS_SQL = text(
     FROM jsonb_to_recordset(CAST(:batch AS jsonb)) AS b(
         id uuid, at double precision, agent_version text, supported_runtimes text[], max_concurrent int,
         active_jobs int, warm_workload_ids text[], asking_prices jsonb, raw text, rtt_ms double precision)
+    ORDER BY b.id
     ON CONFLICT (id) DO UPDATE SET
         agent_version = EXCLUDED.agent_version, supported_runtimes = EXCLUDED.supported_runtimes,
         max_concurrent = EXCLUDED.max_concurrent, active_jobs = EXCLUDED.active_jobs,
@@ -89,7 +92,7 @@ class HeartbeatFlusher(LoopService):
         status, approved = rules.initial_status(self.approval_required)
         started = time.perf_counter()
         try:
-            async with self.db.transaction() as session:
+            async with self.db.statement() as session:  # one statement: atomic by itself
                 await session.execute(
                     FLUSH_HEARTBEATS_SQL,
                     {
