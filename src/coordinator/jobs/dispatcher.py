@@ -139,10 +139,9 @@ class Dispatcher(LoopService):
             hosts = [h for h in candidates if h.id in locked]
             surge = await self.runtime.surge.current(session)
             plans, waiting = await self._plan_all(session, rows, hosts, surge)
-            if waiting and hosts:
-                # This replica's view of the Islands' load may be behind (their jobs ended on another
-                # replica): count it under the locks and place again.
-                await self._count_capacity(session, hosts)
+            if waiting and hosts and not await self._view_was_right(session, hosts, plans):
+                # This replica's view of the Islands' load was behind (their jobs ended on another
+                # replica): it is the count now; place again.
                 plans, waiting = await self._plan_all(session, rows, hosts, surge)
             assignments = await self._assign(session, plans, hosts)
             # Every job the claim saw is placed and it saw fewer than it could take: nothing waits now.
@@ -155,12 +154,25 @@ class Dispatcher(LoopService):
         await lifecycle.after_commit(self.runtime, session, failed)
         return len(assignments)
 
-    async def _count_capacity(self, session: AsyncSession, hosts: list[HostView]) -> None:
-        """Set the locked Islands' reserved slots to their counts of unfinished jobs (read after the locks:
-        what another replica assigned them is committed; what this pass assigned is included)."""
+    async def _active_counts(self, session: AsyncSession, hosts: list[HostView]) -> dict[uuid.UUID, int]:
+        """The locked Islands' counts of unfinished jobs (read after the locks: what another replica
+        assigned them is committed; what this pass assigned is included)."""
         params = {"ids": [h.id for h in hosts]}
-        counts = {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, params)}
+        return {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, params)}
+
+    async def _count_capacity(self, session: AsyncSession, hosts: list[HostView]) -> None:
+        """Set the locked Islands' reserved slots to their counts of unfinished jobs."""
+        self.fleet.count_reserved(hosts, await self._active_counts(session, hosts))
+
+    async def _view_was_right(self, session: AsyncSession, hosts: list[HostView], plans: list[Plan]) -> bool:
+        """Whether the Islands' reserved slots, this pass's plans included, match the database's count;
+        if not, they are set to the count (the plans undone)."""
+        counts = await self._active_counts(session, hosts)
+        planned = collections.Counter(p.move.host_id for p in plans)
+        if all(h.reserved == counts.get(h.id, 0) + planned[h.id] for h in hosts):
+            return True
         self.fleet.count_reserved(hosts, counts)
+        return False
 
     async def _plan_all(
         self, session: AsyncSession, rows: Sequence[Any], hosts: list[HostView], surge: Decimal
