@@ -7,9 +7,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
+
+from coordinator.telemetry import context
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -37,7 +38,7 @@ async def scrape(http: httpx.AsyncClient, **headers: str) -> Samples:
 @contextmanager
 def captured_logs() -> Iterator[list[dict[str, Any]]]:
     """Every structlog line emitted in the block, with the bound correlation ids merged in."""
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[context.merge_ids]) as logs:
         yield logs
 
 

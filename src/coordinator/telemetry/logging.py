@@ -8,6 +8,8 @@ from typing import TextIO
 
 import structlog
 
+from coordinator.telemetry import context
+
 
 def configure_logging(
     level: str = "INFO", fmt: str = "auto", *, dev: bool = False, stream: TextIO | None = None
@@ -16,7 +18,7 @@ def configure_logging(
     `telemetry.context` are merged into every line, ours and libraries' alike."""
     use_json = fmt == "json" or (fmt == "auto" and not dev)
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+        context.merge_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.add_logger_name,
