@@ -129,7 +129,9 @@ def statements_of(runtime: Runtime) -> Iterator[list[str]]:
         seen.append(statement)
 
     event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    runtime.db.raw_observers.append(seen.append)
     try:
         yield seen
     finally:
         event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+        runtime.db.raw_observers.remove(seen.append)

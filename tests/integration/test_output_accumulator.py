@@ -374,7 +374,9 @@ async def test_what_waits_for_the_store_runs_after_a_flush_stored_it_and_not_aft
     buffered = len(sink.pending(ref.job_id))
     assert seen == [] and buffered > 0
     database = stack.runtime.db
-    stack.runtime.db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")  # unreachable
+    stack.runtime.db = Database(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", raw_timeout=0.5
+    )  # unreachable
     try:
         with pytest.raises(OperationalError):
             await sink.flush()

@@ -25,10 +25,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
+from coordinator.repo import raw
 from coordinator.repo.base import utcnow
 
 if TYPE_CHECKING:
@@ -107,15 +106,15 @@ def evict_on_commit(
     session.info.setdefault(_PENDING, []).append(Eviction(user_id=user_id, key_id=key_id))
 
 
-@event.listens_for(Session, "after_commit")
-def _committed(session: Session) -> None:
-    pending: list[Eviction] = session.info.pop(_PENDING, [])
-    cache: Any = session.info.get(CACHE_INFO)
+@raw.on_commit
+def _committed(info: raw.Info) -> None:
+    pending: list[Eviction] = info.pop(_PENDING, [])
+    cache: Any = info.get(CACHE_INFO)
     if isinstance(cache, PrincipalCache):
         for eviction in pending:
             cache.evict(eviction)
 
 
-@event.listens_for(Session, "after_rollback")
-def _rolled_back(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@raw.on_rollback
+def _rolled_back(info: raw.Info) -> None:
+    info.pop(_PENDING, None)

@@ -6,10 +6,10 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy import text
 
+from coordinator.repo import raw
+from coordinator.repo.raw import Sql
 from coordinator.telemetry import metrics
 
 # Locks a balance row for a credit, before `CREDIT_SQL` (see `credit`). FOR NO KEY UPDATE is the mode an
@@ -62,24 +62,24 @@ DEBIT_SQL = text(
 _UNCOMMITTED = "ledger_uncommitted_moves"
 
 
-def count_on_commit(session: AsyncSession, type: str, amount: Decimal) -> None:
+def count_on_commit(session: Sql, type: str, amount: Decimal) -> None:
     """Count a movement in `credits_moved` once its transaction commits (a rollback forgets it)."""
     session.info.setdefault(_UNCOMMITTED, []).append((type, amount))
 
 
-@event.listens_for(Session, "after_commit")
-def _committed(session: Session) -> None:
-    for type, amount in session.info.pop(_UNCOMMITTED, ()):
+@raw.on_commit
+def _committed(info: raw.Info) -> None:
+    for type, amount in info.pop(_UNCOMMITTED, ()):
         metrics.credits_moved.labels(type=type).inc(float(abs(amount)))
 
 
-@event.listens_for(Session, "after_rollback")
-def _rolled_back(session: Session) -> None:
-    session.info.pop(_UNCOMMITTED, None)
+@raw.on_rollback
+def _rolled_back(info: raw.Info) -> None:
+    info.pop(_UNCOMMITTED, None)
 
 
 async def credit(
-    session: AsyncSession,
+    session: Sql,
     user_id: int,
     amount: Decimal,
     *,
@@ -115,7 +115,7 @@ async def credit(
 
 
 async def debit(
-    session: AsyncSession,
+    session: Sql,
     user_id: int,
     amount: Decimal,
     *,
@@ -144,7 +144,7 @@ async def debit(
     return Decimal(row[0])
 
 
-async def grant(session: AsyncSession, user_id: int, amount: Decimal, description: str) -> Decimal | None:
+async def grant(session: Sql, user_id: int, amount: Decimal, description: str) -> Decimal | None:
     return await credit(session, user_id, amount, type="grant", description=description)
 
 
@@ -160,7 +160,7 @@ RECONCILE_SQL = text(
 )
 
 
-async def unreconciled_users(session: AsyncSession) -> list[tuple[int, Decimal, Decimal]]:
+async def unreconciled_users(session: Sql) -> list[tuple[int, Decimal, Decimal]]:
     rows = (await session.execute(RECONCILE_SQL)).all()
     return [(int(r[0]), Decimal(r[1]), Decimal(r[2])) for r in rows]
 
@@ -192,6 +192,6 @@ class LedgerTotals:
         return self.grants + self.other - self.charges + self.refunds - self.balances
 
 
-async def ledger_totals(session: AsyncSession) -> LedgerTotals:
+async def ledger_totals(session: Sql) -> LedgerTotals:
     row = (await session.execute(LEDGER_TOTALS_SQL)).one()
     return LedgerTotals(*(Decimal(v) for v in row))

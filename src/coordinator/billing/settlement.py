@@ -13,10 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import ledger
 from coordinator.karma import service as karma
+from coordinator.repo.raw import Sql
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ SETTLE_SUCCESS_KARMA_SQL = text(
 
 
 async def settle_success(
-    session: AsyncSession,
+    session: Sql,
     *,
     job_id: uuid.UUID,
     user_id: int,
@@ -126,7 +126,7 @@ async def settle_success(
 
 
 async def refund_in_full(
-    session: AsyncSession,
+    session: Sql,
     *,
     job_id: uuid.UUID,
     user_id: int,

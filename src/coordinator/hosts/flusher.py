@@ -92,7 +92,7 @@ class HeartbeatFlusher(LoopService):
         status, approved = rules.initial_status(self.approval_required)
         started = time.perf_counter()
         try:
-            async with self.db.statement() as session:  # one statement: atomic by itself
+            async with self.db.raw_statement() as session:  # one statement: atomic by itself
                 await session.execute(
                     FLUSH_HEARTBEATS_SQL,
                     {

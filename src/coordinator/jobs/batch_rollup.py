@@ -12,10 +12,10 @@ import uuid
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.jobs import rules
 from coordinator.jobs.batch_rules import BatchSpec, BatchStep, children_of, next_step
+from coordinator.repo.raw import Sql
 
 # Serialises every decision about one batch (release, finish) across replicas.
 LOCK_PARENT_SQL = text(
@@ -34,7 +34,7 @@ SAVE_CONFIG_SQL = text("UPDATE jobs SET batch_config = :config WHERE id = :id").
 )
 
 
-async def child_ended(session: AsyncSession, parent_id: uuid.UUID) -> BatchStep | None:
+async def child_ended(session: Sql, parent_id: uuid.UUID) -> BatchStep | None:
     """A child of `parent_id` just ended in this transaction: the batch's next step (None once the
     parent is closed)."""
     parent = (await session.execute(LOCK_PARENT_SQL, {"id": parent_id})).first()
@@ -47,7 +47,7 @@ async def child_ended(session: AsyncSession, parent_id: uuid.UUID) -> BatchStep 
     return step
 
 
-async def parent_cancelled(session: AsyncSession, parent_id: uuid.UUID) -> BatchStep | None:
+async def parent_cancelled(session: Sql, parent_id: uuid.UUID) -> BatchStep | None:
     """The batch parent was just cancelled in this transaction: drop its waiting inputs; its unfinished
     children are cancelled after commit."""
     parent = (await session.execute(LOCK_PARENT_SQL, {"id": parent_id})).first()

@@ -19,7 +19,6 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.hosts import service as host_service
 from coordinator.hosts.fleet import FleetView, HostView
@@ -31,6 +30,7 @@ from coordinator.jobs.hooks import TransitionResult
 from coordinator.loops import LoopService
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.messages import AssignJob
+from coordinator.repo.raw import Sql
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 
@@ -124,20 +124,21 @@ class Dispatcher(LoopService):
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
         if self._queue != QUEUE_ENTERED:
-            async with self.runtime.db.read() as session:
-                self._looked(empty=not await session.scalar(sql.ANY_QUEUED_SQL))
+            async with self.runtime.db.raw_statement() as session:
+                self._looked(empty=(await session.execute(sql.ANY_QUEUED_SQL)).scalar() is not True)
             if self._queue == QUEUE_EMPTY:
                 return 0
         self._queue = QUEUE_UNKNOWN
         candidates = self.fleet.candidates()
-        async with self.runtime.db.transaction() as session:
+        async with self.runtime.db.read() as read:  # no connection while the factor is cached
+            surge = await self.runtime.surge.current(read)
+        async with self.runtime.db.raw_transaction() as session:
             params = {"limit": self.batch_size, "island_ids": [h.id for h in candidates]}
             rows = (await session.execute(sql.CLAIM_QUEUED_SQL, params)).all()
             if not rows:
                 return 0
             locked = set(rows[0].locked_islands)
             hosts = [h for h in candidates if h.id in locked]
-            surge = await self.runtime.surge.current(session)
             plans, waiting = await self._plan_all(session, rows, hosts, surge)
             if waiting and hosts and not await self._view_was_right(session, hosts, plans):
                 # This replica's view of the Islands' load was behind (their jobs ended on another
@@ -154,17 +155,17 @@ class Dispatcher(LoopService):
         await lifecycle.after_commit(self.runtime, session, failed)
         return len(assignments)
 
-    async def _active_counts(self, session: AsyncSession, hosts: list[HostView]) -> dict[uuid.UUID, int]:
+    async def _active_counts(self, session: Sql, hosts: list[HostView]) -> dict[uuid.UUID, int]:
         """The locked Islands' counts of unfinished jobs (read after the locks: what another replica
         assigned them is committed; what this pass assigned is included)."""
         params = {"ids": [h.id for h in hosts]}
         return {row[0]: int(row[1]) for row in await session.execute(sql.ACTIVE_PER_HOST_SQL, params)}
 
-    async def _count_capacity(self, session: AsyncSession, hosts: list[HostView]) -> None:
+    async def _count_capacity(self, session: Sql, hosts: list[HostView]) -> None:
         """Set the locked Islands' reserved slots to their counts of unfinished jobs."""
         self.fleet.count_reserved(hosts, await self._active_counts(session, hosts))
 
-    async def _view_was_right(self, session: AsyncSession, hosts: list[HostView], plans: list[Plan]) -> bool:
+    async def _view_was_right(self, session: Sql, hosts: list[HostView], plans: list[Plan]) -> bool:
         """Whether the Islands' reserved slots, this pass's plans included, match the database's count;
         if not, they are set to the count (the plans undone)."""
         counts = await self._active_counts(session, hosts)
@@ -175,7 +176,7 @@ class Dispatcher(LoopService):
         return False
 
     async def _plan_all(
-        self, session: AsyncSession, rows: Sequence[Any], hosts: list[HostView], surge: Decimal
+        self, session: Sql, rows: Sequence[Any], hosts: list[HostView], surge: Decimal
     ) -> tuple[list[Plan], list[tuple[uuid.UUID, dict[str, Any]]]]:
         """The plans of the claimed jobs this pass can place, and why the others wait."""
         waiting: list[tuple[uuid.UUID, dict[str, Any]]] = []
@@ -190,7 +191,7 @@ class Dispatcher(LoopService):
 
     async def _plan(
         self,
-        session: AsyncSession,
+        session: Sql,
         row: Any,
         hosts: list[HostView],
         surge: Decimal,
@@ -226,9 +227,7 @@ class Dispatcher(LoopService):
         )
         return Plan(move, message)
 
-    async def _assign(
-        self, session: AsyncSession, plans: list[Plan], hosts: list[HostView]
-    ) -> list[Assignment]:
+    async def _assign(self, session: Sql, plans: list[Plan], hosts: list[HostView]) -> list[Assignment]:
         """Every planned move in one guarded UPDATE that also checks each Island's slots against the
         database (the plans used this replica's view); the jobs' streams are owned by this replica. The
         locked Islands' reserved slots are the database's count afterwards."""
@@ -262,7 +261,7 @@ class Dispatcher(LoopService):
             )
         return assignments
 
-    async def _undispatchable(self, session: AsyncSession, job_id: uuid.UUID, reason: str) -> None:
+    async def _undispatchable(self, session: Sql, job_id: uuid.UUID, reason: str) -> None:
         """A Cargo no AssignJob can express (no image, no module): fail the job now, with a refund."""
         log.error("dispatcher.undispatchable", job_id=str(job_id), reason=reason)
         inputs = lifecycle.Inputs(error=f"Cargo cannot be dispatched: {reason}")

@@ -76,7 +76,7 @@ class JobIntake:
             return known.ref
         row = None
         if parsed is not None:
-            async with self.runtime.db.read() as session:
+            async with self.runtime.db.raw_statement() as session:
                 row = (await session.execute(sql.JOB_FOR_MESSAGE_SQL, {"id": parsed})).first()
         if row is not None and row.host_id == host_id:
             ref = JobRef(
@@ -122,7 +122,7 @@ class JobIntake:
         if seconds is None and now - known.extended < EXTEND_EVERY_SECONDS:
             return
         known.extended = now
-        async with self.runtime.db.statement() as session:
+        async with self.runtime.db.raw_statement() as session:
             await session.execute(
                 sql.EXTEND_LEASE_SQL,
                 {

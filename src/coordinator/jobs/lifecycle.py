@@ -26,6 +26,7 @@ from coordinator.jobs.batch_rules import BatchStep
 from coordinator.jobs.hooks import TransitionResult
 from coordinator.jobs.moves import Move
 from coordinator.karma import service as karma
+from coordinator.repo.raw import RawSession, Sql
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context
 
@@ -126,7 +127,7 @@ def _old_state(move: Move, row: Any) -> str | None:
 class PgStore:
     """`JobStore` on PostgreSQL: the named SQL of `jobs/repository.py` inside the caller's session."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Sql) -> None:
         self.session = session
 
     async def apply(self, move: Move, job_id: uuid.UUID, inputs: Inputs) -> Moved | None:
@@ -210,8 +211,8 @@ class PgStore:
         return None
 
 
-def store_of(where: AsyncSession | JobStore) -> JobStore:
-    return PgStore(where) if isinstance(where, AsyncSession) else where
+def store_of(where: Sql | JobStore) -> JobStore:
+    return PgStore(where) if isinstance(where, AsyncSession | RawSession) else where
 
 
 def result_of(
@@ -257,7 +258,7 @@ def released_island(move: Move, moved: Moved, inputs: Inputs) -> uuid.UUID | Non
 
 
 async def transition_in(
-    where: AsyncSession | JobStore, move: Move, job_id: uuid.UUID, inputs: Inputs = Inputs()
+    where: Sql | JobStore, move: Move, job_id: uuid.UUID, inputs: Inputs = Inputs()
 ) -> TransitionResult | None:
     """Apply `move` inside the caller's transaction: the guarded UPDATE, then the move's effects.
     None when the guard refused (already moved, another Island's, unknown job): nothing changed."""
@@ -277,7 +278,7 @@ async def transition_in(
     return result_of(moved, move, inputs, released, paid, balance, step, then)
 
 
-async def close_batch_in(where: AsyncSession | JobStore, step: BatchStep | None) -> TransitionResult | None:
+async def close_batch_in(where: Sql | JobStore, step: BatchStep | None) -> TransitionResult | None:
     """Close a batch parent when its roll-up step says so (in the caller's transaction)."""
     if step is None or step.close is None:
         return None
@@ -287,7 +288,7 @@ async def close_batch_in(where: AsyncSession | JobStore, step: BatchStep | None)
 
 
 async def assign_in(
-    session: AsyncSession,
+    session: Sql,
     rows: Sequence[sql.AssignRow],
     stream_owner: str | None,
     islands: Sequence[uuid.UUID] = (),
@@ -304,7 +305,7 @@ async def transition(
     """Apply `move` in its own transaction (a one-statement move: that statement), commit, then run its
     hooks."""
     db = runtime.db
-    async with db.statement() if move.one_statement else db.transaction() as session:
+    async with db.raw_statement() if move.one_statement else db.raw_transaction() as session:
         result = await transition_in(session, move, job_id, inputs)
     await after_commit(runtime, session, [] if result is None else [result])
     return result
@@ -335,9 +336,7 @@ def submitted(
     )
 
 
-async def after_commit(
-    runtime: Runtime, session: AsyncSession | None, results: Iterable[TransitionResult]
-) -> None:
+async def after_commit(runtime: Runtime, session: Sql | None, results: Iterable[TransitionResult]) -> None:
     """Once the moves committed: new karma into the fleet view, then each move's declared hooks."""
     if session is not None:
         apply_karma(runtime, session)
@@ -370,9 +369,7 @@ async def _run_hook(name: str, hook: Any, result: TransitionResult) -> None:
 # ---------------------------------------------------------------- karma outside a move, and after commit
 
 
-async def penalize_in(
-    session: AsyncSession, host_id: uuid.UUID, event_type: str, job_id: uuid.UUID | None
-) -> None:
+async def penalize_in(session: Sql, host_id: uuid.UUID, event_type: str, job_id: uuid.UUID | None) -> None:
     """Take karma from an Island by the karma rules (lease_expired −2, timeout −1, job_failed −1,
     impersonation −5 + review flag); an unknown Island changes nothing."""
     try:
@@ -382,13 +379,13 @@ async def penalize_in(
     karma_changes(session).append(change)
 
 
-def karma_changes(session: AsyncSession) -> list[karma.KarmaChange]:
+def karma_changes(session: Sql) -> list[karma.KarmaChange]:
     """Karma changes made in this session's transaction, for the fleet view after commit."""
     changes: list[karma.KarmaChange] = session.info.setdefault("karma_changes", [])
     return changes
 
 
-def apply_karma(runtime: Runtime, session: AsyncSession) -> None:
+def apply_karma(runtime: Runtime, session: Sql) -> None:
     """After commit: copy the transaction's new karma balances into the fleet view (placement scores them)."""
     for change in session.info.pop("karma_changes", []):
         view = runtime.fleet.get(change.host_id)

@@ -330,7 +330,7 @@ class OutputAccumulator:
             "positions": [e.position for e in events],
             "events": [e.encoded for e in events],
         }
-        async with self.runtime.db.statement() as session:
+        async with self.runtime.db.raw_statement() as session:
             await session.execute(INSERT_EVENTS_SQL, params)
         for stream, flushed in batch:
             del stream.unflushed[: len(flushed)]

@@ -173,7 +173,7 @@ async def submit(
                 raise
             cargo = None  # a refusal is never made on a cached copy alone
             continue
-        async with runtime.db.statement() as session:
+        async with runtime.db.raw_statement() as session:
             row = (
                 await session.execute(
                     sql.SUBMIT_SQL,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coordinator.config import Settings
 from coordinator.errors import NotFound
 from coordinator.karma.rules import FLAGGING_EVENTS, PENALTIES, KarmaPolicy, KarmaState, apply_success
+from coordinator.repo.raw import Sql
 
 
 def locked_karma_sql(host_id: str, job_id: str, event_type: str) -> str:
@@ -103,9 +104,7 @@ def _policy(state: Mapping[str, Any], defaults: KarmaPolicy) -> KarmaPolicy:
     )
 
 
-async def _lock(
-    session: AsyncSession, host_id: uuid.UUID, job_id: uuid.UUID | None, event: str
-) -> Mapping[str, Any]:
+async def _lock(session: Sql, host_id: uuid.UUID, job_id: uuid.UUID | None, event: str) -> Mapping[str, Any]:
     """The Island's karma state (`locked_karma_sql`), its row locked; `duplicate` when this job's `event`
     is recorded already (a NULL job never is)."""
     params = {"host_id": host_id, "job_id": job_id, "event_type": event}
@@ -130,7 +129,7 @@ def _write_params(
 
 
 async def _write(
-    session: AsyncSession,
+    session: Sql,
     host_id: uuid.UUID,
     job_id: uuid.UUID | None,
     event_type: str,
@@ -160,7 +159,7 @@ def success_write(
 
 
 async def record_success(
-    session: AsyncSession,
+    session: Sql,
     host_id: uuid.UUID,
     job_id: uuid.UUID | None,
     duration_seconds: float,
@@ -177,7 +176,7 @@ async def record_success(
 
 
 async def penalize(
-    session: AsyncSession,
+    session: Sql,
     host_id: uuid.UUID,
     event_type: str,
     delta: int | None = None,
