@@ -131,6 +131,12 @@ async def test_the_same_island_lifecycle_holds_over_both_transports(
     try:
         await link.send("register", register_payload(link.host_id))
         await link.send("heartbeat", heartbeat_payload(link.host_id))
+
+        async def beat_applied() -> bool:  # a NATS publish has no answer; a channel push has one
+            view = coordinator.fleet.get(link.host_id)
+            return view is not None and "container" in view.supported_runtimes
+
+        await eventually(beat_applied)
         job_id = await submit(http, consumer)
         async with coordinator.db.transaction() as session:  # one more minute of work earns 1 karma
             await session.execute(
