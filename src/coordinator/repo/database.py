@@ -77,6 +77,7 @@ class Database:
                 open=False,
             )
             await pool.open(wait=False)
+            metrics.db_pool_capacity.inc(self._raw_size)
         try:
             conn = await pool.getconn()
         except PoolTimeout as error:
@@ -119,5 +120,6 @@ class Database:
     async def dispose(self) -> None:
         pool, self._raw_pool = self._raw_pool, None
         if pool is not None:
+            metrics.db_pool_capacity.dec(self._raw_size)
             await pool.close()
         await self.engine.dispose()
