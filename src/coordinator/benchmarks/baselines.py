@@ -288,15 +288,26 @@ async def baseline_sse(env: BenchEnv) -> Result:
                     break
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
-            for clients, events in ((100, 200 if env.quick else 1000), (1000, 20 if env.quick else 100)):
+            # (label, clients, events, seconds between events): the bursts and the paced run of
+            # `sse_streaming`, through the same clients, so its latency is read beside this one's.
+            runs = (
+                ("c100", 100, 200 if env.quick else 1000, 0.0),
+                ("c1000", 1000, 20 if env.quick else 100, 0.0),
+                ("paced_c100", 100, 50 if env.quick else 300, 0.01),
+            )
+            for label, clients, events, pace in runs:
 
-                async def publish(n: int, client: httpx.AsyncClient = client) -> None:
-                    await client.post("/publish", params={"n": n}, timeout=120)
+                async def publish(n: int, client: httpx.AsyncClient = client, pace: float = pace) -> None:
+                    await client.post("/publish", params={"n": n, "pace": pace}, timeout=120)
 
-                result = await run_sse_fanout("127.0.0.1", port, "/stream", clients, events, publish)
+                result = await run_sse_fanout(
+                    "127.0.0.1", port, "/stream", clients, events, publish, sample_every=1 if pace else None
+                )
                 for key, value in result.items():
-                    metrics[f"c{clients}_{key}"] = value
+                    metrics[f"{label}_{key}"] = value
     finally:
         proc.terminate()
         proc.wait(10)
-    return Result("baseline_sse", {"fanouts": "100 clients and 1,000 clients"}, metrics)
+    return Result(
+        "baseline_sse", {"fanouts": "100 clients and 1,000 clients; 100 clients at 100 events/s"}, metrics
+    )

@@ -1,7 +1,7 @@
 """A bare Starlette SSE broadcaster (the baseline our streaming path is compared with).
 
 Run as `python -m coordinator.benchmarks.sse_server PORT`; clients GET /stream, then POST /publish?n=N
-sends N events to every connected client as fast as the loop allows."""
+sends N events to every connected client as fast as the loop allows (`&pace=S`: one every S seconds)."""
 
 from __future__ import annotations
 
@@ -36,11 +36,14 @@ async def stream(request: Request) -> StreamingResponse:
 
 async def publish(request: Request) -> JSONResponse:
     n = int(request.query_params.get("n", "100"))
+    pace = float(request.query_params.get("pace", "0"))
     for i in range(n):
         frame = f'data: {{"type":"token","content":"tok{i}","t":{time.time()}}}\n\n'.encode()
         for queue in clients:
             queue.put_nowait(frame)
-        if i % 50 == 0:
+        if pace:
+            await asyncio.sleep(pace)
+        elif i % 50 == 0:
             await asyncio.sleep(0)
     return JSONResponse({"clients": len(clients), "events": n})
 
