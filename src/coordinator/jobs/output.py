@@ -197,6 +197,12 @@ class OutputAccumulator:
 
     # ------------------------------------------------------------ replay
 
+    def produces(self, job_id: uuid.UUID) -> bool:
+        """Whether this replica is making the job's events now (its stream is here, unfinished): then a
+        subscriber has each one, queued if published after it subscribed, else in `replay`."""
+        stream = self._streams.get(job_id)
+        return stream is not None and not stream.finalized
+
     def pending(self, job_id: uuid.UUID, after: int = 0) -> list[Event]:
         """Events not yet known to be stored (read this BEFORE the table, see `replay`)."""
         stream = self._streams.get(job_id)

@@ -119,8 +119,11 @@ async def job_event_batches(
 
     Subscribe first, then replay, then skip live positions already replayed; a live position that jumps
     ahead is filled from the store. Events another replica published before this subscription existed
-    but stored only after the replay are caught up shortly after connecting and on every quiet tick."""
+    but stored only after the replay are caught up shortly after connecting and on every quiet tick;
+    when this replica makes the job's events there is nothing to catch up, and the first quiet tick is
+    the keep-alive (a crowd connecting to a live job re-reads nothing as its tokens start)."""
     hub = runtime.pubsub
+    accumulator = accumulator_of(runtime)
     keepalive = runtime.settings.sse_keepalive_seconds
     catch_up = min(keepalive, max(0.05, runtime.settings.output_flush_interval_seconds * 5))
     cursor = _Cursor(runtime, job_id, after)
@@ -128,7 +131,8 @@ async def job_event_batches(
     while True:
         sub = hub.subscribe(job_topic(job_id))
         try:
-            wait = catch_up
+            local = accumulator is not None and accumulator.produces(job_id)
+            wait = keepalive if local else catch_up
             while True:
                 if batch := await cursor.replayed():
                     yield batch
