@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_asyncio
 
 from coordinator.jobs.events import JobRef
+from coordinator.jobs.output import OutputAccumulator
+from coordinator.pubsub import PubSub
 from coordinator.web.sse import job_event_batches
 from tests.factories import make_consumer
 from tests.job_support import statements_of
@@ -195,12 +198,19 @@ async def test_a_stream_this_replica_makes_is_not_read_again_after_connecting(da
 async def test_a_stream_made_elsewhere_is_caught_up_from_the_store_shortly_after_connecting(
     database_url: str,
 ) -> None:
-    """Events another replica published before the subscription and stored after the replay reach the
-    client through the catch-up read, a moment after connecting (not at the keep-alive)."""
+    """An event another replica stored after this connection's replay, published where it could not hear
+    it, reaches the client through the catch-up read a moment after connecting (not at the keep-alive)."""
     async with stream_stack(database_url, sse_keepalive_seconds=5.0) as quiet:
         ref = await running_job(quiet)
         await quiet.accumulator.flush()  # stored, nothing buffered: the stream may be forgotten
         assert quiet.accumulator.sweep_idle(idle_seconds=-1) == 1  # its events are made elsewhere now
         assert not quiet.accumulator.produces(ref.job_id)
-        reads = await _reads_while_quiet(quiet, ref, 0.5)
-        assert any("FROM job_events" in s for s in reads)
+        other = OutputAccumulator(quiet.runtime, PubSub())  # another replica's: a hub of its own, no bridge
+        batches = job_event_batches(quiet.runtime, ref.job_id, maybe_terminal=False)
+        assert [e.payload["type"] for e in await anext(batches)] == ["status", "status"]
+        nxt = asyncio.ensure_future(anext(batches))
+        await other.on_output(dataclasses.replace(ref, new_stream=False), 1, "Hi", False)
+        await other.flush()
+        batch = await asyncio.wait_for(nxt, 2.0)  # the keep-alive is 5 s away
+        assert [(e.payload["type"], e.payload.get("content")) for e in batch] == [("token", "Hi")]
+        await batches.aclose()
