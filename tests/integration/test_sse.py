@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest_asyncio
 
 from coordinator.jobs.events import JobRef
 from coordinator.jobs.output import OutputAccumulator
-from coordinator.pubsub import PubSub
+from coordinator.pubsub import Event, PubSub
 from coordinator.web.sse import job_event_batches
 from tests.factories import make_consumer
 from tests.job_support import statements_of
@@ -169,30 +169,30 @@ async def test_many_concurrent_streams_each_get_every_event_once_in_order(stack:
         assert events[-1]["type"] == "done"
 
 
-async def _reads_while_quiet(stack: Stack, ref: JobRef, seconds: float) -> list[str]:
-    """The reads one connection's stream makes between its replay and `seconds` later (quiet). The job
-    is unfinished at connect, as the route tells the stream (no row check at connect)."""
-    await stack.accumulator.flush()
+async def _connected(stack: Stack, ref: JobRef) -> AsyncGenerator[list[Event], None]:
+    """One connection's stream of an unfinished job (as the route opens it), past its replay."""
     batches = job_event_batches(stack.runtime, ref.job_id, maybe_terminal=False)
     assert [e.payload["type"] for e in await anext(batches)] == ["status", "status"]
-    with statements_of(stack.runtime) as seen:
-        nxt = asyncio.ensure_future(anext(batches))
-        await asyncio.sleep(seconds)
-        assert not nxt.done()  # nothing to send: no event, and the keep-alive tick is later
-    nxt.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await nxt
-    await batches.aclose()
-    return [s for s in seen if "FROM job_events" in s or "FROM jobs" in s]
+    return batches
 
 
 async def test_a_stream_this_replica_makes_is_not_read_again_after_connecting(database_url: str) -> None:
     """Subscribed while this replica makes the job's events, the connection has each one (replayed, or
-    queued since): nothing is read until its keep-alive tick, however many connect at once."""
+    queued since): it reads nothing from the store or the job row until its keep-alive tick."""
     async with stream_stack(database_url, sse_keepalive_seconds=5.0) as quiet:
         ref = await running_job(quiet)
         assert quiet.accumulator.produces(ref.job_id)
-        assert await _reads_while_quiet(quiet, ref, 0.5) == []
+        await quiet.accumulator.flush()  # the flush's INSERT is not the stream's
+        batches = await _connected(quiet, ref)
+        with statements_of(quiet.runtime) as seen:
+            nxt = asyncio.ensure_future(anext(batches))
+            await asyncio.sleep(0.5)
+            assert not nxt.done()  # nothing to send: no event, and the keep-alive tick is later
+        nxt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await nxt
+        await batches.aclose()
+        assert [s for s in seen if "FROM job_events" in s or "FROM jobs" in s] == []
 
 
 async def test_a_stream_made_elsewhere_is_caught_up_from_the_store_shortly_after_connecting(
@@ -206,8 +206,7 @@ async def test_a_stream_made_elsewhere_is_caught_up_from_the_store_shortly_after
         assert quiet.accumulator.sweep_idle(idle_seconds=-1) == 1  # its events are made elsewhere now
         assert not quiet.accumulator.produces(ref.job_id)
         other = OutputAccumulator(quiet.runtime, PubSub())  # another replica's: a hub of its own, no bridge
-        batches = job_event_batches(quiet.runtime, ref.job_id, maybe_terminal=False)
-        assert [e.payload["type"] for e in await anext(batches)] == ["status", "status"]
+        batches = await _connected(quiet, ref)
         nxt = asyncio.ensure_future(anext(batches))
         await other.on_output(dataclasses.replace(ref, new_stream=False), 1, "Hi", False)
         await other.flush()
