@@ -34,11 +34,15 @@ class JobStack:
 
 
 @asynccontextmanager
-async def job_stack(database_url: str, nats_url: str, **overrides: Any) -> AsyncIterator[JobStack]:
+async def job_stack(
+    database_url: str, nats_url: str, leave_out: tuple[type, ...] = (), **overrides: Any
+) -> AsyncIterator[JobStack]:
+    """The stack; `leave_out`: job children the test runs by hand (their classes)."""
     values: dict[str, Any] = {"nats_url": nats_url, "lease_sweep_interval_seconds": 0.2}
     values.update(overrides)
     runtime = build_runtime(make_settings(database_url, **values))
-    supervisor = Supervisor([NatsConnectionChild(runtime), *job_children(runtime), HttpChild(runtime)])
+    children = [c for c in job_children(runtime) if not isinstance(c, leave_out)]
+    supervisor = Supervisor([NatsConnectionChild(runtime), *children, HttpChild(runtime)])
     await supervisor.start()
     try:
         async with httpx.AsyncClient(base_url=runtime.base_url, timeout=30) as client:

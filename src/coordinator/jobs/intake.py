@@ -164,14 +164,11 @@ class JobIntake:
         target = rules.island_state(reported)
         if target is None:
             return False
+        if target == rules.RUNNING:
+            await self.starts([(host_id, job_id)])
+            return True
         ref = await self.authorize(host_id, job_id, "status")
         if ref is None:
-            return True
-        if target == rules.RUNNING:
-            if await self._start(ref, host_id) is None:
-                await self._touch(ref)
-            elif (known := self._known.get(ref.job_id)) is not None:
-                known.extended = time.monotonic()  # the start extended the lease
             return True
         if target in (rules.SUCCEEDED, rules.FAILED) and not self._known_running(ref.job_id):
             # `started` is normally first on the same stream; if it was overtaken, start implicitly.
@@ -187,6 +184,24 @@ class JobIntake:
         inputs = lifecycle.Inputs(host_id=host_id, error=error, output=result.output, usage=result.usage)
         await lifecycle.transition(self.runtime, moves.finish_move(target), ref.job_id, inputs)
         return True
+
+    async def starts(self, reports: list[tuple[uuid.UUID, str]]) -> None:
+        """`started` (or `streaming`) reports, each (sender, job id), with every start in one statement
+        (`lifecycle.start_many`): a start extends the lease; a refused one (a duplicate) touches it."""
+        checked = [
+            (ref, host_id)
+            for host_id, job_id in reports
+            if (ref := await self.authorize(host_id, job_id, "status")) is not None
+        ]
+        extend = self.runtime.settings.job_lease_seconds
+        moved = await lifecycle.start_many(self.runtime, [(r.job_id, h) for r, h in checked], extend)
+        started = {result.job_id for result in moved}
+        now = time.monotonic()
+        for ref, _ in checked:
+            if ref.job_id not in started:
+                await self._touch(ref)
+            elif (known := self._known.get(ref.job_id)) is not None:
+                known.extended = now  # the start extended the lease
 
     async def _start(self, ref: JobRef, host_id: uuid.UUID) -> TransitionResult | None:
         """assigned → running on the Island's `started` (or `streaming`); the start extends the lease."""

@@ -299,6 +299,22 @@ async def assign_in(
     return [(m, result_of(m, moves.ASSIGN, Inputs(), None)) for m in assigned], active
 
 
+async def start_many(
+    runtime: Runtime, starts: Sequence[tuple[uuid.UUID, uuid.UUID]], extend_seconds: int
+) -> list[TransitionResult]:
+    """assigned → running for several (job, reporting Island) pairs in one statement, then the hooks of
+    each start; a pair the guard refused (another Island's, already running, ended) is left out."""
+    if not starts:
+        return []
+    params = {"ids": [s[0] for s in starts], "host_ids": [s[1] for s in starts], "extend": extend_seconds}
+    async with runtime.db.raw_statement() as session:
+        rows = (await session.execute(sql.START_MANY_SQL, params)).all()
+    old = moves.START.sources[0]
+    results = [result_of(Moved.of(r, old), moves.START, Inputs(host_id=r.host_id), None) for r in rows]
+    await after_commit(runtime, session, results)
+    return results
+
+
 async def transition(
     runtime: Runtime, move: Move, job_id: uuid.UUID, inputs: Inputs = Inputs()
 ) -> TransitionResult | None:

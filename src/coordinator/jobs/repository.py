@@ -259,6 +259,19 @@ START_SQL = text(
     + RETURNING
 )
 
+# assigned → running for several jobs at once (the `started` reports of one status pull batch), each only
+# by the Island it is assigned to; the rows the guard refused are left out of the answer.
+START_MANY_SQL = text(
+    f"""
+    UPDATE jobs SET {moves.target_sql(START)}, started_at = COALESCE(started_at, now()),
+           lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => :extend)),
+           updated_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:host_ids AS uuid[])) AS s(id, host_id)
+    WHERE jobs.id = s.id AND jobs.host_id = s.host_id AND {guard_sql(START)}
+    """
+    + RETURNING
+)
+
 # Any accepted message from the assigned Island pushes the lease forward (never backward).
 EXTEND_LEASE_SQL = text(
     f"""

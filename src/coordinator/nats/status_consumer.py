@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from typing import Any
 
 import structlog
 from nats.js.api import ConsumerConfig
 
+from coordinator.jobs import rules
 from coordinator.jobs.intake import apply_status_message
 from coordinator.jobs.output_check import OutputPending, redeliverable
 from coordinator.nats.durable_consumer import DurableConsumer, by_job, job_key
@@ -19,6 +21,7 @@ from coordinator.nats.job_handler import sender
 from coordinator.nats.streams import STATUS_MAX_DELIVER, status_consumer_config
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
+from coordinator.protocol.reports import parse_status
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 
@@ -31,7 +34,6 @@ CONCURRENCY = 8
 
 async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
     """Apply one JobStatus; raises only on a transient failure worth a redelivery."""
-    metrics.nats_messages.labels(subject_class="status").inc()
     try:
         await apply_status_message(runtime, sender(subject), payload)
     except ProtocolError as exc:
@@ -54,20 +56,36 @@ class StatusConsumerChild(DurableConsumer):
         return status_consumer_config()
 
     async def process_batch(self, msgs: list[Any]) -> None:
-        """Messages of one job in order; different jobs concurrently (bounded by the pool)."""
+        """Messages of one job in order; different jobs concurrently (bounded by the pool). The jobs whose
+        first message here is a start are started together first, in one statement."""
+        groups = by_job(msgs)
+        leading = [(group[0], report) for group in groups if (report := _start_report(group[0]))]
+        if leading:
+            await self._start_together(leading)
+        first_done = {id(msg) for msg, _ in leading}
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def in_order(group: list[Any]) -> None:
             async with gate:
                 for msg in group:
-                    await self._process(msg)
+                    if id(msg) not in first_done:
+                        await self._process(msg)
 
-        await asyncio.gather(*(in_order(group) for group in by_job(msgs)))
+        await asyncio.gather(*(in_order(group) for group in groups))
+
+    async def _start_together(self, leading: list[tuple[Any, tuple[uuid.UUID, str]]]) -> None:
+        for msg, _ in leading:
+            _count(msg)
+        try:
+            await self.runtime.job_intake.starts([report for _, report in leading])
+        except Exception:
+            log.exception("nats.status_failed", subject=leading[0][0].subject, messages=len(leading))
+            await asyncio.gather(*(_retry(msg) for msg, _ in leading))
+            return
+        await asyncio.gather(*(_ack(msg) for msg, _ in leading))
 
     async def _process(self, msg: Any) -> None:
-        delivered = msg.metadata.num_delivered
-        if delivered > 1:
-            metrics.nats_redeliveries.labels(stream=subjects.STATUS_STREAM).inc()
+        delivered = _count(msg)
         host_id = context.clean_id(subjects.host_id_from_subject(msg.subject))
         with context.bind_from_nats(msg, host_id=host_id, job_id=context.clean_id(job_key(msg.data))):
             try:
@@ -80,9 +98,40 @@ class StatusConsumerChild(DurableConsumer):
                 return
             except Exception:
                 log.exception("nats.status_failed", subject=msg.subject, delivered=delivered)
-                if delivered < MAX_DELIVER:
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1)
-                    return
+                await _retry(msg)
+                return
+        await _ack(msg)
+
+
+def _start_report(msg: Any) -> tuple[uuid.UUID, str] | None:
+    """(sender, job id) of a well-formed `started`/`streaming` report; None for any other message (the
+    one-by-one path applies it, and counts and logs it if malformed)."""
+    try:
+        status = parse_status(msg.data)
+        host_id = sender(msg.subject)
+    except ProtocolError:
+        return None
+    return (host_id, status.job_id) if rules.island_state(status.state) == rules.RUNNING else None
+
+
+def _count(msg: Any) -> int:
+    """Count a message taken (and a redelivery); its delivery count."""
+    delivered: int = msg.metadata.num_delivered
+    metrics.nats_messages.labels(subject_class="status").inc()
+    if delivered > 1:
+        metrics.nats_redeliveries.labels(stream=subjects.STATUS_STREAM).inc()
+    return delivered
+
+
+async def _retry(msg: Any) -> None:
+    """A transient failure: redelivered a little later, unless its deliveries are used up (dropped)."""
+    if msg.metadata.num_delivered < MAX_DELIVER:
         with contextlib.suppress(Exception):
-            await msg.ack()
+            await msg.nak(delay=1)
+        return
+    await _ack(msg)
+
+
+async def _ack(msg: Any) -> None:
+    with contextlib.suppress(Exception):
+        await msg.ack()
