@@ -4,13 +4,14 @@ jobs may be waiting, so an idle queue costs no probe per finished job."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from coordinator.jobs import service as jobs
 from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
 from tests.job_stack import islands, job_stack, submit, wait_status
-from tests.job_support import make_island, statements_of
+from tests.job_support import job_row, make_island, statements_of
 
 
 async def test_freed_capacity_wakes_the_dispatcher_only_when_jobs_may_be_waiting(runtime: Runtime) -> None:
@@ -82,3 +83,33 @@ async def test_a_finished_job_of_an_idle_queue_costs_the_dispatcher_no_pass(
             assert dispatcher.passes > passes
         finally:
             await island.stop()
+
+
+async def test_a_submit_while_every_island_is_full_claims_only_the_new_job(runtime: Runtime) -> None:
+    """With a backlog and no free slot, a submit's pass tells only the new job why it waits (the others
+    keep theirs); a pass by rank, at least once per interval, renews them all."""
+    await seed_cargos(runtime)
+    dispatcher = Dispatcher(runtime)
+    await dispatcher.setup()
+    dispatcher.interval = 1.0
+    consumer = await make_consumer(runtime)
+    island = await make_island(runtime, max_concurrent=0, fleet=runtime.fleet)  # capable, but full
+    older = [await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}) for _ in range(3)]
+    assert await dispatcher.dispatch_batch() == 0  # by rank: every job told why it waits
+
+    async def reasons(job_ids: list[uuid.UUID]) -> list[str]:
+        return [(await job_row(runtime, j)).placement["message"] for j in job_ids]
+
+    busy = "Every Island online that can run this job is busy"
+    assert await reasons([j.id for j in older]) == [busy] * 3
+    runtime.fleet.remove(island.id)  # it went offline: no Island is online now
+    newest = await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})
+    assert await dispatcher.dispatch_batch() == 0
+    offline = "No Island is online to take it"
+    assert await reasons([newest.id]) == [offline]
+    assert await reasons([j.id for j in older]) == [busy] * 3  # not claimed again
+
+    await asyncio.sleep(dispatcher.interval)
+    await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"})
+    assert await dispatcher.dispatch_batch() == 0  # the interval is up: by rank
+    assert await reasons([j.id for j in older]) == [offline] * 3

@@ -70,6 +70,7 @@ class Dispatcher(LoopService):
         self.batch_size = runtime.settings.dispatch_batch_size
         runtime.fleet.on_capacity(self._capacity_freed)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
+        self._ranked_at = -self.interval  # the last claim by rank (not only the jobs just entered)
         self._failed: list[TransitionResult] = []
         # What this replica knows of the queue. EMPTY: the last look found nothing queued and nothing
         # entered since, so a freed slot has nothing to take. ENTERED: a job entered since the last claim
@@ -123,37 +124,62 @@ class Dispatcher(LoopService):
 
     async def dispatch_batch(self) -> int:
         """One claim-place-commit-publish round; returns how many jobs were assigned."""
-        if self._queue != QUEUE_ENTERED:
+        entered = self._queue == QUEUE_ENTERED
+        if not entered:
             async with self.runtime.db.raw_statement() as session:
                 self._looked(empty=(await session.execute(sql.ANY_QUEUED_SQL)).scalar() is not True)
             if self._queue == QUEUE_EMPTY:
                 return 0
         self._queue = QUEUE_UNKNOWN
         candidates = self.fleet.candidates()
+        # Woken by new jobs while every Island is full (by this replica's view): only the new ones are
+        # claimed, to say why they wait. (With a backlog, each submit re-placing a whole batch that cannot
+        # move made every submit cost a batch.) A freed slot, and at least one pass per interval, claim by
+        # rank (which also renews the waiting jobs' reasons).
+        now = time.monotonic()
+        fresh_only = (
+            entered
+            and now - self._ranked_at < self.interval
+            and not any(h.free_slots > 0 for h in candidates)
+        )
+        if not fresh_only:
+            self._ranked_at = now
         async with self.runtime.db.read() as read:  # no connection while the factor is cached
             surge = await self.runtime.surge.current(read)
         async with self.runtime.db.raw_transaction() as session:
-            params = {"limit": self.batch_size, "island_ids": [h.id for h in candidates]}
-            rows = (await session.execute(sql.CLAIM_QUEUED_SQL, params)).all()
-            if not rows:
+            assignments = await self._place_in(session, candidates, surge, fresh_only)
+            if assignments is None:
                 return 0
-            locked = set(rows[0].locked_islands)
-            hosts = [h for h in candidates if h.id in locked]
-            plans, waiting = await self._plan_all(session, rows, hosts, surge)
-            if waiting and hosts and not await self._view_was_right(session, hosts, plans):
-                # This replica's view of the Islands' load was behind (their jobs ended on another
-                # replica): it is the count now; place again.
-                plans, waiting = await self._plan_all(session, rows, hosts, surge)
-            assignments = await self._assign(session, plans, hosts)
-            # Every job the claim saw is placed and it saw fewer than it could take: nothing waits now.
-            self._looked(empty=len(rows) < self.batch_size and len(assignments) == len(rows))
-            if waiting:  # say why the others still wait (client-visible `placement.reason`)
-                await session.execute(sql.MARK_WAITING_SQL, sql.mark_waiting_params(waiting))
         if assignments:
             await asyncio.gather(*(self._publish(a) for a in assignments))
         failed, self._failed = self._failed, []
         await lifecycle.after_commit(self.runtime, session, failed)
         return len(assignments)
+
+    async def _place_in(
+        self, session: Sql, candidates: list[HostView], surge: Decimal, fresh_only: bool
+    ) -> list[Assignment] | None:
+        """Claim, place and assign inside the pass's transaction; None when the claim found nothing."""
+        ids = [h.id for h in candidates]
+        params = {"limit": self.batch_size, "island_ids": ids, "fresh_only": fresh_only}
+        rows = (await session.execute(sql.CLAIM_QUEUED_SQL, params)).all()
+        if not rows:
+            return None
+        locked = set(rows[0].locked_islands)
+        hosts = [h for h in candidates if h.id in locked]
+        plans, waiting = await self._plan_all(session, rows, hosts, surge)
+        if waiting and hosts and not await self._view_was_right(session, hosts, plans):
+            # This replica's view of the Islands' load was behind (their jobs ended on another replica): it
+            # is the count now. Place again, by rank among every queued job.
+            if fresh_only:
+                return await self._place_in(session, candidates, surge, fresh_only=False)
+            plans, waiting = await self._plan_all(session, rows, hosts, surge)
+        assignments = await self._assign(session, plans, hosts)
+        # Every job the claim saw is placed and it saw fewer than it could take: nothing waits now.
+        self._looked(empty=not fresh_only and len(rows) < self.batch_size and len(assignments) == len(rows))
+        if waiting:  # say why the others still wait (client-visible `placement.reason`)
+            await session.execute(sql.MARK_WAITING_SQL, sql.mark_waiting_params(waiting))
+        return assignments
 
     async def _active_counts(self, session: Sql, hosts: list[HostView]) -> dict[uuid.UUID, int]:
         """The locked Islands' counts of unfinished jobs (read after the locks: what another replica

@@ -103,6 +103,8 @@ SUBMIT_SQL = text(
 # there is a job to place, the same statement locks the rows of the candidate Islands `island_ids` (after
 # the jobs, in id order: `hosts.service.locked_hosts_sql`) and names those that exist (`locked_islands`,
 # on every row); their counts of unfinished jobs must be read after the locks, by a statement of its own.
+# `fresh_only`: only the jobs not yet told why they wait (`placement.reason`), for a pass that expects to
+# place nothing (`Dispatcher.dispatch_batch`).
 CLAIM_QUEUED_SQL = text(
     f"""
     WITH claimed AS MATERIALIZED (
@@ -115,6 +117,7 @@ CLAIM_QUEUED_SQL = text(
                    AS rank
         FROM jobs j JOIN workloads w ON w.id = j.workload_id
         WHERE {guard_sql(ASSIGN, "j.state")}
+          AND (NOT CAST(:fresh_only AS boolean) OR j.placement ->> 'reason' IS NULL)
         ORDER BY rank DESC, j.created_at
         LIMIT :limit
         FOR UPDATE OF j SKIP LOCKED
