@@ -74,6 +74,7 @@ class Database:
                 max_size=self._raw_size,
                 timeout=self._raw_timeout,
                 kwargs={"autocommit": True},
+                configure=raw.configure,
                 open=False,
             )
             await pool.open(wait=False)
