@@ -204,7 +204,8 @@ class JobIntake:
                 known.extended = now  # the start extended the lease
 
     async def _start(self, ref: JobRef, host_id: uuid.UUID) -> TransitionResult | None:
-        """assigned → running on the Island's `started` (or `streaming`); the start extends the lease."""
+        """The implicit start of an end whose `started` was overtaken (`starts` applies the reported ones);
+        the start extends the lease."""
         inputs = lifecycle.Inputs(host_id=host_id, extend_seconds=self.runtime.settings.job_lease_seconds)
         return await lifecycle.transition(self.runtime, moves.START, ref.job_id, inputs)
 
