@@ -179,6 +179,7 @@ class HttpChild(Child):
             ws=settings.websocket_implementation,
             ws_per_message_deflate=settings.websocket_per_message_deflate,
             timeout_graceful_shutdown=10,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
         )
         self.server = _Server(config)
         self.serving = serving = asyncio.create_task(self.server.serve())

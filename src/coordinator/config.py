@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # Request bodies over this size are refused with 413 before anything runs (well under NATS's 8 MiB
     # payload limit, which an assignment carrying the input must fit in).
     max_request_bytes: int = 4 * 1024 * 1024
+    # How long an idle keep-alive connection stays open. Longer than the clients' and proxies' own idle
+    # limits (httpx 5 s, nginx and cloud load balancers 60 s): a server that closes first races the client's
+    # next request on that connection, which then fails with a reset (a submit the client will not retry).
+    http_keep_alive_seconds: int = 75
 
     # accounts
     magic_link_ttl_seconds: int = 15 * 60

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -172,3 +174,28 @@ async def test_openapi_is_served_under_api_v1(http: httpx.AsyncClient) -> None:
     spec = (await http.get("/api/v1/openapi.json")).json()
     assert "/api/v1/account" in spec["paths"]
     assert (await http.get("/api/v1/docs")).status_code == 200
+
+
+async def test_an_idle_keep_alive_connection_outlives_the_clients_own_idle_limit(live_server: str) -> None:
+    """httpx drops a pooled connection after 5 idle seconds, proxies after 60: the server must not close
+    first, or the client's next request on that connection races the close and fails with a reset."""
+    url = httpx.URL(live_server)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    request = f"GET /healthz HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode()
+
+    async def exchange() -> bytes:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+        length = int(fields[b"content-length"])
+        await reader.readexactly(length)
+        return head
+
+    try:
+        assert (await exchange()).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(6)  # longer than uvicorn's own default (5 s), which raced httpx's
+        assert not reader.at_eof()
+        assert (await exchange()).startswith(b"HTTP/1.1 200")  # the same connection
+    finally:
+        writer.close()
