@@ -168,6 +168,15 @@ async def test_success_karma_counts_the_minutes_once_and_reaches_the_fleet_view(
         job_id = await submit(stack, consumer)
         await wait_status(stack, consumer, job_id, "running")
         async with stack.runtime.db.transaction() as session:
+            # 150 minutes of running, within its Cargo's maximum (else the lease sweeper, every 0.2 s here,
+            # may time the job out before the finish below)
+            await session.execute(
+                text(
+                    "UPDATE workloads SET max_duration_seconds = 86400"
+                    " WHERE id = (SELECT workload_id FROM jobs WHERE id = :id)"
+                ),
+                {"id": uuid.UUID(job_id)},
+            )
             await session.execute(
                 text("UPDATE jobs SET started_at = now() - interval '150 minutes' WHERE id = :id"),
                 {"id": uuid.UUID(job_id)},
