@@ -23,6 +23,7 @@ from coordinator.jobs.intake import apply_job_message
 from coordinator.jobs.output import accumulator_of
 from coordinator.nats.durable_consumer import DurableConsumer, by_job, job_key
 from coordinator.nats.job_handler import sender
+from coordinator.nats.streams import delivery_count
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.runtime import Runtime
@@ -34,6 +35,7 @@ MAX_DELIVER = 20
 ACK_WAIT_SECONDS = 3.0
 BATCH = 200
 CONCURRENCY = 8
+_OUTPUT_MESSAGES = metrics.nats_messages.labels(subject_class="output")  # (a label look-up per chunk: 2 µs)
 
 
 def output_consumer_config() -> ConsumerConfig:
@@ -50,7 +52,7 @@ def output_consumer_config() -> ConsumerConfig:
 
 async def apply_output(runtime: Runtime, subject: str, payload: bytes) -> None:
     """Apply one JobOutput; raises only on a transient failure worth a redelivery."""
-    metrics.nats_messages.labels(subject_class="output").inc()
+    _OUTPUT_MESSAGES.inc()
     try:
         await apply_job_message(runtime, sender(subject), "output", payload)
     except ProtocolError as exc:
@@ -108,7 +110,7 @@ class OutputConsumerChild(DurableConsumer):
 
     async def _apply(self, msg: Any) -> bool:
         """True once applied (or malformed: nothing to retry); False on a transient failure."""
-        delivered = msg.metadata.num_delivered
+        delivered = delivery_count(msg)
         if delivered > 1:
             metrics.nats_redeliveries.labels(stream=subjects.OUTPUT_STREAM).inc()
         host_id = context.clean_id(subjects.host_id_from_subject(msg.subject))

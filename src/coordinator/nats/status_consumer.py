@@ -18,7 +18,7 @@ from coordinator.jobs.intake import apply_status_message
 from coordinator.jobs.output_check import OutputPending, redeliverable
 from coordinator.nats.durable_consumer import DurableConsumer, by_job, job_key
 from coordinator.nats.job_handler import sender
-from coordinator.nats.streams import STATUS_MAX_DELIVER, status_consumer_config
+from coordinator.nats.streams import STATUS_MAX_DELIVER, delivery_count, status_consumer_config
 from coordinator.protocol import subjects
 from coordinator.protocol.codec import ProtocolError
 from coordinator.protocol.reports import parse_status
@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 MAX_DELIVER = STATUS_MAX_DELIVER
 BATCH = 100
 CONCURRENCY = 8
+_STATUS_MESSAGES = metrics.nats_messages.labels(subject_class="status")
 
 
 async def apply_status(runtime: Runtime, subject: str, payload: bytes) -> None:
@@ -116,8 +117,8 @@ def _start_report(msg: Any) -> tuple[uuid.UUID, str] | None:
 
 def _count(msg: Any) -> int:
     """Count a message taken (and a redelivery); its delivery count."""
-    delivered: int = msg.metadata.num_delivered
-    metrics.nats_messages.labels(subject_class="status").inc()
+    delivered = delivery_count(msg)
+    _STATUS_MESSAGES.inc()
     if delivered > 1:
         metrics.nats_redeliveries.labels(stream=subjects.STATUS_STREAM).inc()
     return delivered
@@ -125,7 +126,7 @@ def _count(msg: Any) -> int:
 
 async def _retry(msg: Any) -> None:
     """A transient failure: redelivered a little later, unless its deliveries are used up (dropped)."""
-    if msg.metadata.num_delivered < MAX_DELIVER:
+    if delivery_count(msg) < MAX_DELIVER:
         with contextlib.suppress(Exception):
             await msg.nak(delay=1)
         return

@@ -35,6 +35,19 @@ STATUS_ACK_WAIT_SECONDS = 30.0
 StatusHandler = Callable[[str, Any], Awaitable[None]]
 
 
+def delivery_count(msg: Any) -> int:
+    """How many times JetStream has delivered `msg`: the count in its ack subject (`$JS.ACK.<stream>.
+    <consumer>.<delivered>.…`, or with a domain and account hash after `ACK`), without nats-py's whole
+    metadata parse (seven integers and a datetime per message: 5 µs against 0.5 µs)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4])
+    if len(tokens) >= 12:
+        return int(tokens[6])
+    count: int = msg.metadata.num_delivered  # nats-py's parse, and its error for a non-JetStream reply
+    return count
+
+
 def jobs_stream_config(replicas: int = 1) -> StreamConfig:
     # WorkQueue: a job message disappears once the Island acks it (island-protocol §3.1).
     return StreamConfig(
@@ -139,7 +152,7 @@ async def subscribe_status(
             except (TimeoutError, NatsTimeoutError):
                 continue
             for msg in messages:
-                if msg.metadata.num_delivered > 1:
+                if delivery_count(msg) > 1:
                     metrics.nats_redeliveries.labels(subjects.STATUS_STREAM).inc()
                 await _handle_status(msg, handler)
     finally:
