@@ -203,11 +203,11 @@ class JobIntake:
             elif (known := self._known.get(ref.job_id)) is not None:
                 known.extended = now  # the start extended the lease
 
-    async def _start(self, ref: JobRef, host_id: uuid.UUID) -> TransitionResult | None:
-        """The implicit start of an end whose `started` was overtaken (`starts` applies the reported ones);
-        the start extends the lease."""
-        inputs = lifecycle.Inputs(host_id=host_id, extend_seconds=self.runtime.settings.job_lease_seconds)
-        return await lifecycle.transition(self.runtime, moves.START, ref.job_id, inputs)
+    async def _start(self, ref: JobRef, host_id: uuid.UUID) -> None:
+        """The implicit start of an end whose `started` was overtaken: the statement of the reported ones
+        (`lifecycle.start_many`), which extends the lease."""
+        extend = self.runtime.settings.job_lease_seconds
+        await lifecycle.start_many(self.runtime, [(ref.job_id, host_id)], extend)
 
 
 # ------------------------------------------------------------ the transport-agnostic entry points
