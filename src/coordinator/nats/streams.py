@@ -38,7 +38,7 @@ StatusHandler = Callable[[str, Any], Awaitable[None]]
 def delivery_count(msg: Any) -> int:
     """How many times JetStream has delivered `msg`: the count in its ack subject (`$JS.ACK.<stream>.
     <consumer>.<delivered>.…`, or with a domain and account hash after `ACK`), without nats-py's whole
-    metadata parse (seven integers and a datetime per message: 5 µs against 0.5 µs)."""
+    metadata parse (seven integers and a datetime per message: 3.1 µs against 0.12 µs)."""
     tokens = (msg.reply or "").split(".")
     if len(tokens) == 9:
         return int(tokens[4])
