@@ -26,6 +26,7 @@ from coordinator.jobs.effects import builtin_hooks
 from coordinator.jobs.hooks import HookRegistry
 from coordinator.jobs.intake import JobIntake
 from coordinator.jobs.output_basic import BasicOutput
+from coordinator.karma import service as karma
 from coordinator.pubsub import PubSub
 from coordinator.repo.database import Database
 from coordinator.runtime import Runtime
@@ -49,7 +50,10 @@ def build_runtime(settings: Settings) -> Runtime:
             settings.database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
-            info={principal_cache.CACHE_INFO: principals},
+            info={
+                principal_cache.CACHE_INFO: principals,
+                karma.POLICY_INFO: karma.policy_from_settings(settings),
+            },
         ),
         mailer=Mailer(
             smtp_host=settings.smtp_host,

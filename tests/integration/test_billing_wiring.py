@@ -13,6 +13,7 @@ from sqlalchemy import text
 from coordinator.billing import exchange as market
 from coordinator.billing.exchange import TtlCache
 from coordinator.jobs import lifecycle, rules
+from coordinator.karma.rules import KarmaPolicy, KarmaState, apply_success
 from coordinator.telemetry import metrics
 from coordinator.workloads import service as workloads
 from tests.factories import make_consumer, seed_cargos
@@ -224,3 +225,43 @@ async def test_only_an_islands_own_fault_costs_karma(stack: JobStack, nats_url: 
         assert await balance(stack.runtime, consumer.user.id) == Decimal(10_000)  # both refunded
     finally:
         await island.stop()
+
+
+async def test_success_karma_counts_with_the_operators_karma_settings(
+    database_url: str, nats_url: str
+) -> None:
+    settings = {
+        "karma_minutes_per_karma": 30,
+        "karma_recovery_multiplier": 2.0,
+        "karma_monetization_threshold": 5,
+    }
+    async with job_stack(database_url, nats_url, **settings) as stack:
+        await seed_cargos(stack.runtime)
+        async with stack.runtime.db.transaction() as session:
+            await session.execute(
+                text("UPDATE workloads SET cold_start_seconds = 0, max_duration_seconds = 86400")
+            )
+        (island,) = await islands(stack, nats_url, "hang")
+        consumer = await make_consumer(stack.runtime)
+        try:
+            job_id = uuid.UUID(await submit(stack, consumer))
+            await wait_status(stack, consumer, str(job_id), "running")
+            async with stack.runtime.db.transaction() as session:
+                await session.execute(
+                    text("UPDATE jobs SET started_at = now() - interval '40 minutes' WHERE id = :id"),
+                    {"id": job_id},
+                )
+            assert await lifecycle.finish(stack.runtime, job_id, rules.SUCCEEDED, host_id=island.host_id)
+            row = await job_row(stack.runtime, job_id)
+            took = (row.completed_at - row.started_at).total_seconds()
+            policy = KarmaPolicy(
+                minutes_per_karma=30, recovery_multiplier=Decimal(2), monetization_threshold=5
+            )
+            expected = apply_success(KarmaState(0, 0), took, policy).after
+            # 40 minutes below the threshold, ×2 = 80: 2 karma and 20 pending (the built-in 60/1.5 would
+            # give 1 and 0).
+            assert (expected.karma, expected.pending_minutes) == (2, 20)
+            host = await host_row(stack.runtime, island.host_id)
+            assert (host.karma, host.pending_minutes) == (2, 20)
+        finally:
+            await island.stop()

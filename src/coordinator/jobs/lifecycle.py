@@ -176,7 +176,10 @@ class PgStore:
             if karma_success and moved.host_id is not None and moved.karma_state is not None:
                 started, done = moved.started_at, moved.completed_at
                 seconds = 0.0 if started is None or done is None else (done - started).total_seconds()
-                change, write = karma.success_write(moved.host_id, moved.karma_state, max(seconds, 0.0))
+                policy = self.session.info.get(karma.POLICY_INFO)  # the settings' (`app.build_runtime`)
+                change, write = karma.success_write(
+                    moved.host_id, moved.karma_state, max(seconds, 0.0), policy
+                )
                 karma_changes(self.session).append(change)
             paid = await settlement.settle_success(
                 self.session,

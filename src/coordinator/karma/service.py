@@ -86,6 +86,11 @@ class KarmaChange:
     recorded: bool  # False when the outcome was a duplicate
 
 
+# The session `info` key of the process's network-wide karma policy (`Database(info=...)`, set by
+# `app.build_runtime`): what a success's karma counts with where no metro setting overrides it.
+POLICY_INFO = "karma_policy"
+
+
 def policy_from_settings(settings: Settings) -> KarmaPolicy:
     return KarmaPolicy(
         minutes_per_karma=settings.karma_minutes_per_karma,
