@@ -227,11 +227,12 @@ def could_run(host: HostView, needs: JobNeeds) -> bool:
     )
 
 
-def eligible(host: HostView, needs: JobNeeds) -> bool:
-    """Every hard filter except liveness and capacity, which the fleet view checks."""
+def eligible(host: HostView, needs: JobNeeds, ask: Decimal | None = None) -> bool:
+    """Every hard filter except liveness and capacity, which the fleet view checks (`ask`: the Island's
+    `asking_price` for the job, when the caller has it)."""
     if not host.approved or not could_run(host, needs):
         return False
-    if asking_price(host, needs) > needs.budget:
+    if (asking_price(host, needs) if ask is None else ask) > needs.budget:
         return False
     # No self-dealing on paid jobs: an owner's job never runs on the owner's own Island.
     return not (needs.budget > 0 and host.owner_id is not None and host.owner_id == needs.owner_id)
@@ -245,14 +246,15 @@ def _fit(required: int, available: int | None) -> float:
     return max(0.0, 1.0 - abs(ratio - 0.5) / 0.5)
 
 
-def score_terms(host: HostView, needs: JobNeeds) -> dict[str, float]:
-    """Each placement term in 0–1 (higher is better)."""
+def score_terms(host: HostView, needs: JobNeeds, ask: Decimal | None = None) -> dict[str, float]:
+    """Each placement term in 0–1 (higher is better); `ask` as in `eligible`."""
     if needs.kind == "chat" and host.estimated_llm_tok_s:
         speed = min(1.0, host.estimated_llm_tok_s / 150.0)
     else:
         speed = min(1.0, (host.cpu_cores or 1) / 32.0)
     capacity = max(1, host.max_concurrent)
-    ask = asking_price(host, needs)
+    if ask is None:
+        ask = asking_price(host, needs)
     price = 1.0 if needs.budget <= 0 else max(0.0, 1.0 - float(ask / needs.budget))
     return {
         "warm": 1.0 if str(needs.workload_id) in host.warm_workload_ids else 0.0,
@@ -282,16 +284,20 @@ def weighted_score(host: HostView, needs: JobNeeds, terms: dict[str, float], wei
 def choose_host(
     candidates: Iterable[HostView], needs: JobNeeds, weights: Weights = DEFAULT_WEIGHTS
 ) -> Placement | None:
-    """The best eligible Island with a free slot; ties go to the one idle the longest."""
+    """The best eligible Island with a free slot; ties go to the one idle the longest. (Each candidate's
+    ask is computed once: placement runs per job over every live Island.)"""
     best: tuple[float, float, Placement] | None = None
     for host in candidates:
-        if host.free_slots <= 0 or not eligible(host, needs):
+        if host.free_slots <= 0:
             continue
-        terms = score_terms(host, needs)
+        ask = asking_price(host, needs)
+        if not eligible(host, needs, ask):
+            continue
+        terms = score_terms(host, needs, ask)
         score = weighted_score(host, needs, terms, weights)
         key = (round(score, 9), -host.idle_since_monotonic)
         if best is None or key > best[:2]:
-            best = (key[0], key[1], Placement(host.id, score, terms, asking_price(host, needs)))
+            best = (key[0], key[1], Placement(host.id, score, terms, ask))
     return None if best is None else best[2]
 
 
