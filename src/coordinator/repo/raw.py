@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from prometheus_client import Histogram
 from psycopg.rows import RowMaker
 from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import event
@@ -80,8 +81,8 @@ class _Compiled:
     sql: str
     fixed: dict[str, Any]  # values bound when the statement was defined (`text(...).bindparams(x=...)`)
     processors: tuple[tuple[str, Callable[[Any], Any]], ...]  # typed binds (JSONB, …)
-    kind: str  # `statement_kind`, and its histogram (a label look-up per statement costs 2 µs)
-    seconds: Any
+    kind: str  # `statement_kind`
+    seconds: Histogram  # `db_query_seconds` for `kind`, looked up once (a label look-up costs 1.4 µs)
 
     def args(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         args = {**self.fixed, **params} if params else dict(self.fixed)
