@@ -152,6 +152,15 @@ async def test_only_the_owner_can_stream(stack: Stack) -> None:
     assert response.status_code == 404
 
 
+async def test_an_admin_can_stream_anyones_job(stack: Stack) -> None:
+    ref = await running_job(stack)
+    await finish(stack, ref, "failed", error="boom")
+    admin = await make_consumer(stack.runtime, "admin@example.com", admin=True)
+    status, _, raw = await read_raw(stack.http, path(ref), admin.headers)
+    assert status == 200
+    assert parse_like_js(raw)[-1] == {"type": "error", "error": "boom"}
+
+
 async def test_many_concurrent_streams_each_get_every_event_once_in_order(stack: Stack) -> None:
     ref = await running_job(stack)
     tokens = [f"t{i} " for i in range(50)]

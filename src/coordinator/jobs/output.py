@@ -344,8 +344,9 @@ class OutputAccumulator:
 
 
 async def stored_events(runtime: Runtime, job_id: uuid.UUID, after: int = 0) -> list[Event]:
-    """The stored events of a job after a position, in order."""
-    async with runtime.db.read() as session:
+    """The stored events of a job after a position, in order (one statement on the hot paths' pool: every
+    stream opened reads them)."""
+    async with runtime.db.raw_statement() as session:
         rows = (await session.execute(EVENTS_AFTER_SQL, {"job_id": job_id, "after": after})).all()
     topic = job_topic(job_id)
     return [Event.make(topic, int(r[0]), r[1]) for r in rows]

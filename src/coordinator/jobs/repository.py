@@ -353,6 +353,11 @@ JOB_FOR_MESSAGE_SQL = text(
     """
 )
 
+# A caller's job as a stream opening checks it: its state, if the job is theirs (an admin's: any job).
+OWNED_JOB_STATE_SQL = text(
+    "SELECT state FROM jobs WHERE id = :id AND (CAST(:any_owner AS boolean) OR user_id = :user_id)"
+)
+
 # Jobs whose lease ran out (the Island went silent): requeue or dead-letter them.
 EXPIRED_LEASES_SQL = text(
     f"""

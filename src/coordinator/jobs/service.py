@@ -281,6 +281,20 @@ async def get_job(session: AsyncSession, user: User, job_id: str) -> tuple[Job, 
     return row[0], row[1]
 
 
+async def job_state(runtime: Runtime, user: User, job_id: str) -> tuple[uuid.UUID, str]:
+    """The caller's job id and state, in one statement on the hot paths' pool (what opening a stream needs,
+    without the ORM row); the same 404 as `get_job` for any other id."""
+    parsed = parse_job_id(job_id)
+    if parsed is None:
+        raise NotFound("Job not found")
+    params = {"id": parsed, "any_owner": user.is_admin, "user_id": user.id}
+    async with runtime.db.raw_statement() as session:
+        state = (await session.execute(sql.OWNED_JOB_STATE_SQL, params)).scalar()
+    if state is None:
+        raise NotFound("Job not found")
+    return parsed, str(state)
+
+
 async def list_jobs(
     session: AsyncSession, user: User, *, limit: int, offset: int
 ) -> tuple[list[tuple[Job, str]], int]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 from prometheus_client import Histogram
+from psycopg.pq import ExecStatus
 from psycopg.rows import RowMaker
 from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import event
@@ -117,21 +118,30 @@ def _compiled(clause: TextClause) -> _Compiled:
 
 
 @functools.lru_cache(maxsize=1024)
-def _row_class(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
-    """A named tuple per column list, with `_mapping` like SQLAlchemy's rows."""
-    base = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+def _row_class(names: tuple[bytes, ...]) -> type[tuple[Any, ...]]:
+    """A named tuple per column list (the result's column names, as libpq gives them), with `_mapping`
+    like SQLAlchemy's rows."""
+    fields = tuple(name.decode() for name in names)
+    base = collections.namedtuple("Row", fields, rename=True)  # type: ignore[misc]
 
     def mapping(row: tuple[Any, ...]) -> dict[str, Any]:
-        return dict(zip(names, row, strict=True))
+        return dict(zip(fields, row, strict=True))
 
     return type("Row", (base,), {"__slots__": (), "_mapping": property(mapping)})
 
 
+def _returns_rows(result: Any) -> bool:
+    """Whether a statement's result has rows (a SELECT, a RETURNING); an UPDATE without one has none."""
+    return result is not None and result.status == ExecStatus.TUPLES_OK
+
+
 def _rows(cursor: Any) -> RowMaker[Any]:
-    description = cursor.description
-    if description is None:
+    # The names straight from the result: `cursor.description` builds a Column object per column, twice
+    # per statement (once here, once to ask whether there are rows).
+    result = cursor.pgresult
+    if not _returns_rows(result):
         return tuple
-    return _row_class(tuple(column.name for column in description))._make  # type: ignore[attr-defined, no-any-return]
+    return _row_class(tuple(result.fname(i) for i in range(result.nfields)))._make  # type: ignore[attr-defined, no-any-return]
 
 
 class RawResult:
@@ -201,7 +211,7 @@ class RawSession:
         try:
             cursor = self._conn.cursor(row_factory=_rows)
             await cursor.execute(compiled.sql, args)
-            rows = await cursor.fetchall() if cursor.description is not None else []
+            rows = await cursor.fetchall() if _returns_rows(cursor.pgresult) else []
         except psycopg.Error as error:
             metrics.db_query_errors.labels(kind=compiled.kind).inc()
             raise DBAPIError.instance(compiled.sql, args, error, psycopg.Error) from error

@@ -27,7 +27,6 @@ async def stream_job(
 ) -> StreamingResponse:
     """Replay every event of the caller's job, then follow it live; closes after `done` or `error`."""
     runtime = get_runtime(request)
-    async with runtime.db.read() as session:
-        job, _ = await jobs.get_job(session, principal.user, job_id)
-    context.add(job_id=job.id)  # the stream's lines (it runs in a task copied from this context) too
-    return sse_response(job_stream_body(runtime, job.id, maybe_terminal=rules.is_terminal(job.state)))
+    found, state = await jobs.job_state(runtime, principal.user, job_id)
+    context.add(job_id=found)  # the stream's lines (it runs in a task copied from this context) too
+    return sse_response(job_stream_body(runtime, found, maybe_terminal=rules.is_terminal(state)))
