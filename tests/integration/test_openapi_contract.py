@@ -50,6 +50,22 @@ def api_routes(runtime: Runtime) -> list[tuple[str, APIRoute]]:
     return routes
 
 
+def test_every_api_route_is_reached_by_its_own_paths(runtime: Runtime) -> None:
+    """Routers are ordered hot paths first (`web/app.py`): no route may shadow a later one. Each route's
+    path with an id in every parameter is matched, in the app's order, by that route first."""
+    from starlette.routing import Match
+
+    flat = [r for r in _flat(list(create_app(runtime).routes)) if isinstance(r, APIRoute)]
+    shadowed = []
+    for method, route in api_routes(runtime):
+        path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000001", route.path)
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "path_params": {}}
+        first = next(r for r in flat if r.matches(scope)[0] == Match.FULL)
+        if (first.path, first.methods) != (route.path, route.methods):
+            shadowed.append(f"{method} {route.path} is taken by {first.path}")
+    assert shadowed == []
+
+
 def _dependencies(route: APIRoute) -> set[Any]:
     calls, todo = set(), list(route.dependant.dependencies)
     while todo:

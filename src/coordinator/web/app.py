@@ -42,17 +42,20 @@ from coordinator.web.errors import install_envelope_openapi, install_error_handl
 from coordinator.web.pages import install_pages
 from coordinator.web.ratelimit import RateLimitHeaders
 
+# In the order a request is matched: the hot paths first (each router a request passes costs it a scan of
+# that router's routes), then the rest; no route may shadow another
+# (`test_openapi_contract.test_every_api_route_is_reached_by_its_own_paths`).
 ROUTERS = [
     health.router,
-    account.router,
     # Before the jobs router: /api/v1/jobs/batch must not match /api/v1/jobs/{id}.
     batches.router,
-    workloads.router,
-    api_keys.router,
-    auth.router,
     jobs.router,
     stream.router,
     chat.router,
+    account.router,
+    workloads.router,
+    api_keys.router,
+    auth.router,
     hosts.router,
     nats_credentials.router,
     admin_hosts.router,
