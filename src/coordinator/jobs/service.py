@@ -267,11 +267,16 @@ def parse_job_id(value: str) -> uuid.UUID | None:
         return None
 
 
-async def get_job(session: AsyncSession, user: User, job_id: str) -> tuple[Job, str]:
-    """The caller's job and its Cargo slug; any other id (malformed, unknown, someone else's) → 404."""
-    parsed = parse_job_id(job_id)
+def job_id_or_404(value: str) -> uuid.UUID:
+    parsed = parse_job_id(value)
     if parsed is None:
         raise NotFound("Job not found")
+    return parsed
+
+
+async def get_job(session: AsyncSession, user: User, job_id: str) -> tuple[Job, str]:
+    """The caller's job and its Cargo slug; any other id (malformed, unknown, someone else's) → 404."""
+    parsed = job_id_or_404(job_id)
     query = select(Job, Workload.slug).join(Workload, Workload.id == Job.workload_id).where(Job.id == parsed)
     if not user.is_admin:
         query = query.where(Job.user_id == user.id)
@@ -284,15 +289,13 @@ async def get_job(session: AsyncSession, user: User, job_id: str) -> tuple[Job, 
 async def job_state(runtime: Runtime, user: User, job_id: str) -> tuple[uuid.UUID, str]:
     """The caller's job id and state, in one statement on the hot paths' pool (what opening a stream needs,
     without the ORM row); the same 404 as `get_job` for any other id."""
-    parsed = parse_job_id(job_id)
-    if parsed is None:
-        raise NotFound("Job not found")
+    parsed = job_id_or_404(job_id)
     params = {"id": parsed, "any_owner": user.is_admin, "user_id": user.id}
     async with runtime.db.raw_statement() as session:
         state = (await session.execute(sql.OWNED_JOB_STATE_SQL, params)).scalar()
     if state is None:
         raise NotFound("Job not found")
-    return parsed, str(state)
+    return parsed, state
 
 
 async def list_jobs(
