@@ -11,7 +11,11 @@ client costs only itself.
 
 Across replicas: every replica publishes each local event once on `coordinator.pubsub.<topic-b64>` and
 delivers the events of the other replicas locally; its own echoes are recognised by the replica id header
-and dropped."""
+and dropped. A replica publishes only while another one listens: each bridged hub says it is there on
+`coordinator.pubsub-replicas` every second (and at once to a newcomer), and a replica not heard for
+`PEER_TIMEOUT_SECONDS` is gone. A replica alone (the usual single-process deployment) so spends no publish
+per token; a newcomer's consumers catch up from the store for what was published before its hello arrived,
+as they do for any event the bridge loses."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +33,15 @@ import structlog
 
 from coordinator.loops import LoopService
 from coordinator.runtime import Runtime
+from coordinator.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
 SUBJECT_PREFIX = "coordinator.pubsub"
+# Where bridged replicas say they are there (outside `coordinator.pubsub.>`: not an event).
+PRESENCE_SUBJECT = "coordinator.pubsub-replicas"
+# A replica says it is there every second (`PubSubChild`); one silent this long has gone.
+PEER_TIMEOUT_SECONDS = 3.0
 REPLICA_HEADER = "Coordinator-Replica"
 POSITION_HEADER = "Coordinator-Position"
 DEFAULT_QUEUE_SIZE = 2048
@@ -120,11 +130,21 @@ class Subscription:
 class PubSub:
     """The process's topic hub. `publish` delivers locally at once and forwards to other replicas."""
 
-    def __init__(self, replica_id: str | None = None, *, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        replica_id: str | None = None,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        peer_timeout: float = PEER_TIMEOUT_SECONDS,
+    ) -> None:
         self.replica_id = replica_id or uuid.uuid4().hex
         self.queue_size = queue_size
+        self.peer_timeout = peer_timeout
         self._topics: dict[str, set[Subscription]] = {}
         self._nc: Any = None
+        self._presence: Any = None  # the subscription to the other replicas' hellos
+        self._peers: dict[str, float] = {}  # the other bridged replicas: when each was last heard
+        self._bridge_until = 0.0  # (monotonic) publish on the bridge until then: someone listens
         self.overflows = 0
         self.remote_received = 0
 
@@ -160,7 +180,7 @@ class PubSub:
     async def publish(self, event: Event) -> None:
         self.deliver(event)
         nc = self._nc
-        if nc is None:
+        if nc is None or not self.listened():
             return
         headers = {REPLICA_HEADER: self.replica_id, POSITION_HEADER: str(event.position)}
         try:
@@ -188,13 +208,69 @@ class PubSub:
             self.remote_received += 1
             self.deliver(Event(topic, position, payload, msg.data.decode()))
 
+        async def on_presence(msg: Any) -> None:
+            try:
+                said = json.loads(msg.data)
+                replica, leaving = str(said["replica"]), bool(said.get("leaving", False))
+            except (ValueError, KeyError, TypeError):
+                metrics.nats_malformed.labels(subject_class="pubsub").inc()
+                log.warning("pubsub.malformed_presence", subject=msg.subject)
+                return
+            if replica != self.replica_id and self._heard(replica, leaving):
+                await self.announce()  # a newcomer: it learns of this replica now, not in a second
+
         sub = await nc.subscribe(f"{SUBJECT_PREFIX}.>", cb=on_remote)
-        await nc.flush()  # the server knows the interest before this replica reports itself bridged
+        self._presence = await nc.subscribe(PRESENCE_SUBJECT, cb=on_presence)
+        await nc.flush()  # the server knows the interest before this replica says it is there
         self._nc = nc
+        await self.announce()
         return sub
 
-    def detach(self) -> None:
+    async def announce(self, leaving: bool = False) -> None:
+        """Tell the other replicas this one is there (bridged and listening), or that it is leaving."""
+        nc = self._nc
+        if nc is None:
+            return
+        said = {"replica": self.replica_id, "leaving": leaving} if leaving else {"replica": self.replica_id}
+        try:
+            await nc.publish(PRESENCE_SUBJECT, orjson.dumps(said))
+        except Exception as exc:  # the next beat says it again
+            log.warning("pubsub.announce_failed", error=repr(exc))
+
+    def _heard(self, replica: str, leaving: bool) -> bool:
+        """Note another replica's hello, beat or goodbye; True when it is new here."""
+        now = time.monotonic()
+        new = replica not in self._peers or now - self._peers[replica] >= self.peer_timeout
+        if leaving:
+            self._peers.pop(replica, None)
+            new = False
+        else:
+            self._peers[replica] = now
+        self._peers = {r: at for r, at in self._peers.items() if now - at < self.peer_timeout}
+        self._bridge_until = max(self._peers.values()) + self.peer_timeout if self._peers else 0.0
+        metrics.pubsub_peers.set(len(self._peers))
+        if new or leaving:
+            log.info("pubsub.peer_left" if leaving else "pubsub.peer_joined", replica=replica)
+        return new
+
+    def listened(self) -> bool:
+        """Whether another replica is there (heard within the timeout): the bridge publishes only then."""
+        return time.monotonic() < self._bridge_until
+
+    def peers(self) -> set[str]:
+        """The other replicas heard within the timeout: the bridge publishes while there is one."""
+        now = time.monotonic()
+        return {r for r, at in self._peers.items() if now - at < self.peer_timeout}
+
+    async def detach(self) -> None:
+        """Stop bridging, after telling the other replicas (they stop publishing to this one)."""
+        await self.announce(leaving=True)
         self._nc = None
+        presence, self._presence = self._presence, None
+        if presence is not None:
+            with contextlib.suppress(Exception):
+                await presence.unsubscribe()
+        self._peers, self._bridge_until = {}, 0.0
 
 
 class PubSubChild(LoopService):
@@ -222,11 +298,14 @@ class PubSubChild(LoopService):
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
             )
-            self._bridged = (nc, await self.runtime.pubsub.attach(nc))
+            self._bridged = (nc, await self.runtime.pubsub.attach(nc))  # (it says hello)
+        elif self._bridged is not None:
+            await self.runtime.pubsub.announce()  # the beat other replicas bridge to this one for
         self.interval = 0.05 if self._bridged is None else 1.0
 
     async def teardown(self) -> None:
-        self.runtime.pubsub.detach()
+        with contextlib.suppress(Exception):
+            await self.runtime.pubsub.detach()
         if self._bridged is not None:
             nc, sub = self._bridged
             self._bridged = None

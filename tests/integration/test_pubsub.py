@@ -7,8 +7,17 @@ from typing import Any
 
 import nats
 import pytest
+from prometheus_client import REGISTRY
 
-from coordinator.pubsub import Event, PubSub, SubscriberOverflow, subject_topic, topic_subject
+from coordinator.pubsub import (
+    PRESENCE_SUBJECT,
+    SUBJECT_PREFIX,
+    Event,
+    PubSub,
+    SubscriberOverflow,
+    subject_topic,
+    topic_subject,
+)
 from tests.factories import make_consumer
 from tests.fake_island import FakeIsland
 from tests.job_support import make_island
@@ -73,6 +82,7 @@ async def test_bridge_delivers_remote_events_once_in_order_and_drops_own_echoes(
     a, b = PubSub("replica-a"), PubSub("replica-b")
     subs = [await a.attach(nc_a), await b.attach(nc_b)]
     try:
+        await heard(b, "replica-a")  # A answers B's hello at once
         on_a, on_b = a.subscribe("job:z"), b.subscribe("job:z")
         for n in range(1, 101):
             await b.publish(event(n, "job:z"))
@@ -87,6 +97,120 @@ async def test_bridge_delivers_remote_events_once_in_order_and_drops_own_echoes(
             await sub.unsubscribe()
         await nc_a.close()
         await nc_b.close()
+
+
+async def heard(hub: PubSub, replica: str, within: float = 2.0) -> None:
+    for _ in range(int(within / 0.01)):
+        if replica in hub.peers():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{hub.replica_id} never heard {replica}")
+
+
+async def test_a_replica_alone_publishes_nothing_on_the_bridge_and_starts_when_another_says_hello(
+    nats_url: str,
+) -> None:
+    """The bridge costs a publish per event only while another replica listens; the local subscribers get
+    every event either way. A second replica's hello is answered at once, so each knows the other."""
+    watcher = await nats.connect(nats_url)
+    bridged = await watcher.subscribe(f"{SUBJECT_PREFIX}.>")
+    await watcher.flush()
+    nc_a, nc_b = await nats.connect(nats_url, no_echo=True), await nats.connect(nats_url, no_echo=True)
+    a, b = PubSub("alone-a"), PubSub("alone-b")
+    try:
+        await a.attach(nc_a)
+        local = a.subscribe("job:solo")
+        for n in range(1, 11):
+            await a.publish(event(n, "job:solo"))
+        await nc_a.flush()
+        assert [(await local.get(1)).position for _ in range(10)] == list(range(1, 11))  # type: ignore[union-attr]
+        with pytest.raises(nats.errors.TimeoutError):
+            await bridged.next_msg(0.3)
+        assert a.peers() == set()
+
+        await b.attach(nc_b)
+        await heard(a, "alone-b")
+        await heard(b, "alone-a")
+        on_b = b.subscribe("job:solo")
+        await a.publish(event(11, "job:solo"))
+        assert (await on_b.get(2)).position == 11  # type: ignore[union-attr]
+        assert json_of(await bridged.next_msg(2))["content"] == "11"
+    finally:
+        await nc_a.close()
+        await nc_b.close()
+        await watcher.close()
+
+
+async def test_the_bridge_stops_when_the_other_replica_leaves_or_falls_silent(nats_url: str) -> None:
+    watcher = await nats.connect(nats_url)
+    bridged = await watcher.subscribe(f"{SUBJECT_PREFIX}.>")
+    await watcher.flush()
+    nc_a, nc_b = await nats.connect(nats_url, no_echo=True), await nats.connect(nats_url, no_echo=True)
+    a, b = PubSub("left-a", peer_timeout=0.5), PubSub("left-b", peer_timeout=0.5)
+    try:
+        await a.attach(nc_a)
+        await b.attach(nc_b)
+        await heard(a, "left-b")
+        await b.detach()  # says goodbye: A stops at once
+        for _ in range(100):
+            if not a.peers():
+                break
+            await asyncio.sleep(0.01)
+        assert a.peers() == set()
+        await a.publish(event(1, "job:gone"))
+        with pytest.raises(nats.errors.TimeoutError):
+            await bridged.next_msg(0.3)
+
+        # A replica that beats, then falls silent (killed, cut off), is forgotten after the timeout.
+        await watcher.publish(PRESENCE_SUBJECT, b'{"replica": "silent"}')
+        await heard(a, "silent")
+        await a.publish(event(2, "job:gone"))
+        assert json_of(await bridged.next_msg(2))["content"] == "2"
+        await asyncio.sleep(0.6)
+        assert a.peers() == set()
+        await a.publish(event(3, "job:gone"))
+        with pytest.raises(nats.errors.TimeoutError):
+            await bridged.next_msg(0.3)
+        # A malformed hello is ignored (logged and counted), and changes nothing.
+        labels = {"subject_class": "pubsub"}
+        before = REGISTRY.get_sample_value("coordinator_nats_malformed_messages_total", labels) or 0
+        await watcher.publish(PRESENCE_SUBJECT, b"not json")
+        await watcher.publish(PRESENCE_SUBJECT, b'{"no": "replica"}')
+        await watcher.flush()
+        await asyncio.sleep(0.1)
+        assert a.peers() == set()
+        assert REGISTRY.get_sample_value("coordinator_nats_malformed_messages_total", labels) == before + 2
+    finally:
+        await nc_a.close()
+        await nc_b.close()
+        await watcher.close()
+
+
+async def test_a_dispatcher_wake_up_is_published_only_while_another_replica_is_there(nats_url: str) -> None:
+    """Every submit and freed slot wakes the other replicas' dispatchers over NATS; alone, there is no
+    one to wake (the replica woke its own dispatcher already)."""
+    from coordinator.nats.job_bus import DISPATCH_WAKE, NatsJobBus
+
+    watcher, nc, nc_bridge = await nats.connect(nats_url), await nats.connect(nats_url), None
+    wakes = await watcher.subscribe(DISPATCH_WAKE)
+    await watcher.flush()
+    hub = PubSub("waker")
+    bus = NatsJobBus(nc, "http://localhost", replica_id="waker", others_there=hub.listened)
+    try:
+        nc_bridge = await nats.connect(nats_url, no_echo=True)
+        await hub.attach(nc_bridge)
+        await bus.wake_dispatchers()
+        await nc.flush()
+        with pytest.raises(nats.errors.TimeoutError):
+            await wakes.next_msg(0.3)
+        await watcher.publish(PRESENCE_SUBJECT, b'{"replica": "worker-1"}')
+        await heard(hub, "worker-1")
+        await bus.wake_dispatchers()
+        assert (await wakes.next_msg(2)).data == b"waker"
+    finally:
+        for conn in (nc, nc_bridge, watcher):
+            if conn is not None:
+                await conn.close()
 
 
 async def test_a_replicas_bridge_connection_is_not_sent_its_own_events_back(
@@ -107,7 +231,9 @@ async def test_a_replicas_bridge_connection_is_not_sent_its_own_events_back(
         assert bridge is not stack.runtime.nats
         watcher = await nats.connect(nats_url)
         seen = await watcher.subscribe(topic_subject("job:echo"))
+        await watcher.publish(PRESENCE_SUBJECT, b'{"replica": "watcher"}')  # another replica listens
         await watcher.flush()
+        await heard(stack.runtime.pubsub, "watcher")
         for n in range(1, 21):
             await stack.runtime.pubsub.publish(event(n, "job:echo"))
         await bridge.flush()  # the server has routed all 20: an echo would be on its way before the PONG

@@ -41,11 +41,13 @@ class NatsJobBus:
         base_url: str,
         transport_of: Callable[[uuid.UUID], str] = nats_transport,
         replica_id: str = "",
+        others_there: Callable[[], bool] = lambda: True,
     ) -> None:
         self.nc = nc
         self.publisher = Publisher(nc, base_url)
         self.transport_of = transport_of
         self.replica_id = replica_id.encode()
+        self.others_there = others_there
 
     async def publish_assignment(self, host_id: uuid.UUID, job: AssignJob, msg_id: str) -> None:
         try:
@@ -70,8 +72,10 @@ class NatsJobBus:
         await self.publisher.purge_host_jobs(str(host_id))
 
     async def wake_dispatchers(self) -> None:
-        """Wake the other replicas' dispatchers (the sender woke its own: it ignores its own message)."""
-        await self.nc.publish(DISPATCH_WAKE, self.replica_id)
+        """Wake the other replicas' dispatchers (the sender woke its own: it ignores its own message), if
+        there are any (`others_there`: the pub/sub's peers; every process with a dispatcher bridges)."""
+        if self.others_there():
+            await self.nc.publish(DISPATCH_WAKE, self.replica_id)
 
 
 class JobBusChild(Child):
@@ -100,7 +104,8 @@ class JobBusChild(Child):
                 self.runtime.dispatcher.wake()
 
         sub = await nc.subscribe(DISPATCH_WAKE, cb=wake)
-        self.runtime.bus = NatsJobBus(nc, self.runtime.base_url, self.transport_of, me)
+        pubsub = self.runtime.pubsub
+        self.runtime.bus = NatsJobBus(nc, self.runtime.base_url, self.transport_of, me, pubsub.listened)
         ready()
         try:
             await asyncio.Event().wait()

@@ -76,6 +76,11 @@ http_rate_limited = Counter(
 open_streams = Gauge(
     "coordinator_open_streams", "Open SSE streams and WebSockets", ["kind"], multiprocess_mode="livesum"
 )
+pubsub_peers = Gauge(
+    "coordinator_pubsub_peer_replicas",
+    "Other replicas this process's pub/sub bridge hears (it publishes events only while there is one)",
+    multiprocess_mode="livemax",
+)
 
 # Channels (the Phoenix socket at /socket/websocket)
 channel_joins = Counter(
