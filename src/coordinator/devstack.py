@@ -57,6 +57,11 @@ class EmbeddedPostgres:
         return f"{root}/{name}?{query}"
 
     @property
+    def pid(self) -> int:
+        """The postmaster's process id (the first line of `postmaster.pid`); its children are the backends."""
+        return int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    @property
     def log_path(self) -> Path:
         """The server's log file (pgserver starts PostgreSQL with `-l <data>/log`)."""
         assert self._server is not None
@@ -146,6 +151,11 @@ class EmbeddedNats:
                 return self.url
             time.sleep(0.05)
         raise RuntimeError("nats-server did not start in time")
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
 
     @property
     def url(self) -> str:

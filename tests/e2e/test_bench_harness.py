@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import psutil
 
 from coordinator.benchmarks.harness import (
     SCENARIOS,
@@ -26,6 +27,7 @@ from coordinator.benchmarks.profile import Sampler, summarise
 from coordinator.benchmarks.report import write_report
 from coordinator.benchmarks.runner import SCENARIO_MODULES, median_run, run_one
 from coordinator.benchmarks.stack import _submit
+from coordinator.benchmarks.system import tree_cpu_seconds
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
 from tests.job_support import make_island
@@ -132,6 +134,30 @@ def test_report_shows_the_profile_and_a_failed_scenario_does_not_stop_the_run(tm
     assert "| broken | (did not finish) | — | **no** | error RuntimeError('no Island answered')" in text
     assert "| `NATS client` | 100.0 |" in text
     assert "| `f (jobs/dispatcher.py:3)` | 100.0 |" in text
+
+
+def test_a_process_trees_cpu_counts_the_work_of_its_children() -> None:
+    """PostgreSQL's share of a scenario is its postmaster's and its backends' CPU: a child's work counts
+    to the tree it belongs to, while the child runs."""
+    burn = (
+        "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    )
+    spawn = (
+        f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {burn!r}])\ntime.sleep(30)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", spawn])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and tree_cpu_seconds(parent.pid) < 0.4:
+            time.sleep(0.1)
+        own = psutil.Process(parent.pid).cpu_times()
+        assert tree_cpu_seconds(parent.pid) >= 0.4  # the child's 0.4 s of work
+        assert own.user + own.system < 0.4  # none of it is the parent's own
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
 
 
 def test_repeated_runs_report_the_median_run() -> None:

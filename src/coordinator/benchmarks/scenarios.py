@@ -26,10 +26,11 @@ from coordinator.benchmarks.stack import (
     _submit,
     fleet_failures,
     http_client,
+    http_clients,
     stack,
     start_fleet,
 )
-from coordinator.benchmarks.system import BENCH_CREDITS
+from coordinator.benchmarks.system import BENCH_CREDITS, MachineCpu
 from coordinator.config import libpq_url
 
 log = structlog.get_logger(__name__)
@@ -164,10 +165,15 @@ async def lifecycle(env: BenchEnv) -> Result:
         unfinished: dict[str, asyncio.Semaphore] = {}
         slots = [asyncio.Semaphore(window) for _ in range(submitters)]
         load.begin()
-        cpu_before = s.coordinator.cpu_seconds()
+        machine = MachineCpu(s.coordinator, env.postgres.pid, env.nats.pid)
+        machine_before = machine.snapshot()
+        cpu_before = machine_before["coordinator"]
         stop_at = time.monotonic() + duration
         conninfo = libpq_url(s.database_url)
-        async with http_client(s) as client, await psycopg.AsyncConnection.connect(conninfo) as conn:
+        async with (
+            http_clients(s, submitters) as clients,
+            await psycopg.AsyncConnection.connect(conninfo) as conn,
+        ):
             await conn.set_autocommit(True)
 
             async def submitter(index: int) -> None:
@@ -176,7 +182,7 @@ async def lifecycle(env: BenchEnv) -> Result:
                         await asyncio.wait_for(slots[index].acquire(), left)
                     except TimeoutError:
                         return
-                    job_id, _ = await _submit(client, s.headers_for(index), load)
+                    job_id, _ = await _submit(clients[index], s.headers_for(index), load)
                     if job_id is None:
                         slots[index].release()
                         await asyncio.sleep(0.1)
@@ -207,6 +213,7 @@ async def lifecycle(env: BenchEnv) -> Result:
             await asyncio.gather(settled(), *[submitter(i) for i in range(submitters)])
             load.end()
             cpu = s.coordinator.cpu_seconds() - cpu_before
+            by_process = machine.ms_per_job(machine_before, load.totals["completed"])
         drain = time.monotonic() + 60
         while time.monotonic() < drain and _db_checks(s.database_url, submitted)["lost"] > 0:
             await asyncio.sleep(0.5)
@@ -234,6 +241,7 @@ async def lifecycle(env: BenchEnv) -> Result:
             "median_completed_per_s": sustained,
             "mean_completed_per_s": round(load.totals["completed"] / max(load.window, 1e-9), 1),
             "coordinator_cpu_ms_per_job": round(cpu * 1000 / max(load.totals["completed"], 1), 2),
+            "cpu_ms_per_job_by_process": by_process,
             **checks,
             **phases,
         },
@@ -242,7 +250,9 @@ async def lifecycle(env: BenchEnv) -> Result:
         met=sustained >= 300 and checks["lost"] == 0 and checks["double_charged"] == 0,
         notes="Completed = recorded finished and settled by the coordinator (the database), counted per "
         "second of the load; each submitter keeps at most "
-        f"{window} jobs unfinished, on its own account.",
+        f"{window} jobs unfinished, on its own account. `cpu_ms_per_job_by_process`: what each process "
+        "on the machine's cores spent per completed job (the load generator is the bench itself: its "
+        "HTTP clients and simulated Islands).",
     ).with_load(load)
 
 
@@ -261,9 +271,9 @@ async def hot_account(env: BenchEnv) -> Result:
         await start_fleet(s, fleet)
         latencies: list[float] = []
         failures = 0
-        async with http_client(s) as client:
+        async with http_clients(s, 32) as clients:
 
-            async def submitter() -> None:
+            async def submitter(client: httpx.AsyncClient) -> None:
                 nonlocal failures
                 for _ in range(per_submitter):
                     job_id, elapsed = await _submit(client, s.headers, load)
@@ -272,7 +282,7 @@ async def hot_account(env: BenchEnv) -> Result:
 
             watch = Stopwatch()
             load.begin()
-            await asyncio.gather(*[submitter() for _ in range(32)])
+            await asyncio.gather(*[submitter(client) for client in clients])
             load.end()
             elapsed = watch.elapsed
         await fleet.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,6 +84,46 @@ class CoordinatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live children (PostgreSQL's backends), in seconds."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):  # a backend that ended meanwhile
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def own_cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass
+class MachineCpu:
+    """CPU seconds of each process a scenario runs on the machine's cores: the coordinator, PostgreSQL,
+    NATS and this process (the load generator: clients and simulated Islands). `since` a snapshot gives
+    each one's share of the work."""
+
+    coordinator: CoordinatorProcess
+    postgres_pid: int
+    nats_pid: int
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "coordinator": self.coordinator.cpu_seconds(),
+            "postgresql": tree_cpu_seconds(self.postgres_pid),
+            "nats": tree_cpu_seconds(self.nats_pid),
+            "load_generator": own_cpu_seconds(),  # (its children are the servers above)
+        }
+
+    def ms_per_job(self, before: dict[str, float], jobs: int) -> dict[str, float]:
+        """Each process's CPU milliseconds per job since `before`."""
+        now = self.snapshot()
+        return {name: round((now[name] - before[name]) * 1000 / max(jobs, 1), 2) for name in now}
 
 
 # A bench account's balance: a job costs at most a few credits (the seeded Cargos' prices times the surge
