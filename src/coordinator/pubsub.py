@@ -237,6 +237,12 @@ class PubSub:
         except Exception as exc:  # the next beat says it again
             log.warning("pubsub.announce_failed", error=repr(exc))
 
+    async def beat(self) -> None:
+        """Every second while bridged (`PubSubChild`): say this replica is still there, and count the
+        others still heard (one that fell silent drops out of the gauge here)."""
+        metrics.pubsub_peers.set(len(self.peers()))
+        await self.announce()
+
     def _heard(self, replica: str, leaving: bool) -> bool:
         """Note another replica's hello, beat or goodbye; True when it is new here."""
         now = time.monotonic()
@@ -258,7 +264,7 @@ class PubSub:
         return time.monotonic() < self._bridge_until
 
     def peers(self) -> set[str]:
-        """The other replicas heard within the timeout: the bridge publishes while there is one."""
+        """The other replicas heard within the timeout."""
         now = time.monotonic()
         return {r for r, at in self._peers.items() if now - at < self.peer_timeout}
 
@@ -271,6 +277,7 @@ class PubSub:
             with contextlib.suppress(Exception):
                 await presence.unsubscribe()
         self._peers, self._bridge_until = {}, 0.0
+        metrics.pubsub_peers.set(0)
 
 
 class PubSubChild(LoopService):
@@ -300,7 +307,7 @@ class PubSubChild(LoopService):
             )
             self._bridged = (nc, await self.runtime.pubsub.attach(nc))  # (it says hello)
         elif self._bridged is not None:
-            await self.runtime.pubsub.announce()  # the beat other replicas bridge to this one for
+            await self.runtime.pubsub.beat()  # what other replicas bridge to this one for
         self.interval = 0.05 if self._bridged is None else 1.0
 
     async def teardown(self) -> None:

@@ -166,8 +166,11 @@ async def test_the_bridge_stops_when_the_other_replica_leaves_or_falls_silent(na
         await heard(a, "silent")
         await a.publish(event(2, "job:gone"))
         assert json_of(await bridged.next_msg(2))["content"] == "2"
+        assert REGISTRY.get_sample_value("coordinator_pubsub_peer_replicas") == 1
         await asyncio.sleep(0.6)
         assert a.peers() == set()
+        await a.beat()  # the next beat counts the replicas still heard
+        assert REGISTRY.get_sample_value("coordinator_pubsub_peer_replicas") == 0
         await a.publish(event(3, "job:gone"))
         with pytest.raises(nats.errors.TimeoutError):
             await bridged.next_msg(0.3)

@@ -105,8 +105,8 @@ def own_cpu_seconds() -> float:
 @dataclass
 class MachineCpu:
     """CPU seconds of each process a scenario runs on the machine's cores: the coordinator, PostgreSQL,
-    NATS and this process (the load generator: clients and simulated Islands). `since` a snapshot gives
-    each one's share of the work."""
+    NATS and this process (the load generator: clients and simulated Islands); `ms_per_job` since a
+    `snapshot` is each one's share of the work."""
 
     coordinator: CoordinatorProcess
     postgres_pid: int
