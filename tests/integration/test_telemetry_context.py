@@ -176,8 +176,36 @@ def test_production_logs_are_json_lines_with_the_ids() -> None:
     ours, theirs = (json.loads(line) for line in buffer.getvalue().splitlines())
     assert ours["event"] == "ours" and ours["answer"] == 42 and ours["level"] == "info"
     assert theirs["event"] == "theirs" and theirs["level"] == "warning"
+    assert ours["logger"] == "coordinator.test" and theirs["logger"] == "some.library"
     for line in (ours, theirs):
         assert line["request_id"] == "req-json-1" and line["job_id"] == "job-1" and "timestamp" in line
+
+
+def test_lines_below_the_level_are_not_written_and_an_exception_is_one_json_line() -> None:
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("WARNING", "json", dev=False, stream=buffer)
+    try:
+        ours = structlog.get_logger("coordinator.test")
+        ours.info("not written")
+        ours.debug("nor this")
+        logging.getLogger("some.library").info("nor theirs")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            ours.exception("it failed", job="j-1")
+        ours.warning("written", n=1)
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    failed, written = (json.loads(line) for line in buffer.getvalue().splitlines())
+    assert failed["event"] == "it failed" and failed["level"] == "error" and failed["job"] == "j-1"
+    assert "RuntimeError: boom" in failed["exception"] and "Traceback" in failed["exception"]
+    assert written["event"] == "written" and written["level"] == "warning" and written["n"] == 1
+    with pytest.raises(ValueError, match="unknown log level"):
+        configure_logging("LOUD", "json", stream=io.StringIO())
 
 
 @contextlib.asynccontextmanager
