@@ -91,8 +91,10 @@ async def dispatcher(env: BenchEnv) -> Result:
         drain.assign()
 
     async with stack(env, "s_dispatch") as s:
-        # Islands with no free slot: every job waits in the queue.
-        fleet = FakeFleet(env.nats_url, 8, max_concurrent=0, on_assigned=on_assigned)
+        # Islands with no free slot: every job waits in the queue. They hold what they are given (the jobs
+        # they would stream meanwhile would load the coordinator's consumers, not its dispatcher).
+        behaviour = JobBehaviour(hold=True)
+        fleet = FakeFleet(env.nats_url, 8, max_concurrent=0, behaviour=behaviour, on_assigned=on_assigned)
         await start_fleet(s, fleet)
         sem = asyncio.Semaphore(32)
         async with http_client(s) as client:
