@@ -2,8 +2,8 @@
 
 Our own lines are rendered by structlog and written straight to the stream (below the level, a call is a
 no-op); the libraries' stdlib lines go through `logging` with the same processors. Both carry the
-correlation ids of `telemetry.context`. (Through the stdlib, an INFO line cost 33 µs: two `LogRecord`s, a
-caller-frame search and the handler; directly, a few µs.)"""
+correlation ids of `telemetry.context`. (Through the stdlib, an INFO line cost 21–23 µs: two `LogRecord`s,
+a caller-frame search and the handler; directly 7.5–8 µs, and a line below the level 4.3–4.8 → 0.6 µs.)"""
 
 from __future__ import annotations
 
