@@ -208,6 +208,25 @@ def test_lines_below_the_level_are_not_written_and_an_exception_is_one_json_line
         configure_logging("LOUD", "json", stream=io.StringIO())
 
 
+def test_a_logger_used_before_a_reconfiguration_writes_where_the_new_one_says() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json", stream=first)
+        ours = structlog.get_logger("coordinator.cached")
+        ours.info("one")  # cached on first use
+        configure_logging("INFO", "json", stream=second)
+        ours.info("two")
+        logging.getLogger("some.library").warning("three")
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert [json.loads(line)["event"] for line in first.getvalue().splitlines()] == ["one"]
+    assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["two", "three"]
+
+
 @contextlib.asynccontextmanager
 async def serve(app: Any) -> AsyncIterator[str]:
     """Serve an app built by `create_app` (plus test routes) on a free port with real uvicorn."""

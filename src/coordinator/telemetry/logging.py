@@ -2,8 +2,8 @@
 
 Our own lines are rendered by structlog and written straight to the stream (below the level, a call is a
 no-op); the libraries' stdlib lines go through `logging` with the same processors. Both carry the
-correlation ids of `telemetry.context`. (Through the stdlib, an INFO line cost 21–23 µs: two `LogRecord`s,
-a caller-frame search and the handler; directly 7.5–8 µs, and a line below the level 4.3–4.8 → 0.6 µs.)"""
+correlation ids of `telemetry.context`. (Through the stdlib, an INFO line cost 33–35 µs: two `LogRecord`s,
+a caller-frame search and the handler; directly 9.4–9.9 µs, and a line below the level 5.5 → 0.7 µs.)"""
 
 from __future__ import annotations
 
@@ -17,19 +17,32 @@ import structlog
 from coordinator.telemetry import context
 
 
-class _LineLogger:
-    """structlog's output for our lines: each rendered line written and flushed whole, under a lock (the
-    same stream as the stdlib handler's). `name` is the logger's (`structlog.get_logger(__name__)`)."""
+class _Sink:
+    """Where every line goes: the stream configured last (a logger cached before a reconfiguration follows
+    it), written under one lock by our lines and the stdlib handler alike (a line is never split)."""
 
-    def __init__(self, stream: TextIO, lock: threading.RLock, name: str | None) -> None:
-        self._stream = stream
-        self._lock = lock
+    def __init__(self) -> None:
+        self.stream: TextIO = sys.stderr
+        self.lock = threading.RLock()
+
+    def write(self, line: str) -> None:
+        with self.lock:
+            self.stream.write(line)
+            self.stream.flush()
+
+
+_SINK = _Sink()
+
+
+class _LineLogger:
+    """structlog's output for our lines: each rendered line written whole to the sink. `name` is the
+    logger's (`structlog.get_logger(__name__)`), for the `logger` field."""
+
+    def __init__(self, name: str | None) -> None:
         self.name = name
 
     def msg(self, message: str) -> None:
-        with self._lock:
-            self._stream.write(message + "\n")
-            self._stream.flush()
+        _SINK.write(message + "\n")
 
     debug = info = warning = error = critical = exception = msg
 
@@ -39,11 +52,11 @@ def configure_logging(
 ) -> None:
     """Route structlog and stdlib logging to one stream; correlation ids bound with `telemetry.context`
     are merged into every line, ours and libraries' alike."""
-    out = stream or sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not dev)
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         raise ValueError(f"unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    _SINK.stream = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not dev)
     shared: list[structlog.types.Processor] = [
         context.merge_ids,
         structlog.processors.add_log_level,
@@ -57,10 +70,9 @@ def configure_logging(
     )
     # JSON: the traceback as the line's `exception` field; the console renderer prints it after the line.
     exceptions: list[structlog.types.Processor] = [structlog.processors.format_exc_info] if use_json else []
-    lock = threading.RLock()
 
     def line_logger(*args: Any) -> _LineLogger:
-        return _LineLogger(out, lock, args[0] if args else None)
+        return _LineLogger(args[0] if args else None)
 
     structlog.configure(
         processors=[*shared, *exceptions, renderer],
@@ -72,7 +84,7 @@ def configure_logging(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, renderer],
     )
-    handler = _LockedHandler(out, lock)
+    handler = _SinkHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -81,13 +93,11 @@ def configure_logging(
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-class _LockedHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The stdlib handler, writing under the same lock as our lines (a line is never split by another)."""
-
-    def __init__(self, stream: TextIO, lock: threading.RLock) -> None:
-        super().__init__(stream)
-        self._line_lock = lock
+class _SinkHandler(logging.Handler):
+    """The stdlib's lines (libraries'), formatted by the shared processors, to the same sink as ours."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        with self._line_lock:
-            super().emit(record)
+        try:
+            _SINK.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
