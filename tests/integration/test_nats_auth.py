@@ -244,11 +244,12 @@ async def test_island_a_cannot_use_the_coordinators_pubsub_or_forwarding_subject
 ) -> None:
     from coordinator.nats.job_bus import DISPATCH_WAKE
     from coordinator.nats.stream_router import sink_subject
-    from coordinator.pubsub import SUBJECT_PREFIX, topic_subject
+    from coordinator.pubsub import PRESENCE_SUBJECT, SUBJECT_PREFIX, topic_subject
 
     a = await island_client(auth_nats, stack)
     try:
-        targets = [topic_subject("job:123"), sink_subject("replica-1"), DISPATCH_WAKE]
+        # (A forged hello would make every replica publish its events on the bridge for nobody.)
+        targets = [topic_subject("job:123"), sink_subject("replica-1"), DISPATCH_WAKE, PRESENCE_SUBJECT]
         for subject in targets:
             await a.publish(subject, b'{"event":"done"}')
         await a.subscribe(f"{SUBJECT_PREFIX}.>")
