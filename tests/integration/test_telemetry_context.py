@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -160,19 +160,26 @@ async def test_a_real_background_job_logs_with_its_correlation_ids(runtime: Runt
     assert _runs("workload_scan", "success") >= 1
 
 
+@contextlib.contextmanager
+def configured_logging() -> Iterator[None]:
+    """Configure logging inside the block; structlog's defaults and the root logger are restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def test_production_logs_are_json_lines_with_the_ids() -> None:
     buffer = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging("INFO", "json", dev=False, stream=buffer)
-    try:
+    with configured_logging():
+        configure_logging("INFO", "json", dev=False, stream=buffer)
         with context.bind(request_id="req-json-1", job_id="job-1"):
             structlog.get_logger("coordinator.test").info("ours", answer=42)
             logging.getLogger("some.library").warning("theirs")
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:], level = saved
-        root.setLevel(level)
     ours, theirs = (json.loads(line) for line in buffer.getvalue().splitlines())
     assert ours["event"] == "ours" and ours["answer"] == 42 and ours["level"] == "info"
     assert theirs["event"] == "theirs" and theirs["level"] == "warning"
@@ -183,10 +190,8 @@ def test_production_logs_are_json_lines_with_the_ids() -> None:
 
 def test_lines_below_the_level_are_not_written_and_an_exception_is_one_json_line() -> None:
     buffer = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging("WARNING", "json", dev=False, stream=buffer)
-    try:
+    with configured_logging():
+        configure_logging("WARNING", "json", dev=False, stream=buffer)
         ours = structlog.get_logger("coordinator.test")
         ours.info("not written")
         ours.debug("nor this")
@@ -196,10 +201,6 @@ def test_lines_below_the_level_are_not_written_and_an_exception_is_one_json_line
         except RuntimeError:
             ours.exception("it failed", job="j-1")
         ours.warning("written", n=1)
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:], level = saved
-        root.setLevel(level)
     failed, written = (json.loads(line) for line in buffer.getvalue().splitlines())
     assert failed["event"] == "it failed" and failed["level"] == "error" and failed["job"] == "j-1"
     assert "RuntimeError: boom" in failed["exception"] and "Traceback" in failed["exception"]
@@ -210,19 +211,13 @@ def test_lines_below_the_level_are_not_written_and_an_exception_is_one_json_line
 
 def test_a_logger_used_before_a_reconfiguration_writes_where_the_new_one_says() -> None:
     first, second = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
+    with configured_logging():
         configure_logging("INFO", "json", stream=first)
         ours = structlog.get_logger("coordinator.cached")
         ours.info("one")  # cached on first use
         configure_logging("INFO", "json", stream=second)
         ours.info("two")
         logging.getLogger("some.library").warning("three")
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:], level = saved
-        root.setLevel(level)
     assert [json.loads(line)["event"] for line in first.getvalue().splitlines()] == ["one"]
     assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["two", "three"]
 
