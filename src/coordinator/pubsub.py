@@ -231,9 +231,8 @@ class PubSub:
         nc = self._nc
         if nc is None:
             return
-        said = {"replica": self.replica_id, "leaving": leaving} if leaving else {"replica": self.replica_id}
         try:
-            await nc.publish(PRESENCE_SUBJECT, orjson.dumps(said))
+            await nc.publish(PRESENCE_SUBJECT, orjson.dumps({"replica": self.replica_id, "leaving": leaving}))
         except Exception as exc:  # the next beat says it again
             log.warning("pubsub.announce_failed", error=repr(exc))
 

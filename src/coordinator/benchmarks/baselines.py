@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import resource
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from coordinator.benchmarks.clients import SseCounter, sse_client
 from coordinator.benchmarks.harness import BenchEnv, Load, Result, Stopwatch, latency_summary, scenario
+from coordinator.benchmarks.system import own_cpu_seconds
 from coordinator.config import libpq_url
 from coordinator.devstack import free_port
 
@@ -108,11 +108,6 @@ async def baseline_debit(env: BenchEnv) -> Result:
     return Result("baseline_debit", {"writers": writers, "per_writer": per_worker}, metrics, series)
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 @scenario(
     "baseline_statement",
     "CPU of one primary-key SELECT through each database layer: raw psycopg, SQLAlchemy Core, ORM session",
@@ -132,10 +127,10 @@ async def baseline_statement(env: BenchEnv) -> Result:
     async def measure(label: str, n: int, body: Callable[[], Awaitable[None]]) -> None:
         for _ in range(20):  # warm caches and prepared statements
             await body()
-        started = _cpu_seconds()
+        started = own_cpu_seconds()
         for _ in range(n):
             await body()
-        metrics[label] = round((_cpu_seconds() - started) / n * 1e6, 1)
+        metrics[label] = round((own_cpu_seconds() - started) / n * 1e6, 1)
 
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
 

@@ -98,6 +98,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def own_cpu_seconds() -> float:
+    """CPU time of this process (every thread), in seconds."""
     times = psutil.Process().cpu_times()
     return float(times.user + times.system)
 
