@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # for this long fails with a full refund and that reason; 0 waits for ever.
     job_unplaceable_timeout_seconds: float = 300.0
     dispatch_batch_size: int = 100
+    # A submit that finds nothing queued and an idle Island with a slot assigns the job in its own
+    # transaction (`Dispatcher.plan_at_submit`); off, every job waits for a dispatcher pass.
+    assign_at_submit: bool = True
     dispatch_interval_seconds: float = 5.0
     lease_sweep_interval_seconds: float = 2.0
     poll_rate_limit_per_minute: int = 600

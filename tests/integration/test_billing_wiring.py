@@ -99,9 +99,10 @@ async def test_submit_over_the_daily_spend_of_an_unverified_user_is_429(stack: J
 
 
 async def test_success_pays_ask_times_surge_and_credits_karma_once(stack: JobStack, nats_url: str) -> None:
-    # Surge is high right now (primed through the cache's own API; it holds for 30 s).
-    async def high() -> Decimal:
-        return Decimal("1.25")
+    # Surge is high right now: many jobs queued, no free slot (primed through the cache's own API; it holds
+    # for 30 s), so the default multiplier, 1.25, applies.
+    async def high() -> tuple[int, int]:
+        return 1_000, 0
 
     await stack.runtime.surge.cache.get(high)
     charge, refund, earning = counted("charge"), counted("refund"), counted("earning")
@@ -145,8 +146,8 @@ async def test_the_dispatchers_surge_follows_the_surge_settings(database_url: st
 
 
 async def test_clearing_price_is_capped_at_the_budget(stack: JobStack, nats_url: str) -> None:
-    async def high() -> Decimal:
-        return Decimal("1.25")
+    async def high() -> tuple[int, int]:
+        return 1_000, 0  # surge 1.25 (the default multiplier)
 
     await stack.runtime.surge.cache.get(high)
     (island,) = await islands(stack, nats_url, "succeed", asking_prices={"llm-chat": "0.9"})

@@ -15,7 +15,9 @@ from coordinator.runtime import Runtime
 from tests.factories import make_consumer, seed_cargos
 from tests.job_support import job_row, karma_events, make_island, transactions_of
 
-APPLIED_ONE_BY_ONE = [m for m in moves.MOVES.values() if m not in (moves.SUBMIT, moves.ASSIGN)]
+APPLIED_ONE_BY_ONE = [
+    m for m in moves.MOVES.values() if m not in (moves.SUBMIT, moves.SUBMIT_PLACED, moves.ASSIGN)
+]
 
 
 async def _put(runtime: Runtime, job_id: Any, state: str, host_id: Any) -> None:

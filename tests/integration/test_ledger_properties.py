@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import ledger, settlement
-from coordinator.jobs.repository import SUBMIT_SQL
+from coordinator.jobs import lifecycle
+from coordinator.jobs.repository import SUBMIT_AND_LOCK_SQL, SUBMIT_SQL, AssignRow
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer
 
@@ -56,10 +57,13 @@ ops = st.lists(
 
 
 async def _submit(session: AsyncSession, user_id: int, workload_id: int, job_id: uuid.UUID, op: Op) -> None:
-    """The production submit statement (a duplicate job id fails on the primary key and rolls back)."""
+    """The production submit statement (a duplicate job id fails on the primary key and rolls back); an
+    odd amount asks it to lock the Island for an assignment in the same transaction, made by the
+    production assignment statement when the lock was had (as `jobs.service.submit` does)."""
+    direct = op.amount % 2 == 1
     row = (
         await session.execute(
-            SUBMIT_SQL,
+            SUBMIT_AND_LOCK_SQL if direct else SUBMIT_SQL,
             {
                 "id": job_id,
                 "key": f"charge:{job_id}",
@@ -76,12 +80,18 @@ async def _submit(session: AsyncSession, user_id: int, workload_id: int, job_id:
                 "max_attempts": 3,
                 "parent_id": None,
                 "batch_index": None,
+                **({"direct_host": HOST} if direct else {}),
             },
         )
     ).one()
     if row.outcome != "ok":
         raise Crash("402: nothing written")  # insufficient credits: roll back
-    await session.execute(text("UPDATE jobs SET host_id = :h WHERE id = :id"), {"h": HOST, "id": job_id})
+    if row.direct_host is not None:
+        move = AssignRow(job_id, HOST, 60, None, Decimal(op.amount), None)
+        assigned, _ = await lifecycle.assign_in(session, [move], "replica", [HOST])
+        assert [m.id for m, _ in assigned] == [job_id]
+    else:
+        await session.execute(text("UPDATE jobs SET host_id = :h WHERE id = :id"), {"h": HOST, "id": job_id})
 
 
 async def _finish(session: AsyncSession, job_id: uuid.UUID, op: Op) -> None:

@@ -44,7 +44,7 @@ class MarketSupplyHost:
 
 class TtlCache(Generic[V]):
     """Values recomputed at most once per `ttl` seconds per key (clock injectable for tests): the surge
-    factor (30 s, the rule) and each Cargo's market rate (a moving average; seconds old is current)."""
+    counts (30 s, the rule) and each Cargo's market rate (a moving average; seconds old is current)."""
 
     def __init__(self, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
@@ -158,25 +158,31 @@ def _serves(host: MarketSupplyHost, workload: Workload) -> bool:
 QUEUED_JOBS_SQL = text("SELECT count(*) FROM jobs WHERE state = 'queued'")
 
 
+async def surge_counts(session: AsyncSession) -> tuple[int, int]:
+    """What the surge factor is computed from: queued jobs, and the free slots of online Islands."""
+    queued = int((await session.execute(QUEUED_JOBS_SQL)).scalar_one())
+    return queued, sum(h.free_slots for h in await online_supply(session))
+
+
 async def compute_surge(
     session: AsyncSession, *, ratio: Decimal = Decimal(2), multiplier: Decimal = Decimal("1.25")
 ) -> Decimal:
     """The surge factor now: queued jobs against the free slots of online Islands."""
-    queued = int((await session.execute(QUEUED_JOBS_SQL)).scalar_one())
-    capacity = sum(h.free_slots for h in await online_supply(session))
+    queued, capacity = await surge_counts(session)
     return rules.surge_factor(queued, capacity, ratio=ratio, multiplier=multiplier)
 
 
 class Surge:
     """The surge factor with the settings' demand ratio and multiplier: the one definition the dispatcher
-    (clearing prices, cached `ttl` seconds) and the market snapshot worker (uncached) both use."""
+    (clearing prices, from counts cached `ttl` seconds) and the market snapshot worker (uncached) both
+    use."""
 
     def __init__(
         self, *, ratio: Decimal, multiplier: Decimal, ttl: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.ratio = ratio
         self.multiplier = multiplier
-        self.cache = TtlCache[Decimal](ttl=ttl, clock=clock)
+        self.cache = TtlCache[tuple[int, int]](ttl=ttl, clock=clock)  # (queued jobs, free slots)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Surge:
@@ -190,9 +196,11 @@ class Surge:
         """The factor now, from the database."""
         return await compute_surge(session, ratio=self.ratio, multiplier=self.multiplier)
 
-    async def current(self, session: AsyncSession) -> Decimal:
-        """The factor, recomputed at most once per `ttl` seconds."""
-        return await self.cache.get(lambda: self.compute(session))
+    async def current(self, session: AsyncSession, entering: int = 0) -> Decimal:
+        """The factor, from counts read at most once per `ttl` seconds; `entering`: jobs not in the
+        counts that are demand all the same (a submit assigning its own job before it is stored)."""
+        queued, capacity = await self.cache.get(lambda: surge_counts(session))
+        return rules.surge_factor(queued + entering, capacity, ratio=self.ratio, multiplier=self.multiplier)
 
 
 async def _workloads(session: AsyncSession, slug: str | None = None) -> list[Workload]:

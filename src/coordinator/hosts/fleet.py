@@ -231,6 +231,12 @@ class FleetView:
         view.reserved += 1
         return True
 
+    def unreserve(self, host_id: uuid.UUID) -> None:
+        """A slot `reserve` took for an assignment that was not made."""
+        view = self._hosts.get(host_id)
+        if view is not None and view.reserved > 0:
+            view.reserved -= 1
+
     def release(self, host_id: uuid.UUID) -> None:
         """A job left this Island (terminal status, requeue, undone assignment): its slot is free now, not
         at the next heartbeat."""

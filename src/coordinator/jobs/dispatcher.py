@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -55,6 +56,7 @@ class Assignment:
     message: AssignJob
     created_at: datetime
     result: TransitionResult
+    placement: dict[str, Any] | None = None
 
 
 QUEUE_EMPTY, QUEUE_UNKNOWN, QUEUE_ENTERED = "empty", "unknown", "entered"
@@ -68,6 +70,7 @@ class Dispatcher(LoopService):
         self.runtime = runtime
         self.interval = runtime.settings.dispatch_interval_seconds
         self.batch_size = runtime.settings.dispatch_batch_size
+        self.at_submit = self.batch_size > 0 and runtime.settings.assign_at_submit
         runtime.fleet.on_capacity(self._capacity_freed)
         self._hydrated_at = -HYDRATE_EVERY_SECONDS
         self._ranked_at = -self.interval  # the last claim by rank (not only the jobs just entered)
@@ -77,6 +80,7 @@ class Dispatcher(LoopService):
         # (each entry, here or on another replica, calls `wake`), so the next pass claims without the probe
         # (which saves a transaction when nothing waits and is a wasted statement when something does).
         self._queue = QUEUE_UNKNOWN
+        self._submits = 0  # submits in flight on this replica (`submitting`)
 
     def wake(self) -> None:
         """Jobs entered the queue: run a pass now."""
@@ -144,7 +148,7 @@ class Dispatcher(LoopService):
         )
         if not fresh_only:
             self._ranked_at = now
-        async with self.runtime.db.read() as read:  # no connection while the factor is cached
+        async with self.runtime.db.read() as read:  # no connection while the counts are cached
             surge = await self.runtime.surge.current(read)
         async with self.runtime.db.raw_transaction() as session:
             assignments = await self._place_in(session, candidates, surge, fresh_only)
@@ -237,14 +241,27 @@ class Dispatcher(LoopService):
         if placement is None:
             waiting.append((row.id, rules.unplaced_reason(hosts, needs).record(needs.budget)))
             return None
-        host = next(h for h in hosts if h.id == placement.host_id)
-        lease_seconds = self.runtime.settings.job_lease_seconds + int(row.cold_start_seconds or 0)
-        lease_expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
         try:
-            message = assign_job_message(row, lease_expires, host.supported_runtimes)
+            return self._plan_on(row, needs, placement, hosts, surge)
         except ProtocolError as exc:
             await self._undispatchable(session, row.id, str(exc))
             return None
+
+    def _plan_on(
+        self,
+        row: Any,
+        needs: rules.JobNeeds,
+        placement: rules.Placement,
+        hosts: list[HostView],
+        surge: Decimal,
+    ) -> Plan | None:
+        """The move and the AssignJob of a job `choose_host` placed, its slot reserved in the fleet view;
+        None when the Island left the view meanwhile. Raises `ProtocolError` for a Cargo no AssignJob can
+        express."""
+        host = next(h for h in hosts if h.id == placement.host_id)
+        lease_seconds = self.runtime.settings.job_lease_seconds + int(row.cold_start_seconds or 0)
+        lease_expires = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+        message = assign_job_message(row, lease_expires, host.supported_runtimes)
         if not self.fleet.reserve(host.id):  # it left the fleet view meanwhile: the next pass places the job
             return None
         clearing = rules.clearing_price(host, needs, surge)
@@ -252,6 +269,58 @@ class Dispatcher(LoopService):
             row.id, host.id, lease_seconds, placement.record(clearing), clearing, host.max_concurrent
         )
         return Plan(move, message)
+
+    # ------------------------------------------------------------ assignment in the submit's transaction
+
+    @contextlib.contextmanager
+    def submitting(self) -> Iterator[bool]:
+        """Around a submit: whether it is the only one in flight on this replica. Only such a submit
+        assigns its own job: with others in flight one pass places them all in two statements, and a
+        hot account's balance row is not held for an assignment while its other submits queue on it."""
+        self._submits += 1
+        try:
+            yield self._submits == 1
+        finally:
+            self._submits -= 1
+
+    async def plan_at_submit(self, row: Any, needs: rules.JobNeeds) -> Plan | None:
+        """Where a job about to be submitted goes at once: an Island of the fleet view with a free slot,
+        when this replica's last look found the queue empty and nothing entered it since (a job waiting
+        would be passed over; `SUBMIT_SQL` checks the database's queue too). The slot is reserved; the
+        submit's transaction assigns it (`assign_at_submit`) or gives it back. `row`: the job as it will be
+        inserted, with its Cargo's columns (what `assign_job_message` reads)."""
+        if not self.at_submit or self._queue != QUEUE_EMPTY:
+            return None
+        hosts = self.fleet.candidates()
+        placement = rules.choose_host(hosts, needs)
+        if placement is None:
+            return None
+        async with self.runtime.db.read() as read:  # no connection while the counts are cached
+            surge = await self.runtime.surge.current(read, entering=1)  # this job is demand too
+        try:
+            return self._plan_on(row, needs, placement, hosts, surge)
+        except ProtocolError:
+            return None  # the dispatcher fails such a job, with its reason
+
+    async def assign_at_submit(self, session: Sql, plan: Plan, locked: bool) -> Assignment | None:
+        """The planned assignment, in the submit's transaction after `SUBMIT_SQL` (`locked`: it locked the
+        Island's row and priced the job as planned); None, the slot given back, when it was not made (not
+        locked: the row was locked elsewhere, a job was ahead, a saved bid priced the job otherwise; or no
+        slot by the database's count)."""
+        host = self.fleet.get(plan.move.host_id)
+        if not locked or host is None:
+            self.abandon(plan)
+            return None
+        assigned = await self._assign(session, [plan], [host])  # a slot found taken is undone there
+        return assigned[0] if assigned else None
+
+    def abandon(self, plan: Plan) -> None:
+        """A plan the submit did not use (refused, failed): its reserved slot is free again."""
+        self.fleet.unreserve(plan.move.host_id)
+
+    async def publish_assigned(self, assignment: Assignment) -> None:
+        """AssignJob for an assignment made outside a pass (the submit's), then its hooks."""
+        await self._publish(assignment)
 
     async def _assign(self, session: Sql, plans: list[Plan], hosts: list[HostView]) -> list[Assignment]:
         """Every planned move in one guarded UPDATE that also checks each Island's slots against the
@@ -283,6 +352,7 @@ class Dispatcher(LoopService):
                     plan.message,
                     moved.created_at,
                     result,
+                    plan.move.placement,
                 )
             )
         return assignments

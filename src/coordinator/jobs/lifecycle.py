@@ -338,9 +338,16 @@ async def finish(
 
 
 def submitted(
-    job_id: uuid.UUID, user_id: int, workload_id: int, created_at: datetime, balance: Decimal | None = None
+    job_id: uuid.UUID,
+    user_id: int,
+    workload_id: int,
+    created_at: datetime,
+    balance: Decimal | None = None,
+    *,
+    placed: bool = False,
 ) -> TransitionResult:
-    """The result of the submit move (the row was inserted and charged by `service.submit_job`)."""
+    """The result of the submit move (the row was inserted and charged by `service.submit_job`); `placed`:
+    its transaction also assigned it (`moves.SUBMIT_PLACED`, no dispatcher wake-up)."""
     return TransitionResult(
         job_id,
         user_id,
@@ -350,7 +357,7 @@ def submitted(
         None,
         0,
         created_at,
-        move=moves.SUBMIT.name,
+        move=(moves.SUBMIT_PLACED if placed else moves.SUBMIT).name,
         balance=balance,
     )
 

@@ -113,6 +113,16 @@ SUBMIT = Move(
     _hooks(METRICS, WAKE_DISPATCHER, TELL_ACCOUNT, EXTENSIONS),
     "charged and queued",
 )
+# A submit whose transaction also assigned the job (`jobs.service.submit`): the assign move follows it in
+# the same transaction, and nothing is left in the queue to wake a dispatcher for.
+SUBMIT_PLACED = Move(
+    "submit_placed",
+    (),
+    QUEUED,
+    (),
+    _hooks(METRICS, TELL_ACCOUNT, EXTENSIONS),
+    "charged, queued and assigned in one transaction",
+)
 ASSIGN = Move("assign", (QUEUED,), ASSIGNED, (), _BROADCAST, "leased to an Island")
 GIVE_BACK = Move(
     "give_back", (ASSIGNED,), QUEUED, (), _hooks(FREE_CAPACITY, WAKE_DISPATCHER), "AssignJob publish failed"
@@ -160,6 +170,7 @@ MOVES: dict[str, Move] = {
     m.name: m
     for m in (
         SUBMIT,
+        SUBMIT_PLACED,
         ASSIGN,
         GIVE_BACK,
         START,

@@ -35,10 +35,11 @@ def prompt_chars_sql(alias: str) -> str:
     )
 
 
-def queue_ahead_sql(created_at: str) -> str:
-    """The queued jobs ahead of one of `:priority` queued at `created_at` (an SQL expression)."""
+def queue_ahead_sql(created_at: str, select: str = "SELECT count(*)") -> str:
+    """The queued jobs ahead of one of `:priority` queued at `created_at` (an SQL expression; their count
+    unless `select` says otherwise)."""
     return f"""
-        SELECT count(*) FROM jobs
+        {select} FROM jobs
         WHERE {states_sql([rules.QUEUED], "state")}
           AND (priority > :priority OR (priority = :priority AND created_at < {created_at}))
     """
@@ -51,8 +52,7 @@ def queue_ahead_sql(created_at: str) -> str:
 # (`billing.ledger.DEBIT_SQL`), and insert the job and its ledger row only if the debit happened. The
 # balance row is locked for this one statement, not for a transaction's round trips.
 # `outcome`: ok | stale | quota | insufficient.
-SUBMIT_SQL = text(
-    f"""
+_SUBMIT = f"""
     WITH counts AS (
         SELECT
             EXISTS (SELECT 1 FROM workloads WHERE id = :workload_id AND revision = :revision) AS current,
@@ -93,9 +93,25 @@ SUBMIT_SQL = text(
            (SELECT created_at FROM job) AS created_at,
            CASE WHEN NOT EXISTS (SELECT 1 FROM charge)
                 THEN (SELECT credits FROM users WHERE id = :user_id) END AS available,
-           ({queue_ahead_sql("now()")}) AS ahead
+           ({queue_ahead_sql("now()")}) AS ahead,
+           {{direct_host}}
     FROM verdict v
     """
+SUBMIT_SQL = text(_SUBMIT.format(direct_host="NULL AS direct_host")).bindparams(
+    bindparam("input", type_=JSONB)
+)
+# The submit that also assigns the job in its transaction (`jobs.dispatcher.Dispatcher.plan_at_submit`,
+# `:direct_host` the Island it chose): it locks that Island's row, after the balance's and without waiting
+# (a row locked elsewhere is skipped), once the charge happened and only if no queued job is ahead of this
+# one, and returns the Island's id when it did. The assignment is the transaction's next statement
+# (`ASSIGN_MANY_SQL`), which counts the Island's jobs after the lock.
+SUBMIT_AND_LOCK_SQL = text(
+    _SUBMIT.format(
+        direct_host=f"""(SELECT h.id FROM hosts h
+            WHERE h.id = CAST(:direct_host AS uuid) AND EXISTS (SELECT 1 FROM charge)
+              AND NOT EXISTS ({queue_ahead_sql("now()", "SELECT 1")})
+            FOR UPDATE OF h SKIP LOCKED) AS direct_host"""
+    )
 ).bindparams(bindparam("input", type_=JSONB))
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.accounts.models import User
@@ -26,6 +29,9 @@ from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
 from coordinator.workloads.catalogue import Cargo
 from coordinator.workloads.models import Workload
+
+if TYPE_CHECKING:
+    from coordinator.jobs.dispatcher import Assignment, Plan
 
 log = structlog.get_logger(__name__)
 
@@ -112,9 +118,9 @@ def _check_submission(cargo: Cargo, input: Any, priority: int, region: str | Non
 
 async def _default_price(
     runtime: Runtime, user: User, cargo: Cargo, input: Any, priority: int, region: str | None
-) -> Decimal:
+) -> tuple[Decimal, rules.JobNeeds]:
     """Check the submission against `cargo` (422 when it cannot be run as asked) and return the budget a
-    job without its own or a saved bid gets."""
+    job without its own or a saved bid gets, and the job's placement needs (without a budget)."""
     _check_submission(cargo, input, priority, region)
     async with runtime.db.read() as session:  # no connection unless a statement below runs
         default = await market.default_budget(
@@ -129,7 +135,52 @@ async def _default_price(
         if not await could_ever_run(session, runtime.fleet, needs):
             reason = rules.unrunnable_reason(needs)
             raise ValidationFailed(reason, {"workload": [reason]})
-    return raised_to_supply(runtime.fleet, needs, default)
+    return raised_to_supply(runtime.fleet, needs, default), needs
+
+
+def _as_claimed(job_id: uuid.UUID, cargo: Cargo, input: Any) -> SimpleNamespace:
+    """The job about to be inserted as the dispatcher's claim returns it (what an AssignJob is built from)."""
+    return SimpleNamespace(
+        id=job_id,
+        workload_id=cargo.id,
+        input=input,
+        runtime=cargo.runtime,
+        trust_level=cargo.trust_level,
+        cold_start_seconds=cargo.cold_start_seconds,
+        container_image=cargo.container_image,
+        image_digest=cargo.image_digest,
+        wasm_url=cargo.wasm_url,
+        wasm_hash=cargo.wasm_hash,
+        model_url=cargo.model_url,
+        model_hash=cargo.model_hash,
+        onnx_task_type=cargo.onnx_task_type,
+    )
+
+
+async def _store(
+    runtime: Runtime, plan: Plan | None, params: dict[str, Any], budget: Decimal
+) -> tuple[Any, Assignment | None]:
+    """`SUBMIT_SQL`'s row, alone or with the planned assignment in the same transaction (and the
+    assignment when it was made: the plan's slot is given back otherwise). A transaction that fails is
+    rolled back whole and the submit is made again alone: a doubtful assignment never costs the job."""
+    dispatcher = runtime.dispatcher
+    if plan is not None and dispatcher is not None:
+        given_back = False
+        try:
+            async with runtime.db.raw_transaction() as session:
+                row = (await session.execute(sql.SUBMIT_AND_LOCK_SQL, params)).one()
+                locked = row.direct_host is not None and Decimal(row.price) == budget
+                assignment = await dispatcher.assign_at_submit(session, plan, locked)
+                given_back = assignment is None
+            return row, assignment
+        except BaseException as exc:
+            if not given_back:
+                dispatcher.abandon(plan)
+            if not isinstance(exc, DBAPIError):
+                raise
+            log.warning("job.assign_at_submit_failed", job_id=str(params["id"]), error=repr(exc))
+    async with runtime.db.raw_statement() as session:
+        return (await session.execute(sql.SUBMIT_SQL, params)).one(), None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,7 +202,9 @@ async def submit(
     batch_index: int | None = None,
 ) -> Submitted:
     """Validate, quote and charge, and insert the job as `queued`: one statement (`SUBMIT_SQL`) once the
-    Cargo is in the catalogue cache. Refusals: 404 unknown Cargo, 422 invalid, 402 credits, 429 quota."""
+    Cargo is in the catalogue cache. When nothing is queued and an Island has a free slot, the same
+    transaction assigns the job to it (`Dispatcher.plan_at_submit`; a second statement) and the AssignJob
+    is sent before this returns. Refusals: 404 unknown Cargo, 422 invalid, 402 credits, 429 quota."""
     bid: Decimal | None = None
     if budget is not None:
         bid = rules.parse_budget(budget)
@@ -162,45 +215,52 @@ async def submit(
     top_level = parent_id is None  # a batch counts once, through its parent
     job_id = uuid.uuid4()
     cargo = runtime.catalogue.cached(workload_slug)
-    for _ in range(3):  # a Cargo changed under a cached copy: read it again and redo (twice is plenty)
-        fresh = cargo is None
-        if cargo is None:
-            cargo = await runtime.catalogue.load(runtime.db, workload_slug)
-        try:
-            default = await _default_price(runtime, user, cargo, input, priority, region)
-        except ValidationFailed:
-            if fresh:
-                raise
-            cargo = None  # a refusal is never made on a cached copy alone
-            continue
-        async with runtime.db.raw_statement() as session:
-            row = (
-                await session.execute(
-                    sql.SUBMIT_SQL,
-                    {
-                        "id": job_id,
-                        "key": f"charge:{job_id}",
-                        "user_id": user.id,
-                        "workload_id": cargo.id,
-                        "revision": cargo.revision,
-                        "explicit": bid,
-                        "default": default,
-                        "active_cap": caps.active_jobs if top_level else None,
-                        "daily_cap": caps.daily_spend if top_level else None,
-                        "input": input,
-                        "priority": priority,
-                        "region": region,
-                        "max_attempts": runtime.settings.job_max_attempts,
-                        "parent_id": parent_id,
-                        "batch_index": batch_index,
-                    },
-                )
-            ).one()
-        if row.outcome != "stale":
-            break
-        cargo = None
-    else:
-        raise Conflict("The Cargo is being changed; try again")
+    dispatcher = runtime.dispatcher
+    assignment: Assignment | None = None
+    # Only a submit alone on this replica may assign its own job (`Dispatcher.submitting`).
+    alone_here = contextlib.nullcontext(False) if dispatcher is None else dispatcher.submitting()
+    with alone_here as alone:
+        for _ in range(3):  # a Cargo changed under a cached copy: read it again and redo (twice is plenty)
+            fresh = cargo is None
+            if cargo is None:
+                cargo = await runtime.catalogue.load(runtime.db, workload_slug)
+            try:
+                default, needs = await _default_price(runtime, user, cargo, input, priority, region)
+            except ValidationFailed:
+                if fresh:
+                    raise
+                cargo = None  # a refusal is never made on a cached copy alone
+                continue
+            # An idle Island with a free slot and nothing queued: the job is assigned in this transaction.
+            needs = dataclasses.replace(needs, budget=default if bid is None else bid)
+            plan = None
+            if dispatcher is not None and alone:
+                plan = await dispatcher.plan_at_submit(_as_claimed(job_id, cargo, input), needs)
+            params = {
+                "id": job_id,
+                "key": f"charge:{job_id}",
+                "user_id": user.id,
+                "workload_id": cargo.id,
+                "revision": cargo.revision,
+                "explicit": bid,
+                "default": default,
+                "active_cap": caps.active_jobs if top_level else None,
+                "daily_cap": caps.daily_spend if top_level else None,
+                "input": input,
+                "priority": priority,
+                "region": region,
+                "max_attempts": runtime.settings.job_max_attempts,
+                "parent_id": parent_id,
+                "batch_index": batch_index,
+            }
+            if plan is not None:
+                params["direct_host"] = plan.move.host_id
+            row, assignment = await _store(runtime, plan, params, needs.budget)
+            if row.outcome != "stale":
+                break
+            cargo = None
+        else:
+            raise Conflict("The Cargo is being changed; try again")
     price = Decimal(row.price)
     if row.outcome == "quota":
         raise quotas.submit_refusal(caps, int(row.active), Decimal(row.spent), price) or Conflict(
@@ -219,28 +279,33 @@ async def submit(
     with context.bind(job_id=job_id, workload_id=cargo.id, user_id=user.id):
         log.info("job.submitted", workload=cargo.slug, priority=priority, budget=str(price))
         metrics.jobs_submitted.labels(workload=cargo.slug).inc()
-        await lifecycle.after_commit(
-            runtime, None, [lifecycle.submitted(job_id, user.id, cargo.id, created_at, balance)]
+        submitted = lifecycle.submitted(
+            job_id, user.id, cargo.id, created_at, balance, placed=assignment is not None
         )
-    # The row as inserted, without reading it back (submit is a hot path).
+        await lifecycle.after_commit(runtime, None, [submitted])
+    if assignment is not None:
+        assert dispatcher is not None
+        metrics.assigned_at_submit.inc()
+        await dispatcher.publish_assigned(assignment)
+    # The row as this transaction left it, without reading it back (submit is a hot path).
     job = Job(
         id=job_id,
         user_id=user.id,
         workload_id=cargo.id,
-        state=rules.QUEUED,
+        state=rules.QUEUED if assignment is None else rules.ASSIGNED,
         input=input,
         output=None,
         error=None,
         priority=priority,
-        host_id=None,
-        attempt=0,
+        host_id=None if assignment is None else assignment.host_id,
+        attempt=0 if assignment is None else assignment.attempt,
         max_attempts=runtime.settings.job_max_attempts,
         region=region,
         budget=price,
         charged=price,
         refunded=Decimal(0),
         usage=None,
-        placement=None,
+        placement=None if assignment is None else assignment.placement,
         parent_id=parent_id,
         batch_index=batch_index,
         started_at=None,

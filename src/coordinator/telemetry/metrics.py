@@ -44,6 +44,9 @@ job_transitions = Counter(
     "coordinator_job_transitions_total", "Job state transitions applied", ["from_state", "to_state"]
 )
 jobs_submitted = Counter("coordinator_jobs_submitted_total", "Jobs accepted at submit", ["workload"])
+assigned_at_submit = Counter(
+    "coordinator_jobs_assigned_at_submit_total", "Jobs assigned in their submit's transaction (no pass)"
+)
 dispatch_latency = Histogram(
     "coordinator_job_submit_to_assign_seconds",
     "Time from submit to the AssignJob publish",

@@ -19,7 +19,9 @@ from coordinator.repo.database import Database
 
 COLUMNS = """
     SELECT id, slug, runtime, kind, required_ram_mb, required_vram_mb, required_cpu_cores, platforms,
-           price_per_job, input_schema, is_enabled, suspended_at, revision
+           price_per_job, input_schema, is_enabled, suspended_at, revision, trust_level,
+           cold_start_seconds, container_image, image_digest, wasm_url, wasm_hash, model_url, model_hash,
+           onnx_task_type
     FROM workloads
 """
 LOAD_SQL = text(COLUMNS + " WHERE slug = :key")
@@ -41,6 +43,16 @@ class Cargo:
     is_enabled: bool
     suspended_at: datetime | None
     revision: int
+    # What an AssignJob carries (`jobs.assignment.assign_job_message`), for a submit that assigns at once.
+    trust_level: int
+    cold_start_seconds: int
+    container_image: str | None
+    image_digest: str | None
+    wasm_url: str | None
+    wasm_hash: str | None
+    model_url: str | None
+    model_hash: str | None
+    onnx_task_type: str | None
 
 
 class Catalogue:
@@ -98,4 +110,13 @@ class Catalogue:
             is_enabled=row.is_enabled,
             suspended_at=row.suspended_at,
             revision=row.revision,
+            trust_level=int(row.trust_level),
+            cold_start_seconds=int(row.cold_start_seconds or 0),
+            container_image=row.container_image,
+            image_digest=row.image_digest,
+            wasm_url=row.wasm_url,
+            wasm_hash=row.wasm_hash,
+            model_url=row.model_url,
+            model_hash=row.model_hash,
+            onnx_task_type=row.onnx_task_type,
         )
