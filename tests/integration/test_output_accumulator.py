@@ -16,6 +16,8 @@ from coordinator.jobs.events import JobRef
 from coordinator.jobs.output_check import INCOMPLETE_OUTPUT
 from coordinator.pubsub import Subscription, job_topic
 from coordinator.repo.database import Database
+from tests.factories import make_consumer
+from tests.job_support import statements_of
 from tests.stream_support import Stack, finish, job_of, running_job, set_runtime, stream_stack
 
 
@@ -388,3 +390,44 @@ async def test_what_waits_for_the_store_runs_after_a_flush_stored_it_and_not_aft
     assert seen == [buffered]  # ran once its events were stored
     await sink.flush()
     assert seen == [buffered]  # and only once
+
+
+async def test_a_replay_reads_the_store_only_when_this_stream_stored_events_after_the_position(
+    stack: Stack,
+) -> None:
+    ref = await running_job(stack)  # assigned (a new stream, made here) and started
+    sink = stack.accumulator
+    await sink.on_output(ref, 1, "a", False)
+    await sink.flush()
+    await sink.on_output(ref, 2, "b", False)
+    upto = sink._streams[ref.job_id].stored_upto
+    assert upto is not None and upto >= 1
+    with statements_of(stack.runtime) as unread:
+        unstored = await sink.replay(ref.job_id, after=upto)  # decided with nothing in between
+    with statements_of(stack.runtime) as read:
+        everything = await sink.replay(ref.job_id)
+    assert unread == [] and len(read) == 1
+    assert [e.position for e in everything] == list(range(1, len(everything) + 1))
+    assert [e for e in everything if e.position > upto] == unstored
+    assert everything[-1].payload == {"type": "token", "content": "b"}
+
+
+async def test_opening_the_stream_of_a_job_whose_events_are_made_here_needs_no_statement(
+    stack: Stack,
+) -> None:
+    from coordinator.errors import NotFound
+    from coordinator.jobs import service
+
+    ref = await running_job(stack)
+    with statements_of(stack.runtime) as seen:
+        assert await service.stream_access(stack.runtime, stack.consumer.user, str(ref.job_id)) == (
+            ref.job_id,
+            False,
+        )
+    assert seen == []
+    other = await make_consumer(stack.runtime, "someone-else@example.com")
+    with pytest.raises(NotFound):  # anyone else: the database's answer, the same 404 as for no job
+        await service.stream_access(stack.runtime, other.user, str(ref.job_id))
+    await finish(stack, ref)
+    _, maybe_terminal = await service.stream_access(stack.runtime, stack.consumer.user, str(ref.job_id))
+    assert maybe_terminal

@@ -94,6 +94,10 @@ class _Stream:
     # Islands the job was requeued away from (each is excluded from it for good): their stragglers, sent
     # or redelivered after the requeue, belong to a dead attempt and never join the next one's output.
     retired_hosts: set[uuid.UUID] = field(default_factory=set)
+    # No stored event of the job is after this position (this process stores them: known once the stream
+    # is made here, raised by each flush in the step that takes the flushed events out of `unflushed`);
+    # None until known (`replay` then reads the store).
+    stored_upto: int | None = None
 
     def from_retired(self, job: JobRef) -> bool:
         return job.host_id is not None and job.host_id in self.retired_hosts
@@ -203,6 +207,14 @@ class OutputAccumulator:
         stream = self._streams.get(job_id)
         return stream is not None and not stream.finalized
 
+    def owner_of(self, job_id: uuid.UUID) -> tuple[int, bool] | None:
+        """The consumer of a job whose events this replica makes, and whether its stream has ended, from
+        memory; None when the job's stream is not here."""
+        stream = self._streams.get(job_id)
+        if stream is None or not stream.ready.is_set():
+            return None
+        return stream.ref.user_id, stream.finalized
+
     def pending(self, job_id: uuid.UUID, after: int = 0) -> list[Event]:
         """Events not yet known to be stored (read this BEFORE the table, see `replay`)."""
         stream = self._streams.get(job_id)
@@ -214,8 +226,12 @@ class OutputAccumulator:
         """Every event of a job after a position, in order: in-memory ones, then the stored ones.
 
         Memory is read first: an event leaves memory only after its batch committed, so it is in one
-        of the two reads whatever flush runs in between."""
+        of the two reads whatever flush runs in between. A stream made here knows how far its events
+        are stored: a replay from there on (a stream opened on a job just assigned) reads no table."""
         in_memory = self.pending(job_id, after)
+        stream = self._streams.get(job_id)
+        if stream is not None and stream.stored_upto is not None and stream.stored_upto <= after:
+            return in_memory  # nothing of it is stored after `after`: no read
         events = {e.position: e for e in await stored_events(self.runtime, job_id, after)}
         for event in in_memory:
             events.setdefault(event.position, event)
@@ -233,6 +249,7 @@ class OutputAccumulator:
                     async with self.runtime.db.read() as session:
                         last = await session.scalar(MAX_POSITION_SQL, {"job_id": job.job_id})
                 stream.next_position = int(last or 0) + 1
+                stream.stored_upto = int(last or 0)
                 if last:
                     await self._resume(stream)
             finally:
@@ -340,6 +357,8 @@ class OutputAccumulator:
             await session.execute(INSERT_EVENTS_SQL, params)
         for stream, flushed in batch:
             del stream.unflushed[: len(flushed)]
+            if stream.stored_upto is not None:
+                stream.stored_upto = max(stream.stored_upto, flushed[-1].position)
         return len(events)
 
 

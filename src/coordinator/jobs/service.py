@@ -24,6 +24,7 @@ from coordinator.hosts.fleet import FleetView, view_of
 from coordinator.jobs import lifecycle, moves, rules
 from coordinator.jobs import repository as sql
 from coordinator.jobs.models import Job
+from coordinator.jobs.output import accumulator_of
 from coordinator.runtime import Runtime
 from coordinator.telemetry import context, metrics
 from coordinator.workloads import rules as workload_rules
@@ -352,16 +353,21 @@ async def get_job(session: AsyncSession, user: User, job_id: str) -> tuple[Job, 
     return row[0], row[1]
 
 
-async def job_state(runtime: Runtime, user: User, job_id: str) -> tuple[uuid.UUID, str]:
-    """The caller's job id and state, in one statement on the hot paths' pool (what opening a stream needs,
-    without the ORM row); the same 404 as `get_job` for any other id."""
+async def stream_access(runtime: Runtime, user: User, job_id: str) -> tuple[uuid.UUID, bool]:
+    """The caller's job id, and whether the job may have ended, for opening its stream: from this replica's
+    output stream of the job when it is here (a job just assigned), else one statement on the hot paths'
+    pool; the same 404 as `get_job` for any other id."""
     parsed = job_id_or_404(job_id)
+    accumulator = accumulator_of(runtime)
+    known = None if accumulator is None else accumulator.owner_of(parsed)
+    if known is not None and (user.is_admin or known[0] == user.id):
+        return parsed, known[1]
     params = {"id": parsed, "any_owner": user.is_admin, "user_id": user.id}
     async with runtime.db.raw_statement() as session:
         state = (await session.execute(sql.OWNED_JOB_STATE_SQL, params)).scalar()
     if state is None:
         raise NotFound("Job not found")
-    return parsed, state
+    return parsed, rules.is_terminal(state)
 
 
 async def list_jobs(

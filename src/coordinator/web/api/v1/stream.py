@@ -6,7 +6,6 @@ from fastapi import Depends, Request
 from starlette.responses import StreamingResponse
 
 from coordinator.accounts.service import Principal
-from coordinator.jobs import rules
 from coordinator.jobs import service as jobs
 from coordinator.telemetry import context
 from coordinator.web.auth import get_runtime, require_read
@@ -27,6 +26,6 @@ async def stream_job(
 ) -> StreamingResponse:
     """Replay every event of the caller's job, then follow it live; closes after `done` or `error`."""
     runtime = get_runtime(request)
-    found, state = await jobs.job_state(runtime, principal.user, job_id)
+    found, maybe_terminal = await jobs.stream_access(runtime, principal.user, job_id)
     context.add(job_id=found)  # the stream's lines (it runs in a task copied from this context) too
-    return sse_response(job_stream_body(runtime, found, maybe_terminal=rules.is_terminal(state)))
+    return sse_response(job_stream_body(runtime, found, maybe_terminal=maybe_terminal))
