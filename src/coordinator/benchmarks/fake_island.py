@@ -6,7 +6,6 @@ load the machine the coordinator is measured on; this fleet sends the same bytes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -18,6 +17,8 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from island.pull import ContinuousPull
+
+STOP_SECONDS = 5.0  # how long `FakeFleet.stop` waits for its cancelled tasks
 
 
 def _dumps(value: Any) -> bytes:
@@ -211,9 +212,14 @@ class FakeFleet:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: a consumer can outlive its cancel (on Python 3.11 the `wait_for` under nats-py's
+        # `next_msg` may swallow a cancel that lands as a message arrives, and the pull goes on); closing
+        # the connection below ends it. (An unbounded wait hung a whole bench run after its scenario.)
+        if self._tasks:
+            done, _ = await asyncio.wait(self._tasks, timeout=STOP_SECONDS)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a job task's publish that failed is counted already
         if self._nc is not None:
             # Close, not drain: draining waits out every outstanding pull request (up to 30 s).
             await self._nc.flush()

@@ -106,10 +106,27 @@ def median_run(attempts: list[Result]) -> Result:
     return chosen
 
 
+def _print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+
+
+async def _dumpable(runner: Runner, env: BenchEnv) -> Result:
+    """The scenario, with `kill -USR1 <bench pid>` printing every task's stack to stderr (a run that
+    stops making progress shows what it waits for)."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, _print_tasks)
+    try:
+        return await runner(env)
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+
+
 def run_one(name: str, runner: Runner, env: BenchEnv) -> Result:
     """A scenario that raises is reported as missed with its error; the rest of the run goes on."""
     try:
-        return asyncio.run(runner(env))
+        return asyncio.run(_dumpable(runner, env))
     except Exception as exc:
         traceback.print_exc()
         return Result(name, {}, {"error": repr(exc)}, target="(did not finish)", met=False)
