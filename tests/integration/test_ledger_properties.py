@@ -16,13 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coordinator.billing import ledger, settlement
-from coordinator.jobs.repository import (
-    ASSIGN_AT_SUBMIT_SQL,
-    SUBMIT_AND_LOCK_SQL,
-    SUBMIT_SQL,
-    AssignRow,
-    assign_many_params,
-)
+from coordinator.jobs import lifecycle
+from coordinator.jobs.repository import SUBMIT_AND_LOCK_SQL, SUBMIT_SQL, AssignRow
 from coordinator.runtime import Runtime
 from tests.factories import make_consumer
 
@@ -63,8 +58,8 @@ ops = st.lists(
 
 async def _submit(session: AsyncSession, user_id: int, workload_id: int, job_id: uuid.UUID, op: Op) -> None:
     """The production submit statement (a duplicate job id fails on the primary key and rolls back); an
-    odd amount asks it to lock the Island for an assignment in the same transaction, which the production
-    assignment statement makes only when the lock was had (as `jobs.service.submit` sends them)."""
+    odd amount asks it to lock the Island for an assignment in the same transaction, made by the
+    production assignment statement when the lock was had (as `jobs.service.submit` does)."""
     direct = op.amount % 2 == 1
     row = (
         await session.execute(
@@ -91,12 +86,11 @@ async def _submit(session: AsyncSession, user_id: int, workload_id: int, job_id:
     ).one()
     if row.outcome != "ok":
         raise Crash("402: nothing written")  # insufficient credits: roll back
-    if direct:
+    if row.direct_host is not None:
         move = AssignRow(job_id, HOST, 60, None, Decimal(op.amount), None)
-        params = {**assign_many_params([move], "replica", [HOST]), "budget": Decimal(op.amount)}
-        assigned = (await session.execute(ASSIGN_AT_SUBMIT_SQL, params)).all()
-        assert [r.id for r in assigned] == ([job_id] if row.direct_host is not None else [])
-    if row.direct_host is None:
+        assigned, _ = await lifecycle.assign_in(session, [move], "replica", [HOST])
+        assert [m.id for m, _ in assigned] == [job_id]
+    else:
         await session.execute(text("UPDATE jobs SET host_id = :h WHERE id = :id"), {"h": HOST, "id": job_id})
 
 

@@ -95,25 +95,6 @@ async def test_a_transaction_commits_whole_or_not_at_all_and_its_commit_work_fol
     assert seen == ["rollback failed", "commit kept"]
 
 
-async def test_pipelined_statements_commit_together_or_roll_back_together(runtime: Runtime) -> None:
-    consumer = await make_consumer(runtime, credits=Decimal(10))
-    take = text("UPDATE users SET credits = credits - :n WHERE id = :id RETURNING credits")
-    # A later statement sees what an earlier one wrote and set, in the same transaction.
-    remember = text("SELECT set_config('test.note', CAST(:v AS text), true) AS v")
-    recall = text("SELECT current_setting('test.note', true) AS v, credits FROM users WHERE id = :id")
-    taken, noted, seen = await runtime.db.raw_pipelined(
-        [(take, {"n": 3, "id": consumer.user.id}), (remember, {"v": "x"}), (recall, {"id": consumer.user.id})]
-    )
-    assert taken.scalar() == Decimal(7) and noted.scalar() == "x" and tuple(seen.one()) == ("x", Decimal(7))
-    with pytest.raises(DataError):  # the second fails: the first's write is rolled back with it
-        await runtime.db.raw_pipelined(
-            [(take, {"n": 3, "id": consumer.user.id}), (text("SELECT CAST(:v AS int)"), {"v": "no"})]
-        )
-    async with runtime.db.raw_statement() as session:
-        row = (await session.execute(recall, {"id": consumer.user.id})).one()
-    assert (row.credits, row.v or "") == (Decimal(7), "")  # and the setting ended with its transaction
-
-
 async def test_an_unreachable_database_fails_the_hot_path_with_an_operational_error() -> None:
     db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none", raw_timeout=0.3)
     try:

@@ -4,10 +4,7 @@ Several replicas may run it at once: claims use `FOR UPDATE SKIP LOCKED`, and th
 rows are locked while their capacity is counted, so no Island is overfilled. The assignment commits
 before the AssignJob is published; a publish that fails requeues the job (the attempt counts) or, when it
 can never succeed, fails it with a refund; a crash between the two is
-repaired by the start-timeout sweep (the job never reports `started` and is requeued).
-
-A submit alone on its replica, with nothing queued, places its own job with the same functions and assigns
-it in its own transaction (`plan_at_submit`; `jobs.service.submit`): no pass for an idle queue."""
+repaired by the start-timeout sweep (the job never reports `started` and is requeued)."""
 
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy.sql.elements import TextClause
 
 from coordinator.hosts import service as host_service
 from coordinator.hosts.fleet import FleetView, HostView
@@ -290,10 +286,9 @@ class Dispatcher(LoopService):
     async def plan_at_submit(self, row: Any, needs: rules.JobNeeds) -> Plan | None:
         """Where a job about to be submitted goes at once: an Island of the fleet view with a free slot,
         when this replica's last look found the queue empty and nothing entered it since (a job waiting
-        would be passed over; `SUBMIT_AND_LOCK_SQL` checks the database's queue too). The slot is reserved;
-        the submit's transaction assigns it (`assignment_at_submit`, `assigned_at_submit`) or gives it
-        back. `row`: the job as it will be inserted, with its Cargo's columns (what `assign_job_message`
-        reads)."""
+        would be passed over; `SUBMIT_SQL` checks the database's queue too). The slot is reserved; the
+        submit's transaction assigns it (`assign_at_submit`) or gives it back. `row`: the job as it will be
+        inserted, with its Cargo's columns (what `assign_job_message` reads)."""
         if not self.at_submit or self._queue != QUEUE_EMPTY:
             return None
         hosts = self.fleet.candidates()
@@ -307,29 +302,17 @@ class Dispatcher(LoopService):
         except ProtocolError:
             return None  # the dispatcher fails such a job, with its reason
 
-    def assignment_at_submit(self, plan: Plan, budget: Decimal) -> tuple[TextClause, dict[str, Any]]:
-        """The statement assigning a planned submit's job, sent after `SUBMIT_AND_LOCK_SQL` in its
-        transaction (it assigns only if that statement locked the Island and priced the job at `budget`)."""
-        owner = self.runtime.pubsub.replica_id
-        params = sql.assign_many_params([plan.move], owner, [plan.move.host_id])
-        return sql.ASSIGN_AT_SUBMIT_SQL, {**params, "budget": budget}
-
-    async def assigned_at_submit(self, plan: Plan, locked: bool, rows: Sequence[Any]) -> Assignment | None:
-        """The assignment the submit's transaction made, from its statement's rows; None, the slot given
-        back, when it made none (`locked`: the Island's row was locked and the price as planned, so the
-        Island had no slot by the database's count: the view takes the count)."""
-        moved, active = lifecycle.assigned_rows(rows)
+    async def assign_at_submit(self, session: Sql, plan: Plan, locked: bool) -> Assignment | None:
+        """The planned assignment, in the submit's transaction after `SUBMIT_SQL` (`locked`: it locked the
+        Island's row and priced the job as planned); None, the slot given back, when it was not made (not
+        locked: the row was locked elsewhere, a job was ahead, a saved bid priced the job otherwise; or no
+        slot by the database's count)."""
         host = self.fleet.get(plan.move.host_id)
-        if not moved:
-            if locked and host is not None:
-                async with self.runtime.db.raw_statement() as session:
-                    await self._count_capacity(session, [host])
-            else:
-                self.abandon(plan)
+        if not locked or host is None:
+            self.abandon(plan)
             return None
-        if host is not None and active is not None:
-            self.fleet.count_reserved([host], {host.id: active.get(host.id, 0) + 1})
-        return self._assignments([plan], lifecycle.assign_results(moved))[0]
+        assigned = await self._assign(session, [plan], [host])  # a slot found taken is undone there
+        return assigned[0] if assigned else None
 
     def abandon(self, plan: Plan) -> None:
         """A plan the submit did not use (refused, failed): its reserved slot is free again."""
@@ -349,19 +332,12 @@ class Dispatcher(LoopService):
         pairs, active = await lifecycle.assign_in(
             session, [p.move for p in plans], owner, [h.id for h in hosts]
         )
-        if active is not None and len(pairs) == len(plans):
+        done = {m.id: (m, r) for m, r in pairs}
+        if active is not None and len(done) == len(plans):
             planned = collections.Counter(p.move.host_id for p in plans)
             self.fleet.count_reserved(hosts, {h.id: active.get(h.id, 0) + planned[h.id] for h in hosts})
         else:  # some found no slot: the view was short of the truth; it is the count now
             await self._count_capacity(session, hosts)
-        return self._assignments(plans, pairs)
-
-    @staticmethod
-    def _assignments(
-        plans: list[Plan], pairs: Sequence[tuple[lifecycle.Moved, TransitionResult]]
-    ) -> list[Assignment]:
-        """The plans an assignment statement carried out, in the plans' order."""
-        done = {m.id: (m, r) for m, r in pairs}
         assignments = []
         for plan in plans:
             if (found := done.get(plan.move.job_id)) is None:

@@ -159,7 +159,11 @@ class PgStore:
     ) -> tuple[list[Moved], dict[uuid.UUID, int] | None]:
         """The rows assigned, and the Islands' counts of unfinished jobs before (None: nothing assigned)."""
         params = sql.assign_many_params(rows, stream_owner, islands)
-        return assigned_rows((await self.session.execute(sql.ASSIGN_MANY_SQL, params)).all())
+        result = (await self.session.execute(sql.ASSIGN_MANY_SQL, params)).all()
+        if not result:
+            return [], None
+        active = {uuid.UUID(k): int(v) for k, v in (result[0].active_before or {}).items()}
+        return [Moved.of(r, moves.ASSIGN.sources[0]) for r in result], active
 
     async def settle(self, moved: Moved, karma_success: bool) -> tuple[Decimal, Decimal | None]:
         """The ledger side of the settlement the finish statement recorded: success pays the clearing
@@ -286,20 +290,6 @@ async def close_batch_in(where: Sql | JobStore, step: BatchStep | None) -> Trans
     return await transition_in(where, moves.BATCH_CLOSE_MOVES[state], step.parent_id, inputs)
 
 
-def assigned_rows(result: Sequence[Any]) -> tuple[list[Moved], dict[uuid.UUID, int] | None]:
-    """The rows an assignment statement (`ASSIGN_MANY_SQL`, `ASSIGN_AT_SUBMIT_SQL`) returned, and the
-    Islands' counts of unfinished jobs before it (None: nothing assigned)."""
-    if not result:
-        return [], None
-    active = {uuid.UUID(k): int(v) for k, v in (result[0].active_before or {}).items()}
-    return [Moved.of(r, moves.ASSIGN.sources[0]) for r in result], active
-
-
-def assign_results(moved: Sequence[Moved]) -> list[tuple[Moved, TransitionResult]]:
-    """Each assigned row with its transition's result (the hooks run once published)."""
-    return [(m, result_of(m, moves.ASSIGN, Inputs(), None)) for m in moved]
-
-
 async def assign_in(
     session: Sql,
     rows: Sequence[sql.AssignRow],
@@ -309,7 +299,7 @@ async def assign_in(
     """queued → assigned for a whole dispatch pass in one statement (the hooks run once published); with
     the Islands' counts of unfinished jobs before it (`PgStore.assign_many`)."""
     assigned, active = await PgStore(session).assign_many(rows, stream_owner, islands)
-    return assign_results(assigned), active
+    return [(m, result_of(m, moves.ASSIGN, Inputs(), None)) for m in assigned], active
 
 
 async def start_many(

@@ -103,17 +103,14 @@ SUBMIT_SQL = text(_SUBMIT.format(direct_host="NULL AS direct_host")).bindparams(
 # The submit that also assigns the job in its transaction (`jobs.dispatcher.Dispatcher.plan_at_submit`,
 # `:direct_host` the Island it chose): it locks that Island's row, after the balance's and without waiting
 # (a row locked elsewhere is skipped), once the charge happened and only if no queued job is ahead of this
-# one; then it names the Island in a transaction-local setting and returns its id. The assignment is the
-# transaction's next statement (`ASSIGN_AT_SUBMIT_SQL`, sent with this one in one round trip), which
-# assigns only to the Island so named and counts its jobs after the lock.
-LOCKED_ISLAND_SETTING = "coordinator.locked_island"
+# one, and returns the Island's id when it did. The assignment is the transaction's next statement
+# (`ASSIGN_MANY_SQL`), which counts the Island's jobs after the lock.
 SUBMIT_AND_LOCK_SQL = text(
     _SUBMIT.format(
-        direct_host=f"""(SELECT set_config('{LOCKED_ISLAND_SETTING}', locked.id::text, true)
-            FROM (SELECT h.id FROM hosts h
-                  WHERE h.id = CAST(:direct_host AS uuid) AND EXISTS (SELECT 1 FROM charge)
-                    AND NOT EXISTS ({queue_ahead_sql("now()", "SELECT 1")})
-                  FOR UPDATE OF h SKIP LOCKED) AS locked) AS direct_host"""
+        direct_host=f"""(SELECT h.id FROM hosts h
+            WHERE h.id = CAST(:direct_host AS uuid) AND EXISTS (SELECT 1 FROM charge)
+              AND NOT EXISTS ({queue_ahead_sql("now()", "SELECT 1")})
+            FOR UPDATE OF h SKIP LOCKED) AS direct_host"""
     )
 ).bindparams(bindparam("input", type_=JSONB))
 
@@ -166,7 +163,8 @@ ACTIVE_PER_HOST_SQL = text(
 # committed: it counts each Island's unfinished jobs (`islands`: the pass's locked candidates, returned as
 # `active_before`, JSON of id → count, on every row) and assigns a row only while its Island has a slot
 # (`slots`, NULL: no cap); the pass's other rows stay queued.
-_ASSIGN = f"""
+ASSIGN_MANY_SQL = text(
+    f"""
     WITH planned AS (
         SELECT u.*, row_number() OVER (PARTITION BY u.host_id ORDER BY u.n) AS k
         FROM unnest(CAST(:ids AS uuid[]), CAST(:host_ids AS uuid[]), CAST(:lease_seconds AS int[]),
@@ -189,21 +187,11 @@ _ASSIGN = f"""
            clearing_price = a.clearing_price, updated_at = now(),
            stream_owner = COALESCE(jobs.stream_owner, CAST(:stream_owner AS text))
     FROM fits AS a
-    WHERE jobs.id = a.id AND {guard_sql(ASSIGN)} {{also}}
-    """ + (
-    RETURNING
+    WHERE jobs.id = a.id AND {guard_sql(ASSIGN)}
+    """
+    + RETURNING
     + f", jobs.stream_owner, {prompt_chars_sql('jobs')} AS prompt_chars,"
     + " (SELECT json_object_agg(host_id, n) FROM active) AS active_before"
-)
-ASSIGN_MANY_SQL = text(_ASSIGN.format(also=""))
-# The same for the one job of a submit that locked its Island (`SUBMIT_AND_LOCK_SQL`): only to the Island
-# that statement named in its transaction, and only at the budget the placement was planned with (a saved
-# bid may have priced the job otherwise).
-ASSIGN_AT_SUBMIT_SQL = text(
-    _ASSIGN.format(
-        also=f"""AND jobs.budget = CAST(:budget AS numeric)
-          AND current_setting('{LOCKED_ISLAND_SETTING}', true) = CAST(a.host_id AS text)"""
-    )
 )
 
 

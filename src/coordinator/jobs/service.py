@@ -161,25 +161,25 @@ def _as_claimed(job_id: uuid.UUID, cargo: Cargo, input: Any) -> SimpleNamespace:
 async def _store(
     runtime: Runtime, plan: Plan | None, params: dict[str, Any], budget: Decimal
 ) -> tuple[Any, Assignment | None]:
-    """The submit statement's row, alone or with the planned assignment in the same transaction, both
-    sent in one round trip (and the assignment when it was made: the plan's slot is given back otherwise).
-    A transaction that fails is rolled back whole and the submit is made again alone: a doubtful
-    assignment never costs the job."""
+    """`SUBMIT_SQL`'s row, alone or with the planned assignment in the same transaction (and the
+    assignment when it was made: the plan's slot is given back otherwise). A transaction that fails is
+    rolled back whole and the submit is made again alone: a doubtful assignment never costs the job."""
     dispatcher = runtime.dispatcher
     if plan is not None and dispatcher is not None:
+        given_back = False
         try:
-            submitted, assigned = await runtime.db.raw_pipelined(
-                [(sql.SUBMIT_AND_LOCK_SQL, params), dispatcher.assignment_at_submit(plan, budget)]
-            )
+            async with runtime.db.raw_transaction() as session:
+                row = (await session.execute(sql.SUBMIT_AND_LOCK_SQL, params)).one()
+                locked = row.direct_host is not None and Decimal(row.price) == budget
+                assignment = await dispatcher.assign_at_submit(session, plan, locked)
+                given_back = assignment is None
+            return row, assignment
         except BaseException as exc:
-            dispatcher.abandon(plan)
+            if not given_back:
+                dispatcher.abandon(plan)
             if not isinstance(exc, DBAPIError):
                 raise
             log.warning("job.assign_at_submit_failed", job_id=str(params["id"]), error=repr(exc))
-        else:
-            row = submitted.one()
-            locked = row.direct_host is not None and Decimal(row.price) == budget
-            return row, await dispatcher.assigned_at_submit(plan, locked, assigned.all())
     async with runtime.db.raw_statement() as session:
         return (await session.execute(sql.SUBMIT_SQL, params)).one(), None
 
@@ -203,10 +203,9 @@ async def submit(
     batch_index: int | None = None,
 ) -> Submitted:
     """Validate, quote and charge, and insert the job as `queued`: one statement (`SUBMIT_SQL`) once the
-    Cargo is in the catalogue cache. A submit alone on its replica that finds nothing queued and an
-    Island with a free slot assigns the job in the same transaction (`Dispatcher.plan_at_submit`: a second
-    statement, sent with the first) and the AssignJob is sent before this returns. Refusals: 404 unknown
-    Cargo, 422 invalid, 402 credits, 429 quota."""
+    Cargo is in the catalogue cache. When nothing is queued and an Island has a free slot, the same
+    transaction assigns the job to it (`Dispatcher.plan_at_submit`; a second statement) and the AssignJob
+    is sent before this returns. Refusals: 404 unknown Cargo, 422 invalid, 402 credits, 429 quota."""
     bid: Decimal | None = None
     if budget is not None:
         bid = rules.parse_budget(budget)

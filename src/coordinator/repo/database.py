@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,7 +11,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.sql.elements import TextClause
 
 from coordinator.repo import raw
 from coordinator.telemetry import metrics
@@ -110,21 +109,6 @@ class Database:
             raw.rolled_back(info)
             raise
         raw.committed(info)
-
-    async def raw_pipelined(
-        self, statements: Sequence[tuple[TextClause, Mapping[str, Any]]]
-    ) -> list[raw.RawResult]:
-        """A hot path's transaction whose statements are all known before the first runs, sent in one
-        round trip (`raw.RawSession.pipelined`); the `raw.on_commit` work runs once it committed."""
-        info = dict(self._info)
-        try:
-            async with self._raw_connection() as conn:
-                results = await raw.RawSession(conn, info, self.raw_observers).pipelined(statements)
-        except BaseException:
-            raw.rolled_back(info)
-            raise
-        raw.committed(info)
-        return results
 
     async def ping(self) -> bool:
         try:

@@ -218,38 +218,6 @@ class RawSession:
         compiled.seconds.observe(time.perf_counter() - started)
         return RawResult(rows, cursor.rowcount)
 
-    async def pipelined(self, statements: Sequence[tuple[TextClause, Mapping[str, Any]]]) -> list[RawResult]:
-        """`statements` in one transaction sent in one round trip (psycopg's pipeline mode: BEGIN, each
-        statement, COMMIT, one sync), on a connection outside a transaction. A statement's parameters
-        cannot depend on an earlier one's rows; its SQL can (a row an earlier one locked, a
-        transaction-local setting). An error rolls every statement back and is raised as `DBAPIError`."""
-        sent = []
-        started = time.perf_counter()
-        try:
-            async with self._conn.pipeline(), self._conn.transaction():
-                for statement, params in statements:
-                    compiled = _compiled(statement)
-                    args = compiled.args(params)
-                    for observe in self._observers:
-                        observe(compiled.sql)
-                    cursor = self._conn.cursor(row_factory=_rows)
-                    await cursor.execute(compiled.sql, args)
-                    sent.append((compiled, cursor, args))
-            results = [
-                RawResult(await c.fetchall() if _returns_rows(c.pgresult) else [], c.rowcount)
-                for _, c, _ in sent
-            ]
-        except psycopg.Error as error:
-            failed = sent[-1] if sent else None
-            kind = failed[0].kind if failed else "other"
-            metrics.db_query_errors.labels(kind=kind).inc()
-            sql = "; ".join(c.sql for c, _, _ in sent)
-            raise DBAPIError.instance(sql, failed[2] if failed else {}, error, psycopg.Error) from error
-        elapsed = time.perf_counter() - started
-        for compiled, _, _ in sent:  # one round trip for all: each statement is given its share
-            compiled.seconds.observe(elapsed / len(sent))
-        return results
-
 
 # What the statements of a job move run on: either session kind.
 Sql = AsyncSession | RawSession
