@@ -4,7 +4,10 @@ Several replicas may run it at once: claims use `FOR UPDATE SKIP LOCKED`, and th
 rows are locked while their capacity is counted, so no Island is overfilled. The assignment commits
 before the AssignJob is published; a publish that fails requeues the job (the attempt counts) or, when it
 can never succeed, fails it with a refund; a crash between the two is
-repaired by the start-timeout sweep (the job never reports `started` and is requeued)."""
+repaired by the start-timeout sweep (the job never reports `started` and is requeued).
+
+A submit alone on its replica, with nothing queued, places its own job with the same functions and assigns
+it in its own transaction (`plan_at_submit`; `jobs.service.submit`): no pass for an idle queue."""
 
 from __future__ import annotations
 
@@ -286,9 +289,9 @@ class Dispatcher(LoopService):
     async def plan_at_submit(self, row: Any, needs: rules.JobNeeds) -> Plan | None:
         """Where a job about to be submitted goes at once: an Island of the fleet view with a free slot,
         when this replica's last look found the queue empty and nothing entered it since (a job waiting
-        would be passed over; `SUBMIT_SQL` checks the database's queue too). The slot is reserved; the
-        submit's transaction assigns it (`assign_at_submit`) or gives it back. `row`: the job as it will be
-        inserted, with its Cargo's columns (what `assign_job_message` reads)."""
+        would be passed over; `SUBMIT_AND_LOCK_SQL` checks the database's queue too). The slot is
+        reserved; the submit's transaction assigns it (`assign_at_submit`) or gives it back. `row`: the
+        job as it will be inserted, with its Cargo's columns (what `assign_job_message` reads)."""
         if not self.at_submit or self._queue != QUEUE_EMPTY:
             return None
         hosts = self.fleet.candidates()

@@ -161,7 +161,7 @@ def _as_claimed(job_id: uuid.UUID, cargo: Cargo, input: Any) -> SimpleNamespace:
 async def _store(
     runtime: Runtime, plan: Plan | None, params: dict[str, Any], budget: Decimal
 ) -> tuple[Any, Assignment | None]:
-    """`SUBMIT_SQL`'s row, alone or with the planned assignment in the same transaction (and the
+    """The submit statement's row, alone or with the planned assignment in the same transaction (and the
     assignment when it was made: the plan's slot is given back otherwise). A transaction that fails is
     rolled back whole and the submit is made again alone: a doubtful assignment never costs the job."""
     dispatcher = runtime.dispatcher
@@ -203,9 +203,10 @@ async def submit(
     batch_index: int | None = None,
 ) -> Submitted:
     """Validate, quote and charge, and insert the job as `queued`: one statement (`SUBMIT_SQL`) once the
-    Cargo is in the catalogue cache. When nothing is queued and an Island has a free slot, the same
-    transaction assigns the job to it (`Dispatcher.plan_at_submit`; a second statement) and the AssignJob
-    is sent before this returns. Refusals: 404 unknown Cargo, 422 invalid, 402 credits, 429 quota."""
+    Cargo is in the catalogue cache. A submit alone on its replica that finds nothing queued and an
+    Island with a free slot assigns the job in the same transaction (`Dispatcher.plan_at_submit`: a second
+    statement) and the AssignJob is sent before this returns. Refusals: 404 unknown Cargo, 422 invalid,
+    402 credits, 429 quota."""
     bid: Decimal | None = None
     if budget is not None:
         bid = rules.parse_budget(budget)
