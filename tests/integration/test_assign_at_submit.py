@@ -5,6 +5,7 @@ reserved slot given back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -120,7 +121,8 @@ async def test_a_submit_does_not_wait_for_an_island_row_locked_elsewhere(
     consumer = await make_consumer(runtime)
     async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as other, other.transaction():
         await other.execute("SELECT id FROM hosts WHERE id = %s FOR UPDATE", (island.id,))
-        job = (await jobs.submit(runtime, consumer.user, "llm-chat", {"prompt": "hi"})).job
+        submitting = jobs.submit(runtime, consumer.user, "llm-chat", {"prompt": "hi"})
+        job = (await asyncio.wait_for(submitting, 10)).job  # a wait on the row would never end
     assert job.state == rules.QUEUED and island.reserved == 0
     assert await transactions_of(runtime, job.id) == [("charge", -job.budget)]
 

@@ -7,7 +7,6 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -139,23 +138,21 @@ async def _default_price(
     return raised_to_supply(runtime.fleet, needs, default), needs
 
 
-def _as_claimed(job_id: uuid.UUID, cargo: Cargo, input: Any) -> SimpleNamespace:
-    """The job about to be inserted as the dispatcher's claim returns it (what an AssignJob is built from)."""
-    return SimpleNamespace(
-        id=job_id,
-        workload_id=cargo.id,
-        input=input,
-        runtime=cargo.runtime,
-        trust_level=cargo.trust_level,
-        cold_start_seconds=cargo.cold_start_seconds,
-        container_image=cargo.container_image,
-        image_digest=cargo.image_digest,
-        wasm_url=cargo.wasm_url,
-        wasm_hash=cargo.wasm_hash,
-        model_url=cargo.model_url,
-        model_hash=cargo.model_hash,
-        onnx_task_type=cargo.onnx_task_type,
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Submitted:
+    """The job about to be inserted, read as the dispatcher's claim returns a row (what an AssignJob is
+    built from): its own id and input, every other column its Cargo's."""
+
+    id: uuid.UUID
+    input: Any
+    cargo: Cargo
+
+    @property
+    def workload_id(self) -> int:
+        return self.cargo.id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cargo, name)
 
 
 async def _store(
@@ -237,7 +234,7 @@ async def submit(
             needs = dataclasses.replace(needs, budget=default if bid is None else bid)
             plan = None
             if dispatcher is not None and alone:
-                plan = await dispatcher.plan_at_submit(_as_claimed(job_id, cargo, input), needs)
+                plan = await dispatcher.plan_at_submit(_Submitted(job_id, input, cargo), needs)
             params = {
                 "id": job_id,
                 "key": f"charge:{job_id}",

@@ -17,11 +17,20 @@ from sqlalchemy import text
 from coordinator.errors import NotFound
 from coordinator.repo.database import Database
 
-COLUMNS = """
+# The columns an AssignJob carries as they are stored (`jobs.assignment.assign_job_message`).
+ASSIGN_JOB_COLUMNS = (
+    "container_image",
+    "image_digest",
+    "wasm_url",
+    "wasm_hash",
+    "model_url",
+    "model_hash",
+    "onnx_task_type",
+)
+COLUMNS = f"""
     SELECT id, slug, runtime, kind, required_ram_mb, required_vram_mb, required_cpu_cores, platforms,
            price_per_job, input_schema, is_enabled, suspended_at, revision, trust_level,
-           cold_start_seconds, container_image, image_digest, wasm_url, wasm_hash, model_url, model_hash,
-           onnx_task_type
+           cold_start_seconds, {", ".join(ASSIGN_JOB_COLUMNS)}
     FROM workloads
 """
 LOAD_SQL = text(COLUMNS + " WHERE slug = :key")
@@ -43,7 +52,7 @@ class Cargo:
     is_enabled: bool
     suspended_at: datetime | None
     revision: int
-    # What an AssignJob carries (`jobs.assignment.assign_job_message`), for a submit that assigns at once.
+    # What an AssignJob carries (`ASSIGN_JOB_COLUMNS` and these), for a submit that assigns at once.
     trust_level: int
     cold_start_seconds: int
     container_image: str | None
@@ -112,11 +121,5 @@ class Catalogue:
             revision=row.revision,
             trust_level=int(row.trust_level),
             cold_start_seconds=int(row.cold_start_seconds or 0),
-            container_image=row.container_image,
-            image_digest=row.image_digest,
-            wasm_url=row.wasm_url,
-            wasm_hash=row.wasm_hash,
-            model_url=row.model_url,
-            model_hash=row.model_hash,
-            onnx_task_type=row.onnx_task_type,
+            **{name: getattr(row, name) for name in ASSIGN_JOB_COLUMNS},
         )
