@@ -16,6 +16,22 @@ from coordinator.repo import raw
 from coordinator.telemetry import metrics
 
 
+@asynccontextmanager
+async def closing(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """`async with session`, without its turn of the event loop when nothing is left to close.
+    SQLAlchemy closes a session in a task of its own, so that a cancelled caller cannot cut short the
+    rollback and the connection's return to its pool; a busy loop runs whatever else is ready first (a
+    submit waited 0.5 ms so, `docs/decisions/request-hot-path.md` §11). A session holding no transaction
+    holds no connection: its close does no I/O, cannot be cut short, and is done in place."""
+    try:
+        yield session
+    finally:
+        if session.in_transaction():
+            await session.__aexit__(None, None, None)  # SQLAlchemy's own shielded close
+        else:
+            await session.close()
+
+
 class Database:
     """Owns the connection pools of one process: SQLAlchemy's engine, and psycopg's for the hot paths."""
 
@@ -49,19 +65,19 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessionmaker() as session:
+        async with closing(self.sessionmaker()) as session:
             yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads that need no snapshot across statements (one round trip each)."""
-        async with self.read_sessionmaker() as session:
+        async with closing(self.read_sessionmaker()) as session:
             yield session
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
-        async with self.sessionmaker() as session, session.begin():
+        async with closing(self.sessionmaker()) as session, session.begin():
             yield session
 
     @asynccontextmanager
