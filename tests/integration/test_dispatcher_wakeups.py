@@ -50,7 +50,7 @@ async def test_a_pass_after_a_submit_claims_without_asking_whether_anything_is_q
     await make_island(runtime, max_concurrent=0, fleet=runtime.fleet)  # capable, but no free slot
     with statements_of(runtime) as idle:
         assert await dispatcher.dispatch_batch() == 0
-    assert [s for s in idle if "SELECT EXISTS" in s] and not [s for s in idle if "FOR UPDATE" in s], idle
+    assert [s for s in idle if "SELECT EXISTS" in s] and not [s for s in idle if "KEY UPDATE" in s], idle
     await jobs.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi", "max_tokens": 4})
     with statements_of(runtime) as woken:
         assert await dispatcher.dispatch_batch() == 0  # claimed, left waiting: no slot

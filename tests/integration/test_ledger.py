@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.billing import ledger, settlement
+from coordinator.hosts import service as host_service
 from coordinator.jobs import lifecycle, moves, service
 from coordinator.runtime import Runtime
 from tests.factories import Consumer, make_consumer, seed_cargos
@@ -160,12 +161,54 @@ async def test_the_finish_statement_holds_the_locks_its_settlement_relies_on(run
         with pytest.raises(DBAPIError, match="could not obtain lock"):
             async with runtime.db.transaction() as other:
                 await other.execute(
-                    text("SELECT 1 FROM hosts WHERE id = :h FOR UPDATE NOWAIT"), {"h": island.id}
+                    text("SELECT 1 FROM hosts WHERE id = :h FOR NO KEY UPDATE NOWAIT"), {"h": island.id}
                 )
     async with runtime.db.transaction() as other:  # committed: free again
         await other.execute(
             text("SELECT 1 FROM users WHERE id = :u FOR NO KEY UPDATE NOWAIT"), {"u": consumer.user.id}
         )
+
+
+async def test_the_locks_of_a_finish_and_of_a_pass_do_not_hold_up_rows_that_only_refer_to_them(
+    runtime: Runtime,
+) -> None:
+    # Every lock the jobs engine takes on a job's or an Island's row is FOR NO KEY UPDATE: it serialises
+    # the engine's own decisions (the finish above, a pass's slot count) and leaves alone the KEY SHARE
+    # lock a foreign key check takes. An output flush storing events of a job that is finishing, and an
+    # assignment to an Island whose success is settling, go on at once (with FOR UPDATE they queued
+    # behind the transaction, and a flush of many jobs' events behind every one of them).
+    await seed_cargos(runtime)
+    island = await make_island(runtime)
+    consumer = await make_consumer(runtime, "refer@example.com")
+    (finishing,) = await _running_jobs(runtime, consumer, island.id, 1)
+    queued = await service.submit_job(runtime, consumer.user, "llm-chat", {"prompt": "hi"}, budget="2")
+    async with runtime.db.transaction() as session:
+        assert await lifecycle.PgStore(session).apply(
+            moves.SUCCEED, finishing.id, lifecycle.Inputs(host_id=island.id)
+        )
+        async with runtime.db.transaction() as other:
+            await other.execute(text("SET LOCAL lock_timeout = '2s'"))  # a wait fails, never hangs
+            await other.execute(
+                text("INSERT INTO job_events (job_id, position, event) VALUES (:j, 1, '{}')"),
+                {"j": finishing.id},
+            )
+            await other.execute(
+                text("UPDATE jobs SET host_id = :h WHERE id = :j"), {"h": island.id, "j": queued.id}
+            )
+            await other.execute(text("ROLLBACK"))
+    async with runtime.db.transaction() as session:  # a pass's lock on the Island, held
+        await session.execute(
+            text(host_service.locked_hosts_sql("ARRAY[CAST(:h AS uuid)]")), {"h": island.id}
+        )
+        async with runtime.db.transaction() as other:
+            await other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            await other.execute(
+                text("UPDATE jobs SET host_id = :h WHERE id = :j"), {"h": island.id, "j": queued.id}
+            )
+            with pytest.raises(DBAPIError, match="could not obtain lock"):  # but the engine's own wait
+                await other.execute(
+                    text("SELECT 1 FROM hosts WHERE id = :h FOR NO KEY UPDATE NOWAIT"), {"h": island.id}
+                )
 
 
 async def test_a_success_writes_its_money_and_karma_in_one_statement_after_the_finish(

@@ -374,9 +374,8 @@ async def set_asking_prices(
     """An owner posts an Island's per-Cargo asks (merged into the existing ones; `_default` allowed).
 
     Stored as strings, like heartbeats send them. Returns the Island's whole ask map."""
-    owner = (
-        await session.execute(text("SELECT owner_id FROM hosts WHERE id = :h FOR UPDATE"), {"h": host_id})
-    ).first()
+    lock = text("SELECT owner_id FROM hosts WHERE id = :h FOR NO KEY UPDATE")
+    owner = (await session.execute(lock, {"h": host_id})).first()
     if owner is None:
         raise NotFound("Island not found")
     if owner[0] != user_id:

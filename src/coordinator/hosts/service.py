@@ -155,7 +155,7 @@ def locked_hosts_sql(ids: str) -> str:
     """A query that locks the rows of the Islands `ids` (an array expression) for the rest of the
     transaction, in id order (the order every transaction locking several takes), and returns the ids of
     those that exist. Part of the dispatcher's claim (`jobs.repository.CLAIM_QUEUED_SQL`)."""
-    return f"SELECT id FROM hosts WHERE id = ANY({ids}) ORDER BY id FOR UPDATE"
+    return f"SELECT id FROM hosts WHERE id = ANY({ids}) ORDER BY id FOR NO KEY UPDATE"
 
 
 async def set_approved(session: AsyncSession, raw_id: str) -> Host:

@@ -20,7 +20,7 @@ from coordinator.repo.raw import Sql
 # Serialises every decision about one batch (release, finish) across replicas.
 LOCK_PARENT_SQL = text(
     "SELECT id, user_id, workload_id, state, batch_config, created_at FROM jobs "
-    "WHERE id = :id AND batch_config IS NOT NULL FOR UPDATE"
+    "WHERE id = :id AND batch_config IS NOT NULL FOR NO KEY UPDATE"
 )
 
 # The children of a batch, in batch order.

@@ -1,7 +1,7 @@
 """The dispatcher: claims queued jobs, binds each to the best Island with capacity, then sends AssignJob.
 
-Several replicas may run it at once: claims use `FOR UPDATE SKIP LOCKED`, and the candidate Islands'
-rows are locked while their capacity is counted, so no Island is overfilled. The assignment commits
+Several replicas may run it at once: claims use `FOR NO KEY UPDATE SKIP LOCKED`, and the candidate
+Islands' rows are locked while their capacity is counted, so no Island is overfilled. The assignment commits
 before the AssignJob is published; a publish that fails requeues the job (the attempt counts) or, when it
 can never succeed, fails it with a refund; a crash between the two is
 repaired by the start-timeout sweep (the job never reports `started` and is requeued).

@@ -110,7 +110,7 @@ SUBMIT_AND_LOCK_SQL = text(
         direct_host=f"""(SELECT h.id FROM hosts h
             WHERE h.id = CAST(:direct_host AS uuid) AND EXISTS (SELECT 1 FROM charge)
               AND NOT EXISTS ({queue_ahead_sql("now()", "SELECT 1")})
-            FOR UPDATE OF h SKIP LOCKED) AS direct_host"""
+            FOR NO KEY UPDATE OF h SKIP LOCKED) AS direct_host"""
     )
 ).bindparams(bindparam("input", type_=JSONB))
 
@@ -136,7 +136,7 @@ CLAIM_QUEUED_SQL = text(
           AND (NOT CAST(:fresh_only AS boolean) OR j.placement ->> 'reason' IS NULL)
         ORDER BY rank DESC, j.created_at
         LIMIT :limit
-        FOR UPDATE OF j SKIP LOCKED
+        FOR NO KEY UPDATE OF j SKIP LOCKED
     ),
     islands AS MATERIALIZED ({locked_hosts_sql("CAST(:island_ids AS uuid[])")})
     SELECT claimed.*, ARRAY(SELECT id FROM islands) AS locked_islands
@@ -252,7 +252,7 @@ UNPLACEABLE_SQL = text(
       AND CAST(placement ->> 'since' AS timestamptz) < now() - make_interval(secs => :timeout)
     ORDER BY created_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
     """
 )
 
@@ -321,7 +321,7 @@ def _finish_sql(move: moves.Move) -> Any:
            output = COALESCE(CAST(:output AS text), jobs.output),
            charged = {paid}, refunded = jobs.budget - {paid}, settled_at = now(),
            completed_at = now(), lease_expires_at = NULL, updated_at = now()
-    FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
+    FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR NO KEY UPDATE) AS old
     WHERE jobs.id = old.id AND {guard_sql(move)} AND jobs.settled_at IS NULL
       AND (CAST(:host_id AS uuid) IS NULL OR jobs.host_id = CAST(:host_id AS uuid))
     """
@@ -350,7 +350,7 @@ REQUEUE_SQL = text(
            excluded_host_ids = CASE WHEN CAST(:host_id AS text) = ANY(jobs.excluded_host_ids)
                                     THEN jobs.excluded_host_ids
                                     ELSE array_append(jobs.excluded_host_ids, CAST(:host_id AS text)) END
-    FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR UPDATE) AS old
+    FROM (SELECT id, state AS old_state FROM jobs WHERE id = :id FOR NO KEY UPDATE) AS old
     WHERE jobs.id = old.id AND jobs.host_id = CAST(:host_id AS uuid) AND jobs.attempt = :attempt
       AND {guard_sql(REQUEUE)}
     """
@@ -381,7 +381,7 @@ EXPIRED_LEASES_SQL = text(
     WHERE {guard_sql(REQUEUE, "state")} AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
     """
 )
 
@@ -392,7 +392,7 @@ START_TIMEOUTS_SQL = text(
     WHERE {guard_sql(START, "state")} AND assigned_at < now() - make_interval(secs => :timeout)
     ORDER BY assigned_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
     """
 )
 
@@ -405,7 +405,7 @@ OVERDUE_SQL = text(
               NULLIF(w.max_duration_seconds, 0),
               (CAST(:limits AS jsonb) ->> CAST(w.trust_level AS text))::int, 60))
     LIMIT :limit
-    FOR UPDATE OF j SKIP LOCKED
+    FOR NO KEY UPDATE OF j SKIP LOCKED
     """
 ).bindparams(limits=json.dumps({str(k): v for k, v in MAX_DURATION_BY_TRUST.items()}))
 

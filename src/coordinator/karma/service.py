@@ -36,7 +36,7 @@ def locked_karma_sql(host_id: str, job_id: str, event_type: str) -> str:
                                         AND e.job_id = {job_id} AND e.event_type = {event_type}))
         FROM hosts h LEFT JOIN metro_settings m ON m.region = h.region
         WHERE h.id = {host_id}
-        FOR UPDATE OF h
+        FOR NO KEY UPDATE OF h
     """
 
 

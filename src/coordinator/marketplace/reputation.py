@@ -39,7 +39,7 @@ DUE_SQL = text(
     WHERE j.reputation_at IS NULL AND j.completed_at IS NOT NULL
     ORDER BY j.completed_at
     LIMIT :limit
-    FOR UPDATE OF j SKIP LOCKED
+    FOR NO KEY UPDATE OF j SKIP LOCKED
     """
 )
 
