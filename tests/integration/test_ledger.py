@@ -186,7 +186,7 @@ async def test_the_locks_of_a_finish_and_of_a_pass_do_not_hold_up_rows_that_only
         assert await lifecycle.PgStore(session).apply(
             moves.SUCCEED, finishing.id, lifecycle.Inputs(host_id=island.id)
         )
-        async with runtime.db.transaction() as other:
+        async with runtime.db.session() as other:  # rolled back when it closes
             await other.execute(text("SET LOCAL lock_timeout = '2s'"))  # a wait fails, never hangs
             await other.execute(
                 text("INSERT INTO job_events (job_id, position, event) VALUES (:j, 1, '{}')"),
@@ -195,12 +195,11 @@ async def test_the_locks_of_a_finish_and_of_a_pass_do_not_hold_up_rows_that_only
             await other.execute(
                 text("UPDATE jobs SET host_id = :h WHERE id = :j"), {"h": island.id, "j": queued.id}
             )
-            await other.execute(text("ROLLBACK"))
     async with runtime.db.transaction() as session:  # a pass's lock on the Island, held
         await session.execute(
             text(host_service.locked_hosts_sql("ARRAY[CAST(:h AS uuid)]")), {"h": island.id}
         )
-        async with runtime.db.transaction() as other:
+        async with runtime.db.session() as other:
             await other.execute(text("SET LOCAL lock_timeout = '2s'"))
             await other.execute(
                 text("UPDATE jobs SET host_id = :h WHERE id = :j"), {"h": island.id, "j": queued.id}

@@ -368,14 +368,17 @@ async def list_bids(session: AsyncSession, user_id: int) -> list[dict[str, Any]]
     return [{"workload": r[0], "bid": float(r[1]), "updated_at": r[2].isoformat()} for r in rows]
 
 
+# The Island's row, locked while its owner's asks are merged into it (and its owner read).
+LOCK_ISLAND_OWNER_SQL = text("SELECT owner_id FROM hosts WHERE id = :h FOR NO KEY UPDATE")
+
+
 async def set_asking_prices(
     session: AsyncSession, user_id: int, host_id: uuid.UUID, prices: Mapping[str, Any]
 ) -> dict[str, str]:
     """An owner posts an Island's per-Cargo asks (merged into the existing ones; `_default` allowed).
 
     Stored as strings, like heartbeats send them. Returns the Island's whole ask map."""
-    lock = text("SELECT owner_id FROM hosts WHERE id = :h FOR NO KEY UPDATE")
-    owner = (await session.execute(lock, {"h": host_id})).first()
+    owner = (await session.execute(LOCK_ISLAND_OWNER_SQL, {"h": host_id})).first()
     if owner is None:
         raise NotFound("Island not found")
     if owner[0] != user_id:
